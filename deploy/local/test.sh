@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: provisions a private Postgres (unless DATABASE_URL is set) and runs every
+# test of the workspace against it. `.ci/run` calls exactly this.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+
+if [[ -z ${DATABASE_URL:-} ]]; then
+  DATABASE_URL=$(TRIGGERS_PG_NAME=test deploy/local/postgres.sh start)
+  export DATABASE_URL
+fi
+echo "test.sh: DATABASE_URL=$DATABASE_URL" >&2
+
+# Drop test databases left by earlier runs (each test makes its own).
+psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+"$psql_bin" "$DATABASE_URL" -Atqc \
+  "SELECT format('DROP DATABASE IF EXISTS %I;', datname) FROM pg_database WHERE datname LIKE 'triggers_test_%'" \
+  | "$psql_bin" "$DATABASE_URL" -q >/dev/null 2>&1 || true
+
+# Binaries the end-to-end tests start as real processes.
+cargo build --workspace --bins
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run doctests.
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

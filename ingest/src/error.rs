@@ -1,0 +1,205 @@
+//! The one error type of the HTTP API. Every rejection becomes the JSON body of API.md:
+//! `{"error": "<sentence>", "code": "<stable_code>", ...extra}`. 5xx bodies stay generic; the
+//! cause is logged (with the request's span: request id, organisation).
+
+use axum::{
+    Json,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// One problem with one field of a request.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The field (`payload`, `type`, `event_ids[3]`, or `body`).
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The JSON error body, as documented in OpenAPI.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A human sentence.
+    pub error: String,
+    /// A stable snake_case code.
+    pub code: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing API key: send it in the X-API-Key header")]
+    MissingApiKey,
+    #[error("invalid API key")]
+    InvalidApiKey,
+    #[error("this route requires the admin token")]
+    AdminTokenRequired,
+    #[error("request validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("malformed JSON: {0}")]
+    InvalidJson(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("payload exceeds the limit of {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("request body exceeds the limit of {limit_bytes} bytes")]
+    BodyTooLarge { limit_bytes: usize },
+    #[error("event not found")]
+    EventNotFound,
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("an event with this dedup_id was already accepted in the last 24 hours")]
+    DuplicateEvent { dedup_id: String, event_id: Uuid },
+    #[error("rate limit exceeded: {limit} events per minute")]
+    RateLimited { limit: u32, retry_after: u64 },
+    #[error("{0}")]
+    WebhookUrlNotAllowed(String),
+    #[error("no webhook is configured")]
+    WebhookNotConfigured,
+    #[error("the service is temporarily unavailable; retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
+            Validation(_) | WebhookUrlNotAllowed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidJson(_) => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            EventNotFound | RouteNotFound(_) | WebhookNotConfigured => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            DuplicateEvent { .. } => StatusCode::CONFLICT,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MissingApiKey => "missing_api_key",
+            InvalidApiKey => "invalid_api_key",
+            AdminTokenRequired => "admin_token_required",
+            Validation(_) => "validation_failed",
+            InvalidJson(_) => "invalid_json",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            BodyTooLarge { .. } => "payload_too_large",
+            EventNotFound => "event_not_found",
+            RouteNotFound(_) => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            DuplicateEvent { .. } => "duplicate_event",
+            RateLimited { .. } => "rate_limited",
+            WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
+            WebhookNotConfigured => "webhook_not_configured",
+            Unavailable => "unavailable",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    /// One validation failure on one field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if triggers_shared::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            ApiError::Internal(err.into())
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        match err.downcast::<sqlx::Error>() {
+            Ok(sqlx_err) => sqlx_err.into(),
+            Err(other) => ApiError::Internal(other),
+        }
+    }
+}
+
+/// Seconds a client should wait after a 503.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = Map::new();
+        body.insert("error".into(), Value::String(self.to_string()));
+        body.insert("code".into(), Value::String(self.code().into()));
+        let mut headers = HeaderMap::new();
+        match &self {
+            ApiError::Validation(details) => {
+                body.insert("details".into(), json!(details));
+            }
+            ApiError::PayloadTooLarge { limit_bytes } | ApiError::BodyTooLarge { limit_bytes } => {
+                body.insert("limit_bytes".into(), json!(limit_bytes));
+            }
+            ApiError::DuplicateEvent { dedup_id, event_id } => {
+                body.insert("dedup_id".into(), json!(dedup_id));
+                body.insert("event_id".into(), json!(event_id));
+            }
+            ApiError::RateLimited { limit, retry_after } => {
+                body.insert("limit".into(), json!(limit));
+                body.insert("window".into(), json!("1 minute"));
+                body.insert("retry_after".into(), json!(retry_after));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::MissingApiKey | ApiError::InvalidApiKey => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"ApiKey header="X-API-Key", Bearer realm="triggers""#),
+                );
+            }
+            ApiError::AdminTokenRequired => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="triggers-admin""#),
+                );
+            }
+            ApiError::Unavailable => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+                body.insert("retry_after".into(), json!(UNAVAILABLE_RETRY_AFTER_SECS));
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+            }
+            _ => {}
+        }
+        (status, headers, Json(Value::Object(body))).into_response()
+    }
+}
+
+/// Header names shared by routes.
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");

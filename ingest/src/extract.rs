@@ -1,0 +1,113 @@
+//! Extractors whose rejections are our [`ApiError`]: JSON bodies (415/413/400/422) and query
+//! strings (422). Handlers only ever see well-formed input.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::error::{ApiError, FieldError};
+
+/// The cap on a whole request body. The event payload limit (256 KiB) is checked separately.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body. Requires `Content-Type: application/json`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = json_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A JSON body that may be absent: an empty body (with or without a content type) is `None`.
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let has_content_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let bytes = if has_content_type {
+            json_body(req, state).await?
+        } else {
+            read_body(req, state).await?
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalApiJson(None));
+        }
+        if !has_content_type {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(|v| OptionalApiJson(Some(v)))
+    }
+}
+
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(&req) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_body(req, state).await
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge {
+                limit_bytes: MAX_BODY_BYTES,
+            }
+        } else {
+            ApiError::InvalidJson(rejection.body_text())
+        }
+    })
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+/// Parse a JSON document: syntax errors (and invalid UTF-8, excessive nesting) are `400
+/// invalid_json`; well-formed JSON of the wrong shape is `422 validation_failed`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = T::deserialize(&mut de).and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| match e.classify() {
+        Category::Data => ApiError::Validation(vec![FieldError::new("body", strip_position(&e))]),
+        Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson(e.to_string()),
+    })
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A query string; a malformed one is `422 validation_failed`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid("query", e.body_text()))
+    }
+}

@@ -1,0 +1,99 @@
+//! The HTTP surface: one module per resource, merged here with the middleware every request
+//! gets (request id, trace span, metrics, body limit) and the JSON fallbacks.
+
+pub mod events;
+pub mod health;
+pub mod inbox;
+pub mod keys;
+pub mod webhook;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderName, Method, Uri},
+    middleware::{self, Next},
+    response::Response,
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{AppState, error::ApiError, extract::MAX_BODY_BYTES, openapi};
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every documented route, with its OpenAPI description.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(health::router())
+        .merge(keys::router())
+        .merge(webhook::router())
+        .merge(events::router())
+        .merge(inbox::router())
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let (routes, api) = api_routes().split_for_parts();
+    routes
+        .merge(openapi::docs_router(api))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request| {
+                            let request_id = req
+                                .headers()
+                                .get(&REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default();
+                            tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                path = %req.uri().path(),
+                                request_id = %request_id,
+                                org_id = tracing::field::Empty,
+                            )
+                        })
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+                .layer(middleware::from_fn(record_metrics))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(format!("{method} {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    let elapsed: Duration = start.elapsed();
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!(triggers_shared::metrics::HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(triggers_shared::metrics::HTTP_REQUEST_DURATION_SECONDS, &labels)
+        .record(elapsed.as_secs_f64());
+    response
+}

@@ -1,0 +1,38 @@
+//! The application state handed to every handler.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use triggers_shared::config::IngestConfig;
+
+use crate::{auth::AuthCache, batcher::BatchWriter, ratelimit::RateLimiter};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<IngestConfig>,
+    pub metrics: PrometheusHandle,
+    pub auth: AuthCache,
+    pub limiter: RateLimiter,
+    pub batcher: BatchWriter,
+}
+
+impl AppState {
+    /// Build the state and start its background tasks (batch writer, cache invalidation).
+    pub async fn start(config: Arc<IngestConfig>, db: PgPool) -> anyhow::Result<Self> {
+        Ok(Self {
+            metrics: triggers_shared::metrics::install_recorder(),
+            auth: AuthCache::start(&db, &config).await?,
+            limiter: RateLimiter::new(db.clone()),
+            batcher: BatchWriter::start(db.clone()),
+            db,
+            config,
+        })
+    }
+
+    /// Stop background tasks, flushing what is queued.
+    pub async fn shutdown(&self) {
+        self.batcher.shutdown().await;
+    }
+}

@@ -1,0 +1,136 @@
+//! Liveness, readiness, metrics and migrations.
+
+mod common;
+
+use common::TestApp;
+use serde_json::Value;
+use triggers_shared::{db, testing::TestDb};
+
+#[tokio::test]
+async fn health_answers_healthy_with_the_version() {
+    let app = TestApp::spawn().await;
+    let res = app.client.get(app.url("/health")).send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["version"], triggers_shared::VERSION);
+
+    let res = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn ready_reports_the_database_connected() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["database"], "connected");
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_database_is_gone() {
+    let test_db = TestDb::new().await.expect("db");
+    let app = TestApp::spawn_on(&test_db.url, |_| {}).await;
+    test_db.cut_off().await.expect("cut off");
+    let res = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["status"], "not_ready");
+
+    test_db.restore().await.expect("restore");
+    let res = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200, "recovers without a restart");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let app = TestApp::spawn().await;
+    app.client.get(app.url("/health")).send().await.expect("warm up");
+    let res = app.client.get(app.url("/metrics")).send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("text");
+    assert!(text.contains("triggers_http_requests_total"), "{text}");
+}
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_twice() {
+    let test_db = TestDb::new().await.expect("db");
+    // The template is already migrated; run again twice: both are no-ops without error.
+    db::migrate(&test_db.pool).await.expect("first");
+    db::migrate(&test_db.pool).await.expect("second");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&test_db.pool)
+    .await
+    .expect("tables");
+    for t in [
+        "api_keys",
+        "dedup_keys",
+        "delivery_attempts",
+        "events",
+        "organizations",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "missing {t}: {tables:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_json() {
+    let app = TestApp::spawn().await;
+    let res = app.client.get(app.url("/nope")).send().await.expect("request");
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "not_found");
+
+    let res = app
+        .client
+        .delete(app.url("/health"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 405);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn openapi_and_docs_are_served() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));
+    assert!(doc["paths"]["/health"].is_object());
+    let res = app.client.get(app.url("/docs/")).send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.expect("text");
+    assert!(html.contains("swagger"), "docs page: {html}");
+}

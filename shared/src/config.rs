@@ -1,0 +1,302 @@
+//! Typed configuration read from environment variables, validated once at start.
+//!
+//! Every error names the variable at fault; secrets are wrapped in [`Secret`] so they never print.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use anyhow::{Context, bail};
+
+/// A value that must never be printed (admin token, database password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Log output format (`TRIGGERS_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            other => Err(format!("expected `json` or `pretty`, got `{other}`")),
+        }
+    }
+}
+
+/// Settings shared by both binaries.
+#[derive(Clone, Debug)]
+pub struct CommonConfig {
+    pub database_url: Secret,
+    pub db_pool_size: u32,
+    pub log_format: LogFormat,
+}
+
+impl CommonConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let database_url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .context(
+                "DATABASE_URL is not set (the README's run command provisions a local Postgres and sets it)",
+            )?;
+        let db_pool_size: u32 = env_or("TRIGGERS_DB_POOL_SIZE", 20)?;
+        if db_pool_size == 0 {
+            bail!("TRIGGERS_DB_POOL_SIZE must be at least 1");
+        }
+        Ok(Self {
+            database_url: Secret::new(database_url),
+            db_pool_size,
+            log_format: env_or("TRIGGERS_LOG_FORMAT", LogFormat::Pretty)?,
+        })
+    }
+
+    /// A configuration for tests and tools: the given database, defaults elsewhere.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: Secret::new(database_url),
+            db_pool_size: 10,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// Settings of `triggers-ingest`.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub common: CommonConfig,
+    pub addr: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub allow_private_webhooks: bool,
+    /// How long a verified (or refused) API key stays cached; a backstop to LISTEN/NOTIFY.
+    pub auth_cache_ttl: Duration,
+    /// How long a dedup id is remembered.
+    pub dedup_window: Duration,
+}
+
+impl IngestConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            addr: env_or("TRIGGERS_INGEST_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            admin_token: std::env::var("TRIGGERS_ADMIN_TOKEN")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
+            allow_private_webhooks: env_bool("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", false)?,
+            auth_cache_ttl: Duration::from_secs(env_or("TRIGGERS_AUTH_CACHE_TTL_SECS", 60)?),
+            dedup_window: Duration::from_secs(24 * 3600),
+        })
+    }
+
+    /// A configuration for tests: the given database, port 0, private webhooks allowed.
+    pub fn for_tests(database_url: impl Into<String>) -> Self {
+        Self {
+            common: CommonConfig::for_database(database_url),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
+            allow_private_webhooks: true,
+            auth_cache_ttl: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Settings of `triggers-worker`.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub common: CommonConfig,
+    /// Admin port: health and metrics.
+    pub addr: SocketAddr,
+    pub allow_private_webhooks: bool,
+    pub delivery_timeout: Duration,
+    /// Delays before each retry; attempts in all = 1 + its length.
+    pub retry_schedule: Vec<Duration>,
+    pub concurrency: usize,
+    /// In-flight deliveries allowed per organisation in one worker.
+    pub org_inflight_cap: usize,
+    pub event_retention: Duration,
+    /// apalis heartbeat; a dead worker's jobs are re-queued after 3 missed beats.
+    pub heartbeat_interval: Duration,
+    pub batch_size: usize,
+    /// How often the janitor runs.
+    pub janitor_interval: Duration,
+    /// Cap on a `Retry-After` the worker honours.
+    pub max_retry_after: Duration,
+    /// A unique name for this worker process.
+    pub worker_name: String,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let schedule =
+            std::env::var("TRIGGERS_RETRY_SCHEDULE").unwrap_or_else(|_| DEFAULT_RETRY_SCHEDULE.into());
+        let retry_schedule = parse_schedule(&schedule)
+            .with_context(|| format!("TRIGGERS_RETRY_SCHEDULE is invalid (`{schedule}`)"))?;
+        let concurrency: usize = env_or("TRIGGERS_WORKER_CONCURRENCY", 64)?;
+        if concurrency == 0 {
+            bail!("TRIGGERS_WORKER_CONCURRENCY must be at least 1");
+        }
+        let timeout: u64 = env_or("TRIGGERS_DELIVERY_TIMEOUT_SECS", 10)?;
+        if timeout == 0 {
+            bail!("TRIGGERS_DELIVERY_TIMEOUT_SECS must be at least 1");
+        }
+        let org_cap: usize = env_or("TRIGGERS_ORG_INFLIGHT_CAP", 16)?;
+        if org_cap == 0 {
+            bail!("TRIGGERS_ORG_INFLIGHT_CAP must be at least 1");
+        }
+        let heartbeat: u64 = env_or("TRIGGERS_WORKER_HEARTBEAT_SECS", 10)?;
+        if heartbeat == 0 {
+            bail!("TRIGGERS_WORKER_HEARTBEAT_SECS must be at least 1");
+        }
+        let retention_days: u64 = env_or("TRIGGERS_EVENT_RETENTION_DAYS", 7)?;
+        Ok(Self {
+            common: CommonConfig::from_env()?,
+            addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
+            allow_private_webhooks: env_bool("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", false)?,
+            delivery_timeout: Duration::from_secs(timeout),
+            retry_schedule,
+            concurrency,
+            org_inflight_cap: org_cap,
+            event_retention: Duration::from_secs(retention_days * 24 * 3600),
+            heartbeat_interval: Duration::from_secs(heartbeat),
+            batch_size: env_or("TRIGGERS_WORKER_BATCH_SIZE", 100)?,
+            janitor_interval: Duration::from_secs(env_or("TRIGGERS_JANITOR_INTERVAL_SECS", 60)?),
+            max_retry_after: Duration::from_secs(env_or("TRIGGERS_MAX_RETRY_AFTER_SECS", 3600)?),
+            worker_name: unique_worker_name(),
+        })
+    }
+
+    /// A configuration for tests: short retries, private targets allowed, port 0.
+    pub fn for_tests(database_url: impl Into<String>) -> Self {
+        Self {
+            common: CommonConfig::for_database(database_url),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allow_private_webhooks: true,
+            delivery_timeout: Duration::from_secs(2),
+            retry_schedule: vec![Duration::from_millis(200), Duration::from_millis(400)],
+            concurrency: 32,
+            org_inflight_cap: 16,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            heartbeat_interval: Duration::from_secs(2),
+            batch_size: 100,
+            janitor_interval: Duration::from_secs(3600),
+            max_retry_after: Duration::from_secs(60),
+            worker_name: unique_worker_name(),
+        }
+    }
+}
+
+/// The default delays before each retry.
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,30s,2m,10m,45m";
+
+/// A process-unique worker name: host, pid and a random suffix.
+pub fn unique_worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Parse `5s,30s,2m,10m,45m` (units `ms`, `s`, `m`, `h`; an empty string is no retries).
+pub fn parse_schedule(text: &str) -> anyhow::Result<Vec<Duration>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(parse_duration)
+        .collect()
+}
+
+/// Parse one duration such as `250ms`, `5s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("`{text}` does not start with a number"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => bail!("unknown unit `{other}` in `{text}` (use ms, s, m or h)"),
+    })
+}
+
+fn env_or<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name} is invalid (`{v}`): {e}")),
+        _ => Ok(default),
+    }
+}
+
+fn env_bool(name: &str, default: bool) -> anyhow::Result<bool> {
+    match std::env::var(name) {
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(default),
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => bail!("{name} is invalid (`{v}`): expected true or false"),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_schedule_has_five_retries() {
+        let s = parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid");
+        assert_eq!(
+            s,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+                Duration::from_secs(600),
+                Duration::from_secs(2700)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_units_are_refused() {
+        assert!(parse_schedule("5s,3y").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

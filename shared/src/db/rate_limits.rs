@@ -1,0 +1,1 @@
+//! SQL of the `rate_limits` table.

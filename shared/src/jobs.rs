@@ -1,0 +1,66 @@
+//! The delivery job: what ingest enqueues (inside its own transaction) and the worker consumes.
+//!
+//! A job carries ids only; the worker reloads the event, so an acknowledged or deleted event is
+//! simply dropped. Each delivery attempt is its own apalis task: a retry is a new task whose
+//! `run_at` lies in the future, so a backoff survives any crash.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apalis::prelude::TaskBuilder;
+use apalis_postgres::PgTask;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
+pub const DELIVERY_QUEUE: &str = "triggers_deliveries";
+
+/// How often apalis itself may retry a task whose handler failed (a database error in the
+/// handler, not a webhook failure: those are scheduled as new tasks).
+pub const TASK_MAX_ATTEMPTS: usize = 5;
+
+/// Deliver event `event_id` of `organization_id`; `attempt` counts from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub event_id: Uuid,
+    pub organization_id: Uuid,
+    pub attempt: u32,
+}
+
+impl DeliveryJob {
+    pub fn first(event_id: Uuid, organization_id: Uuid) -> Self {
+        Self {
+            event_id,
+            organization_id,
+            attempt: 1,
+        }
+    }
+
+    /// The apalis task for this job, due after `delay` (rounded up to whole seconds: apalis
+    /// stores `run_at` in seconds).
+    pub fn to_task(&self, delay: Duration) -> Result<PgTask, serde_json::Error> {
+        let bytes = serde_json::to_vec(self)?;
+        let mut builder = TaskBuilder::new(bytes).max_attempts(TASK_MAX_ATTEMPTS);
+        if !delay.is_zero() {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let due = now + delay;
+            let secs = due.as_secs() + u64::from(due.subsec_nanos() > 0);
+            builder = builder.run_at_timestamp(secs);
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Enqueue delivery jobs with one multi-row INSERT on `conn` (use a transaction's connection so
+/// the jobs commit with the rows that caused them).
+pub async fn enqueue(conn: &mut PgConnection, jobs: &[(DeliveryJob, Duration)]) -> anyhow::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let tasks = jobs
+        .iter()
+        .map(|(job, delay)| job.to_task(*delay))
+        .collect::<Result<Vec<_>, _>>()?;
+    apalis_postgres::queries::push_tasks(conn, DELIVERY_QUEUE, tasks).await?;
+    Ok(())
+}

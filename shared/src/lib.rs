@@ -1,0 +1,16 @@
+//! Code both Triggers binaries share: configuration, the database pool and its SQL, the queue's
+//! job type, API-key hashing, webhook signing, address policy, telemetry and metric names.
+
+pub mod apikey;
+pub mod config;
+pub mod db;
+pub mod jobs;
+pub mod metrics;
+pub mod models;
+pub mod net;
+pub mod signing;
+pub mod telemetry;
+pub mod testing;
+
+/// The version both binaries report (`/health`, `User-Agent`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,106 @@
+//! Rows as the database stores them, and the domain enums they carry.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An organisation's plan; it sets the ingest rate limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Free,
+    Pro,
+    Business,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Pro => "pro",
+            Tier::Business => "business",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "free" => Some(Tier::Free),
+            "pro" => Some(Tier::Pro),
+            "business" => Some(Tier::Business),
+            "enterprise" => Some(Tier::Enterprise),
+            _ => None,
+        }
+    }
+
+    /// Events per minute this tier may ingest.
+    pub fn rate_limit_per_minute(self) -> i32 {
+        match self {
+            Tier::Free => 100,
+            Tier::Pro => 1_000,
+            Tier::Business => 10_000,
+            Tier::Enterprise => 100_000,
+        }
+    }
+}
+
+/// Where an event stands. `failed` is the dead-letter queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Delivered => "delivered",
+            EventStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Organization {
+    pub id: Uuid,
+    pub name: String,
+    pub tier: String,
+    pub rate_limit_per_minute: i32,
+    pub webhook_url: Option<String>,
+    pub signing_secret: Option<String>,
+    pub webhook_updated_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Event {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub dedup_id: Option<String>,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct DeliveryAttempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+}

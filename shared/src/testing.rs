@@ -1,0 +1,154 @@
+//! Test support: a fresh, migrated database per test, cloned from a template database that is
+//! built once per migration set (so a test pays ~50 ms, not a full migration run).
+//!
+//! `DATABASE_URL` points at a server where the role may create databases (the README's test
+//! command provisions one). Test databases are named `triggers_test_<uuid>`; the test command
+//! drops leftovers before each run.
+
+use std::hash::{Hash, Hasher};
+
+use anyhow::Context;
+use sqlx::{Connection, Executor, PgConnection, PgPool, postgres::PgConnectOptions};
+
+use crate::{config::CommonConfig, db};
+
+/// A migrated database of its own, with a pool and its URL (to hand to spawned processes).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Create a fresh migrated database.
+    pub async fn new() -> anyhow::Result<Self> {
+        let base = std::env::var("DATABASE_URL")
+            .context("DATABASE_URL is not set: run the tests through deploy/local/test.sh")?;
+        let base_opts: PgConnectOptions = base.parse().context("DATABASE_URL")?;
+        let mut admin = PgConnection::connect_with(&base_opts.clone().database("postgres"))
+            .await
+            .context("connecting to the test server")?;
+        let template = ensure_template(&mut admin, &base_opts).await?;
+        let name = format!("triggers_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#
+            )))
+            .await
+            .with_context(|| format!("creating {name}"))?;
+        let url = with_database(&base, &name);
+        let pool = db::pool(&CommonConfig::for_database(url.clone()))?;
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url: with_database(&base, "postgres"),
+        })
+    }
+
+    /// Simulate an outage: refuse new connections to this database and end the open ones.
+    pub async fn cut_off(&self) -> anyhow::Result<()> {
+        self.set_allow_connections(false).await?;
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await?;
+        Ok(())
+    }
+
+    /// End an outage started by [`TestDb::cut_off`].
+    pub async fn restore(&self) -> anyhow::Result<()> {
+        self.set_allow_connections(true).await
+    }
+
+    async fn set_allow_connections(&self, allow: bool) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(&self.admin_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                r#"ALTER DATABASE "{}" WITH ALLOW_CONNECTIONS {allow}"#,
+                self.name
+            )))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Build the template database for the current migrations once (under an advisory lock, as
+/// tests run in parallel processes) and return its name.
+async fn ensure_template(admin: &mut PgConnection, base: &PgConnectOptions) -> anyhow::Result<String> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for m in db::MIGRATOR
+        .iter()
+        .chain(apalis_postgres::PostgresStorage::migrations().iter())
+    {
+        m.version.hash(&mut hasher);
+        m.checksum.hash(&mut hasher);
+    }
+    let digest = hasher.finish();
+    let template = format!("triggers_template_{digest:016x}");
+    let lock_key = (digest >> 1) as i64;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key)
+        .execute(&mut *admin)
+        .await?;
+    let result = async {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut *admin)
+            .await?;
+        if !exists {
+            let building = format!("{template}_building");
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{building}""#
+                )))
+                .await?;
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{building}""#)))
+                .await?;
+            {
+                let mut conn = PgConnection::connect_with(&base.clone().database(&building)).await?;
+                db::MIGRATOR
+                    .run(&mut conn)
+                    .await
+                    .context("migrating the template")?;
+                conn.close().await?;
+                let pool = PgPool::connect_with(base.clone().database(&building)).await?;
+                apalis_postgres::PostgresStorage::setup(&pool)
+                    .await
+                    .context("apalis setup on the template")?;
+                pool.close().await;
+            }
+            admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    r#"ALTER DATABASE "{building}" RENAME TO "{template}""#
+                )))
+                .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_key)
+        .execute(&mut *admin)
+        .await?;
+    result.map(|()| template)
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let prefix = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
