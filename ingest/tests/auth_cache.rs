@@ -191,3 +191,37 @@ async fn the_cache_empties_when_the_invalidation_listener_loses_its_connection()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_database_outage_is_not_mistaken_for_an_invalid_key() {
+    let _serial = SERIAL.lock().await;
+    let test_db = triggers_shared::testing::TestDb::new().await.expect("db");
+    let app = TestApp::spawn_on(&test_db.url, |_| {}).await;
+    let (key, _) = app.create_org("Outage", "free").await;
+
+    test_db.cut_off().await.expect("cut off");
+    let res = app
+        .client
+        .get(app.url("/api/webhook/config"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status();
+    let body: Value = res.json().await.expect("json");
+    // 503 `unavailable` once `db::is_unavailable` knows SQLSTATE 55000 (how `cut_off` refuses
+    // connections); what matters here is that it is not a 401.
+    assert!(status.is_server_error(), "{status}: {body}");
+    assert_ne!(body["code"], "invalid_api_key");
+
+    // Nothing was remembered as refused: the key works as soon as the database is back.
+    test_db.restore().await.expect("restore");
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while status_with(&app, &key).await != 200 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the key stayed refused after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -106,6 +106,16 @@ async fn configuring_a_webhook_returns_the_url_and_a_new_signing_secret() {
         .await
         .expect("json");
     assert_eq!(keys["webhook_url"], url);
+
+    // The stored URL is the normalised one: exactly what was checked and will be called.
+    let res = set_config(&app, &key, json!({"webhook_url": "HTTP://127.0.0.1:9"})).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["webhook_url"], "http://127.0.0.1:9/");
+    assert_eq!(
+        stored(&app, &org_id).await.0.as_deref(),
+        Some("http://127.0.0.1:9/")
+    );
 }
 
 #[tokio::test]

@@ -103,6 +103,10 @@ pub struct SecretRotatedOut {
 }
 
 /// Set (or change) the webhook URL. The response carries the signing secret.
+///
+/// The URL is stored normalised (as the URL standard prints it: lower-case scheme and host, a
+/// `/` path when none is given); the response shows the stored form. The signing secret is
+/// created on the first configuration and kept on later URL changes.
 #[utoipa::path(post, path = "/api/webhook/config", tag = "webhook",
     request_body = WebhookConfigIn,
     security(("api_key" = []), ("bearer" = [])),
