@@ -360,3 +360,35 @@ async fn listen(inner: Weak<Inner>, url: Secret, mut current: Option<PgListener>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u32) -> KeyDigest {
+        Sha256::digest(n.to_be_bytes()).into()
+    }
+
+    #[test]
+    fn a_full_map_drops_expired_entries_first() {
+        let map: DashMap<KeyDigest, bool> = DashMap::new();
+        for n in 0..10 {
+            map.insert(digest(n), n % 2 == 0); // `true` = expired
+        }
+        make_room(&map, 10, |expired| *expired);
+        assert_eq!(map.len(), 5);
+        assert!(map.iter().all(|e| !*e.value()), "only live entries remain");
+    }
+
+    #[test]
+    fn a_full_map_of_live_entries_sheds_a_tenth() {
+        let map: DashMap<KeyDigest, bool> = DashMap::new();
+        for n in 0..100 {
+            map.insert(digest(n), false);
+        }
+        make_room(&map, 100, |expired| *expired);
+        assert_eq!(map.len(), 90);
+        make_room(&map, 100, |expired| *expired);
+        assert_eq!(map.len(), 90, "below capacity: nothing to do");
+    }
+}
