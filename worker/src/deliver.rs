@@ -8,7 +8,10 @@
 //! at once, with its backoff kept only in memory).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -41,6 +44,11 @@ use crate::{
 /// How long a job over its organisation's in-flight cap waits before it is tried again.
 pub const DEFER_DELAY: Duration = Duration::from_secs(1);
 
+/// How long a job may wait in the handler for its organisation's slot before it is deferred. A
+/// healthy endpoint frees slots in milliseconds, so its bursts queue here instead of being
+/// pushed back by a second; a slow one does not, so its jobs leave the worker soon.
+pub const SLOT_WAIT: Duration = Duration::from_millis(300);
+
 /// The longest `last_error` we store.
 const MAX_ERROR_LEN: usize = 4096;
 
@@ -50,7 +58,15 @@ pub struct Deliverer {
     client: WebhookClient,
     config: Arc<WorkerConfig>,
     /// In-flight deliveries per organisation: one slow endpoint cannot take every slot.
-    org_slots: DashMap<Uuid, Arc<Semaphore>>,
+    org_slots: DashMap<Uuid, Arc<OrgSlots>>,
+}
+
+/// One organisation's share of a worker: `cap` deliveries in flight, and at most `cap` more jobs
+/// briefly waiting for one. So an organisation holds at most `2 × cap` of the worker's
+/// concurrency, however slow its endpoint (keep `concurrency` above that).
+struct OrgSlots {
+    inflight: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 /// The apalis handler.
@@ -91,7 +107,7 @@ impl Deliverer {
     /// Deliver one job. `Err` only for database trouble (apalis then retries the job).
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, attempt = job.attempt))]
     pub async fn deliver(&self, job: DeliveryJob) -> anyhow::Result<()> {
-        let Some(_slot) = self.try_slot(job.organization_id) else {
+        let Some(_slot) = self.slot(job.organization_id).await else {
             return self.defer(job).await;
         };
         let _inflight = InflightGuard::new();
@@ -205,14 +221,27 @@ impl Deliverer {
         }
     }
 
-    fn try_slot(&self, org: Uuid) -> Option<OwnedSemaphorePermit> {
+    /// A delivery slot of `org`: at once, or after a short wait if few others are waiting.
+    /// `None`: the organisation is at its cap; defer the job.
+    async fn slot(&self, org: Uuid) -> Option<OwnedSemaphorePermit> {
         let cap = self.config.org_inflight_cap.max(1);
         let slots = self
             .org_slots
             .entry(org)
-            .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+            .or_insert_with(|| {
+                Arc::new(OrgSlots {
+                    inflight: Arc::new(Semaphore::new(cap)),
+                    waiting: AtomicUsize::new(0),
+                })
+            })
             .clone();
-        slots.try_acquire_owned().ok()
+        if let Ok(permit) = slots.inflight.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        // Counted down on drop, so a cancelled wait does not leak.
+        let _waiting = Waiting::enter(&slots.waiting, cap)?;
+        let permit = tokio::time::timeout(SLOT_WAIT, slots.inflight.clone().acquire_owned()).await;
+        permit.ok().and_then(Result::ok)
     }
 
     /// Over the organisation's cap: put the same job back a little later. Not an attempt.
@@ -314,6 +343,23 @@ fn dropped(reason: &'static str) -> anyhow::Result<()> {
     tracing::debug!(reason, "job dropped without a request");
     metrics::counter!(DELIVERIES_TOTAL, "outcome" => "dropped").increment(1);
     Ok(())
+}
+
+/// One job waiting for its organisation's slot.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    /// `None` when `max` jobs are waiting already.
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let guard = Self(count);
+        (count.fetch_add(1, Ordering::SeqCst) < max).then_some(guard)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Keeps the in-flight gauge right whichever way a delivery ends (even if it is cancelled).
