@@ -14,11 +14,16 @@
 //! supervisor below lets it drain, then starts a fresh one under a new name (apalis keeps a
 //! name's registration locked to the session that made it).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use apalis::prelude::{Event, PollWith, Strategy, WorkerBuilder, WorkerBuilderExt, WorkerContext};
 use apalis_postgres::{Config, PostgresStorage, Pubsub};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use triggers_shared::{
@@ -30,6 +35,9 @@ use crate::deliver::{self, Deliverer};
 
 /// How often an idle worker looks for due jobs besides NOTIFY.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(16);
 
 /// Heartbeats a worker may miss before its jobs go to others.
 pub const MISSED_HEARTBEATS: usize = 3;
@@ -43,6 +51,7 @@ pub async fn consume(
     stop: CancellationToken,
 ) {
     let mut generation = 0u32;
+    let mut backoff = RESTART_BACKOFF_MIN;
     loop {
         generation += 1;
         let name = if generation == 1 {
@@ -50,15 +59,21 @@ pub async fn consume(
         } else {
             format!("{}-{generation}", config.worker_name)
         };
+        let started = tokio::time::Instant::now();
         run_one(&name, &pool, &config, &deliverer, &stop).await;
         if stop.is_cancelled() {
             return;
         }
-        tracing::warn!(worker = %name, "queue consumer ended; starting a new one shortly");
+        // Back off while the database stays away; start over after a healthy run.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = RESTART_BACKOFF_MIN;
+        }
+        tracing::warn!(worker = %name, retry_in_ms = backoff.as_millis() as u64, "queue consumer ended; starting a new one");
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
     }
 }
 
@@ -81,7 +96,7 @@ async fn run_one(
     // one, and a closed NOTIFY stream is "ready" forever.
     let strategy = Strategy::new()
         .interval(POLL_INTERVAL)
-        .stream(Pubsub::new(pool.clone(), DELIVERY_QUEUE.to_string()));
+        .stream(Coalesce(Pubsub::new(pool.clone(), DELIVERY_QUEUE.to_string())));
     let backend = PollWith::new(storage, strategy);
     let ctx = WorkerContext::new(name);
     let worker = WorkerBuilder::new(&ctx)
@@ -103,7 +118,13 @@ async fn run_one(
                     tracing::info!(worker = %name, "queue consumer stopped");
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => tracing::error!(worker = %name, error = %e, "queue consumer error"),
+                Some(Err(e)) => {
+                    // apalis stops fetching after a backend error but only finishes once the
+                    // worker is stopped: stop it, let it drain, and the supervisor starts anew.
+                    tracing::error!(worker = %name, error = %e, "queue consumer error; restarting it");
+                    let _ = ctx.stop();
+                    draining.get_or_insert_with(|| tokio::time::Instant::now() + config.drain_timeout);
+                }
             },
             () = stop.cancelled(), if draining.is_none() => {
                 tracing::info!(worker = %name, "stopping: no new claims; draining in-flight deliveries");
@@ -120,6 +141,32 @@ async fn run_one(
                 );
                 return;
             }
+        }
+    }
+}
+
+/// Turns every notification that is waiting into one wake-up. apalis consumes one item of its
+/// strategy stream per poll, and one poll fetches a whole batch, so without this a burst of
+/// inserts would leave thousands of NOTIFY messages queued on the listening connection.
+struct Coalesce<S>(S);
+
+impl<S: Stream + Unpin> Stream for Coalesce<S> {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let mut woken = false;
+        // Bounded, so a stream that is always ready cannot hold the worker's task.
+        for _ in 0..4096 {
+            match self.0.poll_next_unpin(cx) {
+                Poll::Ready(Some(_)) => woken = true,
+                Poll::Ready(None) => return Poll::Ready(woken.then_some(())),
+                Poll::Pending => break,
+            }
+        }
+        if woken {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
         }
     }
 }
