@@ -8,6 +8,7 @@
 //! at once, with its backoff kept only in memory).
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -19,6 +20,7 @@ use anyhow::Context;
 use apalis::prelude::{BoxDynError, Data};
 use chrono::{SecondsFormat, Utc};
 use dashmap::DashMap;
+use futures::FutureExt;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -71,7 +73,15 @@ struct OrgSlots {
 
 /// The apalis handler.
 pub async fn handle(job: DeliveryJob, deliverer: Data<Arc<Deliverer>>) -> Result<(), BoxDynError> {
-    deliverer.deliver(job).await.map_err(Into::into)
+    // A panic fails this job (apalis retries it a few times, then gives it up) instead of
+    // unwinding through the consumer, so one poisonous job cannot crash-loop the fleet.
+    match AssertUnwindSafe(deliverer.deliver(job)).catch_unwind().await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::error!("delivery panicked");
+            Err("delivery panicked".into())
+        }
+    }
 }
 
 /// The body a receiver gets, field for field as API.md has it.

@@ -24,7 +24,7 @@ async fn job_ids(pool: &sqlx::PgPool) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_janitor_removes_finished_jobs_expired_dedup_keys_and_old_delivered_events_only() {
+async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_events_and_dead_workers_only() {
     let db = test_db().await;
     let pool = &db.pool;
     let (org, _) = create_org(pool, None).await;
@@ -129,12 +129,44 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_and_old_delivered_
     .await;
     set_event(ids[4], "UPDATE events SET created_at = now() - interval '30 days', updated_at = now() - interval '30 days' WHERE id = $1").await;
 
+    // Worker registrations: long gone and idle (deleted), long gone but still holding a job
+    // (kept: orphan recovery finds the job through it), and alive (kept).
+    for (id, seen) in [
+        ("gone-idle", "2 days"),
+        ("gone-holding", "2 days"),
+        ("alive", "0 seconds"),
+    ] {
+        sqlx::query(
+            "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+             VALUES ($1, $2, 'PgStorage', now() - $3::interval)",
+        )
+        .bind(id)
+        .bind(DELIVERY_QUEUE)
+        .bind(seen)
+        .execute(pool)
+        .await
+        .expect("worker row");
+    }
+    sqlx::query("UPDATE apalis.jobs SET status = 'Running', lock_by = 'gone-holding' WHERE id = $1")
+        .bind(&jobs[5])
+        .execute(pool)
+        .await
+        .expect("lock job");
+
     let config = WorkerConfig::for_tests(&db.url); // retention 7 days
     let report = run_janitor_once(pool, &config)
         .await
         .expect("janitor")
         .expect("it had the lock");
-    assert_eq!((report.jobs, report.dedup_keys, report.events), (3, 1, 2));
+    assert_eq!(
+        (report.jobs, report.dedup_keys, report.events, report.workers),
+        (3, 1, 2, 1)
+    );
+    let workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .expect("workers");
+    assert_eq!(workers, ["alive", "gone-holding"]);
 
     assert_eq!(job_ids(pool).await, jobs[3..].to_vec());
     let other_left: i64 =
@@ -162,7 +194,7 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_and_old_delivered_
         .await
         .expect("janitor")
         .expect("lock");
-    assert_eq!((again.jobs, again.dedup_keys, again.events), (0, 0, 0));
+    assert_eq!(again, Default::default());
 }
 
 #[tokio::test]
