@@ -134,3 +134,35 @@ impl Resolve for PolicyResolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_resolver_refuses_internal_addresses_unless_allowed() {
+        let strict = PolicyResolver { allow_private: false };
+        let err = strict
+            .resolve(Name::from_str("localhost").expect("name"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("internal"), "{err}");
+        // A trailing dot slips past the name check; the address check (or DNS) still refuses it.
+        let trailing = strict.resolve(Name::from_str("localhost.").expect("name")).await;
+        assert!(trailing.is_err());
+        let open = PolicyResolver { allow_private: true };
+        let addrs: Vec<_> = open
+            .resolve(Name::from_str("localhost").expect("name"))
+            .await
+            .expect("resolves")
+            .collect();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 0),
+            "{addrs:?}"
+        );
+    }
+}

@@ -387,3 +387,19 @@ impl Drop for InflightGuard {
         metrics::gauge!(DELIVERY_INFLIGHT).decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(MAX_ERROR_LEN); // two bytes each
+        let cut = truncate(text);
+        assert_eq!(cut.len(), MAX_ERROR_LEN);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("a{}", "é".repeat(MAX_ERROR_LEN));
+        assert_eq!(truncate(odd).len(), MAX_ERROR_LEN - 1);
+        assert_eq!(truncate("short".into()), "short");
+    }
+}

@@ -260,7 +260,13 @@ async fn the_admin_port_serves_health_readiness_metrics_and_json_404s() {
         text.contains("triggers_deliveries_total{outcome=\"delivered\"}"),
         "{text}"
     );
-    assert!(text.contains("triggers_delivery_duration_seconds"), "{text}");
+    for metric in [
+        "triggers_delivery_duration_seconds",
+        "triggers_delivery_inflight",
+        "triggers_queue_depth",
+    ] {
+        assert!(text.contains(metric), "{metric} missing from:\n{text}");
+    }
 
     let res = get("/nope").await.expect("request");
     assert_eq!(res.status(), 404);
