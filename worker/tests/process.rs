@@ -17,15 +17,30 @@ async fn a_worker_killed_mid_delivery_has_its_jobs_redelivered_by_another() {
     // Hang every request while the first worker lives.
     let receiver = Receiver::start(vec![], Reply::status(200).after(Duration::from_secs(120))).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
-    let ids = create_events(&db.pool, org, 5).await;
-    let mut child = spawn_worker_process(&db.url, &[("TRIGGERS_DELIVERY_TIMEOUT_SECS", "60")]);
+    let ids = create_events(&db.pool, org, 20).await;
+    // Concurrency 5: five deliveries in flight, the rest of the fetched batch waiting in the
+    // process's buffer. Both kinds must come back.
+    let mut child = spawn_worker_process(
+        &db.url,
+        &[
+            ("TRIGGERS_DELIVERY_TIMEOUT_SECS", "60"),
+            ("TRIGGERS_WORKER_CONCURRENCY", "5"),
+        ],
+    );
 
     eventually(
-        "the process has all 5 deliveries in flight",
+        "the process has 5 deliveries in flight",
         Duration::from_secs(30),
         || async { receiver.inflight() == 5 },
     )
     .await;
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
+    assert_eq!(claimed, 20, "the process should hold the whole batch");
     child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     let _ = child.wait();
     let killed_at = Instant::now();
@@ -33,19 +48,16 @@ async fn a_worker_killed_mid_delivery_has_its_jobs_redelivered_by_another() {
 
     // A survivor (heartbeat 1 s, so the dead worker's jobs are orphaned after ~3 s).
     let survivor = TestWorker::spawn(&db.url, |_| {}).await;
-    eventually("every event is redelivered", Duration::from_secs(60), || async {
-        count_status(&db.pool, org, "delivered").await == 5
+    eventually("every event is delivered", Duration::from_secs(60), || async {
+        count_status(&db.pool, org, "delivered").await == 20
     })
     .await;
     let redelivered_after = killed_at.elapsed();
     let requests = receiver.requests();
-    for id in &ids {
-        let n = requests.iter().filter(|r| r.event_id() == id.to_string()).count();
-        assert!(
-            n >= 2,
-            "event {id} was sent {n} time(s); expected the lost attempt and a redelivery"
-        );
-    }
+    let sent = |id: &uuid::Uuid| requests.iter().filter(|r| r.event_id() == id.to_string()).count();
+    let interrupted = ids.iter().filter(|id| sent(id) >= 2).count();
+    assert_eq!(interrupted, 5, "the 5 interrupted deliveries are sent again");
+    assert!(ids.iter().all(|id| sent(id) >= 1));
     assert!(
         redelivered_after < Duration::from_secs(30),
         "redelivery took {redelivered_after:?}"
