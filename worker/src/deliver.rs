@@ -51,6 +51,9 @@ pub const DEFER_DELAY: Duration = Duration::from_secs(1);
 /// pushed back by a second; a slow one does not, so its jobs leave the worker soon.
 pub const SLOT_WAIT: Duration = Duration::from_millis(300);
 
+/// How often recording an attempt is tried before the job is failed back to apalis.
+const RECORD_TRIES: usize = 4;
+
 /// The longest `last_error` we store.
 const MAX_ERROR_LEN: usize = 4096;
 
@@ -164,6 +167,17 @@ impl Deliverer {
                 Next::GiveUp => EventStatus::Failed,
             },
         };
+        // The request has been made: retry the write a little before giving the job back to
+        // apalis, whose retry would send the webhook again.
+        let mut pause = Duration::from_millis(250);
+        for _ in 0..RECORD_TRIES - 1 {
+            match self.record(&job, &record, next).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "recording the attempt failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
         self.record(&job, &record, next).await
     }
 
