@@ -144,6 +144,9 @@ pub struct WorkerConfig {
     pub max_retry_after: Duration,
     /// A unique name for this worker process.
     pub worker_name: String,
+    /// On SIGTERM, how long in-flight deliveries may take to finish before they are abandoned
+    /// (another worker then re-queues them after the heartbeat timeout).
+    pub drain_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -169,6 +172,10 @@ impl WorkerConfig {
             bail!("TRIGGERS_WORKER_HEARTBEAT_SECS must be at least 1");
         }
         let retention_days: u64 = env_or("TRIGGERS_EVENT_RETENTION_DAYS", 7)?;
+        let batch_size: usize = env_or("TRIGGERS_WORKER_BATCH_SIZE", 100)?;
+        if batch_size == 0 {
+            bail!("TRIGGERS_WORKER_BATCH_SIZE must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env()?,
             addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
@@ -179,10 +186,11 @@ impl WorkerConfig {
             org_inflight_cap: org_cap,
             event_retention: Duration::from_secs(retention_days * 24 * 3600),
             heartbeat_interval: Duration::from_secs(heartbeat),
-            batch_size: env_or("TRIGGERS_WORKER_BATCH_SIZE", 100)?,
+            batch_size,
             janitor_interval: Duration::from_secs(env_or("TRIGGERS_JANITOR_INTERVAL_SECS", 60)?),
             max_retry_after: Duration::from_secs(env_or("TRIGGERS_MAX_RETRY_AFTER_SECS", 3600)?),
             worker_name: unique_worker_name(),
+            drain_timeout: Duration::from_secs(env_or("TRIGGERS_WORKER_DRAIN_SECS", timeout + 10)?),
         })
     }
 
@@ -202,6 +210,7 @@ impl WorkerConfig {
             janitor_interval: Duration::from_secs(3600),
             max_retry_after: Duration::from_secs(60),
             worker_name: unique_worker_name(),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,0 +1,378 @@
+//! Test harness for the worker: a fresh database, the real worker in-process (or as a process),
+//! fixtures written directly in SQL, and a webhook receiver that records every request and
+//! answers from a script.
+#![allow(dead_code)]
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use sqlx::PgPool;
+use tokio::{sync::oneshot, task::JoinHandle};
+use triggers_shared::{
+    config::{LogFormat, WorkerConfig},
+    jobs::{self, DELIVERY_QUEUE, DeliveryJob},
+    signing, telemetry,
+    testing::TestDb,
+};
+use triggers_worker::Worker;
+use uuid::Uuid;
+
+pub async fn test_db() -> TestDb {
+    telemetry::init(LogFormat::Pretty);
+    TestDb::new().await.expect("test database")
+}
+
+// ---------------------------------------------------------------- the worker
+
+/// The real worker, in this process, on port 0.
+pub struct TestWorker {
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWorker {
+    pub async fn spawn(db_url: &str, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let mut config = WorkerConfig::for_tests(db_url);
+        config.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(1)];
+        config.heartbeat_interval = Duration::from_secs(1);
+        tweak(&mut config);
+        let worker = Worker::build(config).await.expect("build worker");
+        let admin = worker.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            admin,
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Signal shutdown and wait until the worker has drained and returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h.await.expect("worker task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The real `triggers-worker` binary, configured through its environment.
+pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_triggers-worker"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", db_url)
+        .env("TRIGGERS_WORKER_ADDR", "127.0.0.1:0")
+        .env("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", "true")
+        .env("TRIGGERS_WORKER_HEARTBEAT_SECS", "1")
+        .env("TRIGGERS_RETRY_SCHEDULE", "1s")
+        .env("TRIGGERS_DB_POOL_SIZE", "10")
+        .env("RUST_LOG", "warn,triggers_worker=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn triggers-worker")
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// An organisation whose webhook is `webhook_url`; returns its id and signing secret.
+pub async fn create_org(pool: &PgPool, webhook_url: Option<&str>) -> (Uuid, String) {
+    let id = Uuid::now_v7();
+    let secret = signing::generate_secret();
+    sqlx::query(
+        "INSERT INTO organizations (id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                                    webhook_updated_at)
+         VALUES ($1, $2, 'pro', 1000, $3, $4, now())",
+    )
+    .bind(id)
+    .bind(format!("org-{id}"))
+    .bind(webhook_url)
+    .bind(&secret)
+    .execute(pool)
+    .await
+    .expect("insert organization");
+    (id, secret)
+}
+
+/// `n` events of `org` with their first delivery jobs, committed together (as ingest does).
+pub async fn create_events(pool: &PgPool, org: Uuid, n: usize) -> Vec<Uuid> {
+    let mut tx = pool.begin().await.expect("begin");
+    let mut ids = Vec::with_capacity(n);
+    let mut queued = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO events (id, organization_id, type, dedup_id, payload) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(org)
+        .bind("order.created")
+        .bind(format!("dedup-{i}-{id}"))
+        .bind(serde_json::json!({"n": i, "note": "snow ☃ \"quoted\"", "nested": {"a": [1, 2.5, null]}}))
+        .execute(&mut *tx)
+        .await
+        .expect("insert event");
+        ids.push(id);
+        queued.push((DeliveryJob::first(id, org), Duration::ZERO));
+    }
+    jobs::enqueue(&mut tx, &queued).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    ids
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct EventRow {
+    pub status: String,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn event(pool: &PgPool, id: Uuid) -> EventRow {
+    sqlx::query_as(
+        "SELECT status, attempts, response_status, last_error, delivered_at FROM events WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("event row")
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+pub async fn attempts(pool: &PgPool, id: Uuid) -> Vec<AttemptRow> {
+    sqlx::query_as(
+        "SELECT attempt, response_status, error, duration_ms FROM delivery_attempts
+         WHERE event_id = $1 ORDER BY attempt",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .expect("attempt rows")
+}
+
+/// Jobs of the delivery queue not finished yet (due, scheduled, claimed or retryable).
+pub async fn unfinished_jobs(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1
+           AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(pool)
+    .await
+    .expect("count jobs")
+}
+
+pub async fn count_status(pool: &PgPool, org: Uuid, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE organization_id = $1 AND status = $2")
+        .bind(org)
+        .bind(status)
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+/// Poll `check` every 50 ms until it holds; panic with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- the receiver
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("header {name} missing"))
+    }
+    pub fn event_id(&self) -> String {
+        self.header("webhook-id").to_string()
+    }
+}
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// How long to wait before answering (a hanging endpoint).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    requests: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    default: Arc<Mutex<Reply>>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: Arc<AtomicUsize>,
+}
+
+/// A webhook endpoint on 127.0.0.1:0 that records every request (headers and exact body bytes)
+/// and answers from a script, then with a default reply.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub url: String,
+    state: ReceiverState,
+}
+
+impl Receiver {
+    pub async fn start(script: Vec<Reply>, default: Reply) -> Self {
+        let state = ReceiverState {
+            requests: Arc::default(),
+            script: Arc::new(Mutex::new(script.into())),
+            default: Arc::new(Mutex::new(default)),
+            inflight: Arc::default(),
+            max_inflight: Arc::default(),
+        };
+        let app = Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            url: format!("http://{addr}/hooks/triggers"),
+            state,
+        }
+    }
+
+    /// Always answer `status` at once.
+    pub async fn answering(status: u16) -> Self {
+        Self::start(Vec::new(), Reply::status(status)).await
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    pub fn set_default(&self, reply: Reply) {
+        *self.state.default.lock().expect("lock") = reply;
+    }
+
+    pub fn max_inflight(&self) -> usize {
+        self.state.max_inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.state.inflight.load(Ordering::SeqCst)
+    }
+}
+
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
+    state.requests.lock().expect("lock").push(Received {
+        at: Instant::now(),
+        headers,
+        body,
+    });
+    let now = state.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_inflight.fetch_max(now, Ordering::SeqCst);
+    let _guard = InflightGuard(state.inflight.clone());
+    let reply = {
+        let next = state.script.lock().expect("lock").pop_front();
+        next.unwrap_or_else(|| state.default.lock().expect("lock").clone())
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = (
+        StatusCode::from_u16(reply.status).expect("status"),
+        "receiver says hi",
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(&value).expect("header value"),
+        );
+    }
+    response
+}
