@@ -17,7 +17,10 @@
 //! organisation queue behind one lease call; no lock is shared by all requests.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -90,20 +93,51 @@ struct Bucket {
 pub struct RateLimiter {
     db: PgPool,
     buckets: Arc<DashMap<Uuid, Arc<Mutex<Bucket>>>>,
+    /// When idle buckets were last dropped (seconds since `epoch`).
+    last_prune: Arc<AtomicU64>,
+    epoch: Instant,
 }
+
+/// Buckets kept before idle ones are dropped (at most once a minute).
+const PRUNE_ABOVE: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(db: PgPool) -> Self {
         Self {
             db,
             buckets: Arc::new(DashMap::new()),
+            last_prune: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Drop buckets whose window has ended (their tokens are void anyway), so memory follows
+    /// the number of recently active organisations. Runs at most once a minute.
+    fn maybe_prune(&self, now: Instant) {
+        if self.buckets.len() <= PRUNE_ABOVE {
+            return;
+        }
+        let secs = now.duration_since(self.epoch).as_secs();
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if secs < last + 60
+            || self
+                .last_prune
+                .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.buckets.retain(|_, bucket| match bucket.try_lock() {
+            Ok(b) => b.window_end.is_some_and(|end| end > now) || b.denied_until.is_some_and(|d| d > now),
+            Err(_) => true,
+        });
     }
 
     /// Take one token of the organisation's per-minute `limit`. `Err` only when the database
     /// cannot be asked (503).
     pub async fn check(&self, organization_id: Uuid, limit: i32) -> Result<Decision, ApiError> {
         let limit = limit.max(1);
+        self.maybe_prune(Instant::now());
         // Clone the Arc out so the DashMap shard lock is released before awaiting.
         let bucket = self.buckets.entry(organization_id).or_default().value().clone();
         let mut b = bucket.lock().await;
