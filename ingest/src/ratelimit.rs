@@ -65,6 +65,17 @@ impl Decision {
         h
     }
 
+    /// What to report when the budget could not be consulted (database unreachable): nothing
+    /// left until the client's retry.
+    pub fn unknown(limit: i32) -> Self {
+        Self {
+            allowed: false,
+            limit: limit.max(1) as u32,
+            remaining: 0,
+            reset_secs: crate::error::UNAVAILABLE_RETRY_AFTER_SECS,
+        }
+    }
+
     /// The `429` for a refused request.
     pub fn rejection(&self) -> ApiError {
         ApiError::RateLimited {

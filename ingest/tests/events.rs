@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::TestApp;
 use fixtures::*;
 use serde_json::{Value, json};
+use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
 use triggers_shared::testing::TestDb;
 use uuid::Uuid;
 
@@ -689,4 +690,92 @@ async fn ingest_metrics_count_accepted_and_rejected_events_and_batches() {
     ] {
         assert!(text.contains(needle), "{needle} missing from /metrics");
     }
+}
+
+fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        organization_id: org,
+        event_type: "direct".into(),
+        dedup_id: dedup_id.map(str::to_owned),
+        payload: "{}".into(),
+    }
+}
+
+#[tokio::test]
+async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_duplicates() {
+    let test_db = TestDb::new().await.expect("db");
+    let (_, org_a) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org_b) = create_org_sql(&test_db.pool, "pro").await;
+    let writer = BatchWriter::start(test_db.pool.clone());
+    let events = [
+        new_event(org_a, Some("k")),
+        new_event(org_a, None),
+        new_event(org_a, Some("k")),
+        new_event(org_b, Some("k")),
+        new_event(org_a, Some("other")),
+        new_event(org_a, Some("k")),
+    ];
+    // Submitted together, they share a batch (or a few): the answers must not depend on it.
+    let outcomes = futures::future::join_all(events.iter().cloned().map(|e| writer.submit(e))).await;
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("outcome")).collect();
+    let first_k = match &outcomes[0] {
+        Outcome::Accepted { id, .. } => *id,
+        other => panic!("the first k is accepted: {other:?}"),
+    };
+    assert_eq!(first_k, events[0].id);
+    assert!(matches!(outcomes[1], Outcome::Accepted { .. }));
+    assert_eq!(outcomes[2], Outcome::Duplicate { event_id: first_k });
+    assert!(
+        matches!(outcomes[3], Outcome::Accepted { .. }),
+        "another organisation"
+    );
+    assert!(matches!(outcomes[4], Outcome::Accepted { .. }));
+    assert_eq!(outcomes[5], Outcome::Duplicate { event_id: first_k });
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&test_db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 4);
+    writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_accepted() {
+    let test_db = TestDb::new().await.expect("db");
+    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let writer = BatchWriter::start(test_db.pool.clone());
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (writer, event) = (writer.clone(), new_event(org, None));
+            let id = event.id;
+            (id, tokio::spawn(async move { writer.submit(event).await }))
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    writer.shutdown().await;
+    let mut accepted = 0;
+    for (id, task) in tasks {
+        let result = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("no waiter hangs")
+            .expect("join");
+        let stored: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&test_db.pool)
+            .await
+            .expect("exists");
+        match result {
+            Ok(Outcome::Accepted { .. }) => {
+                accepted += 1;
+                assert!(stored, "accepted means stored");
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => assert!(!stored, "a refused event is not stored"),
+        }
+    }
+    assert!(accepted > 0, "what was queued before shutdown is written");
+    // After shutdown the writer refuses (503) instead of hanging.
+    let late = writer.submit(new_event(org, None)).await;
+    assert!(late.is_err());
 }

@@ -34,6 +34,7 @@ use crate::{
     batcher::{NewEvent, Outcome},
     error::{ApiError, ErrorBody},
     extract::ApiJson,
+    ratelimit::Decision,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -186,7 +187,14 @@ pub struct RedeliverAllOut {
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
     let decision = match state.limiter.check(org.id, org.rate_limit_per_minute).await {
         Ok(d) => d,
-        Err(e) => return rejected(e),
+        Err(e) => {
+            // The budget cannot be consulted: nothing can be accepted until the database is back.
+            let mut response = rejected(e);
+            response
+                .headers_mut()
+                .extend(Decision::unknown(org.rate_limit_per_minute).headers());
+            return response;
+        }
     };
     let mut response = if decision.allowed {
         match ingest(&state, &org, request).await {
