@@ -37,8 +37,12 @@ use crate::error::ApiError;
 pub const MAX_SLICE: i32 = 500;
 /// How long a refusal is remembered before asking the database again.
 pub const DENIAL_MEMORY: Duration = Duration::from_secs(1);
-/// Bound on a lease call, so a hung database never hangs a request.
-const LEASE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Bound on one request's whole wait here (the per-organisation queue plus the lease call), so a
+/// hung database never hangs a request.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a failed lease, requests without local tokens fail fast for this long instead of
+/// queueing behind one more doomed database call each.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 
 static LIMIT_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static REMAINING_HEADER: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -97,6 +101,8 @@ struct Bucket {
     unleased: f64,
     /// A remembered refusal: until when, and the retry time it announced.
     denied_until: Option<Instant>,
+    /// A remembered lease failure (database unreachable).
+    failed_until: Option<Instant>,
     retry_at: Option<Instant>,
 }
 
@@ -151,7 +157,11 @@ impl RateLimiter {
         self.maybe_prune(Instant::now());
         // Clone the Arc out so the DashMap shard lock is released before awaiting.
         let bucket = self.buckets.entry(organization_id).or_default().value().clone();
-        let mut b = bucket.lock().await;
+        let deadline = tokio::time::Instant::now() + CHECK_TIMEOUT;
+        let Ok(mut b) = tokio::time::timeout_at(deadline, bucket.lock()).await else {
+            tracing::warn!("rate-limit check timed out waiting for this organisation's lease");
+            return Err(ApiError::Unavailable);
+        };
         let now = Instant::now();
         let ulimit = limit as u32;
 
@@ -169,8 +179,19 @@ impl RateLimiter {
             return Ok(refused(ulimit, secs_until(retry_at, now)));
         }
 
+        if b.failed_until.is_some_and(|until| now < until) {
+            return Err(ApiError::Unavailable);
+        }
+
         let slice = (limit / 50).clamp(1, MAX_SLICE);
-        let lease = self.lease(organization_id, limit, slice).await?;
+        let lease = match self.lease(organization_id, limit, slice, deadline).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                b.failed_until = Some(Instant::now() + FAILURE_MEMORY);
+                return Err(e);
+            }
+        };
+        b.failed_until = None;
         let now = Instant::now();
         let window_end = now + secs_f64(60.0 - lease.window_elapsed);
         b.window_end = Some(window_end);
@@ -190,12 +211,18 @@ impl RateLimiter {
         }
     }
 
-    async fn lease(&self, organization_id: Uuid, limit: i32, want: i32) -> Result<Lease, ApiError> {
+    async fn lease(
+        &self,
+        organization_id: Uuid,
+        limit: i32,
+        want: i32,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, ApiError> {
         let call = async {
             let mut conn = self.db.acquire().await?;
             rate_limits::lease(&mut conn, organization_id, limit, want).await
         };
-        match tokio::time::timeout(LEASE_TIMEOUT, call).await {
+        match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(lease)) => Ok(lease),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rate-limit lease failed");
