@@ -223,6 +223,45 @@ async fn a_dedup_id_can_be_reused_after_it_expires() {
 }
 
 #[tokio::test]
+async fn the_configured_dedup_window_decides_when_an_id_may_be_reused() {
+    let test_db = TestDb::new().await.expect("db");
+    let app = TestApp::spawn_on(&test_db.url, |c| c.dedup_window = Duration::from_secs(1)).await;
+    let (key, org) = create_org_sql(&app.db, "pro").await;
+    accept(
+        &app,
+        &key,
+        &json!({"type": "a", "payload": {}, "dedup_id": "short"}),
+    )
+    .await;
+    let lifetime: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at - now())::float8 FROM dedup_keys WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_one(&app.db)
+    .await
+    .expect("key");
+    assert!(
+        lifetime <= 1.0,
+        "the key lives for the configured window: {lifetime}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = post_event(
+            &app,
+            &key,
+            &json!({"type": "a", "payload": {}, "dedup_id": "short"}),
+        )
+        .await;
+        if res.status() == 202 {
+            break;
+        }
+        assert_eq!(res.status(), 409);
+        assert!(Instant::now() < deadline, "the id never became reusable");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn invalid_fields_are_422_with_every_bad_field_listed() {
     let app = TestApp::spawn().await;
     let (key, _) = create_org_sql(&app.db, "pro").await;

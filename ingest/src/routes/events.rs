@@ -173,14 +173,24 @@ pub struct RedeliverAllOut {
     request_body = EventIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 202, description = "Stored with its delivery job", body = EventAcceptedOut),
+        (status = 202, description = "Stored with its delivery job", body = EventAcceptedOut, headers(
+            ("X-RateLimit-Limit" = u32, description = "Events per minute allowed to the organisation"),
+            ("X-RateLimit-Remaining" = u32, description = "Approximate events left in the sliding minute"),
+            ("X-RateLimit-Reset" = u64, description = "Seconds until the current minute ends"),
+            ("Location" = String, description = "`/api/events/{id}`"),
+        )),
         (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 409, description = "`duplicate_event`, with `dedup_id` and the original `event_id`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`, with `limit_bytes`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`validation_failed`, with `details`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`; `Retry-After` header", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`", body = ErrorBody, headers(
+            ("Retry-After" = u64, description = "Seconds until capacity frees up"),
+            ("X-RateLimit-Limit" = u32),
+            ("X-RateLimit-Remaining" = u32, description = "0"),
+            ("X-RateLimit-Reset" = u64, description = "Seconds until capacity frees up"),
+        )),
         (status = 503, description = "`unavailable`: the database is unreachable; `Retry-After` header", body = ErrorBody),
     )
 )]
