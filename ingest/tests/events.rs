@@ -505,6 +505,7 @@ async fn unknown_malformed_and_foreign_event_ids_are_the_same_404() {
         &Uuid::now_v7().to_string(),
         "not-a-uuid",
         "'%20OR%201=1",
+        "%FF%FE",
     ] {
         for (method, path) in [
             ("GET", format!("/api/events/{id}")),

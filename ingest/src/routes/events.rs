@@ -10,8 +10,8 @@ mod validate;
 
 use axum::{
     Json,
-    extract::{FromRequest, Path, Request, State},
-    http::{HeaderValue, StatusCode, header},
+    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -260,9 +260,22 @@ async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Respons
     }
 }
 
-/// Parse an event id from the path; anything malformed is simply not found.
-pub fn parse_event_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| ApiError::EventNotFound)
+/// The `{id}` of an event route. Anything that is not a UUID (including a path segment that is
+/// not valid UTF-8 once decoded) is simply an unknown event: `404 event_not_found`, like an
+/// unknown or foreign id.
+pub struct EventId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::EventNotFound)?;
+        Uuid::try_parse(&raw)
+            .map(EventId)
+            .map_err(|_| ApiError::EventNotFound)
+    }
 }
 
 /// Fetch one of your events with its delivery attempts.
@@ -279,9 +292,8 @@ pub fn parse_event_id(raw: &str) -> Result<Uuid, ApiError> {
 pub async fn get_event(
     State(state): State<AppState>,
     org: Org,
-    Path(id): Path<String>,
+    EventId(id): EventId,
 ) -> Result<Json<EventDetailOut>, ApiError> {
-    let id = parse_event_id(&id)?;
     let mut conn = state.db.acquire().await?;
     let event = db::events::find(&mut conn, org.id, id)
         .await?
@@ -312,9 +324,8 @@ pub async fn get_event(
 pub async fn redeliver_event(
     State(state): State<AppState>,
     org: Org,
-    Path(id): Path<String>,
+    EventId(id): EventId,
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
-    let id = parse_event_id(&id)?;
     let mut tx = state.db.begin().await?;
     if !db::events::reset_for_redelivery(&mut tx, org.id, id).await? {
         return Err(ApiError::EventNotFound);

@@ -6,10 +6,7 @@
 //! skips events that existed when paging began, however many arrive meanwhile. It is present
 //! only when `has_more` is true. `offset` may be combined with a cursor (it applies after it).
 
-use axum::{
-    Json,
-    extract::{Path, State},
-};
+use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,7 +18,7 @@ use triggers_shared::db::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::events::{EventOut, parse_event_id};
+use super::events::{EventId, EventOut};
 use crate::{
     AppState,
     auth::Org,
@@ -230,9 +227,8 @@ pub async fn list_inbox(
 pub async fn ack_event(
     State(state): State<AppState>,
     org: Org,
-    Path(id): Path<String>,
+    EventId(id): EventId,
 ) -> Result<Json<AckOut>, ApiError> {
-    let id = parse_event_id(&id)?;
     let mut conn = state.db.acquire().await?;
     let (row, newly) = db::events::acknowledge(&mut conn, org.id, id)
         .await?
