@@ -20,6 +20,11 @@ case "$name" in
 esac
 port=${TRIGGERS_PG_PORT:-$default_port}
 dir="$root/target/pg-$name"
+# Run as root, the cluster belongs to the `postgres` user, which must be able to reach it: when
+# the checkout sits somewhere it cannot traverse (e.g. under /root), use a private folder in /tmp.
+if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
+  dir="/tmp/triggers-pg-$name-$(printf '%s' "$root" | md5sum | cut -c1-12)"
+fi
 data="$dir/data"
 db=triggers
 user=triggers
@@ -49,7 +54,7 @@ ensure_installed() {
 # Run a Postgres tool as the cluster's owner (postgres when we are root).
 as_owner() {
   if [[ $(id -u) -eq 0 ]]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi

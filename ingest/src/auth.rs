@@ -1,18 +1,27 @@
-//! Authentication: `X-API-Key: <key>` or `Authorization: Bearer <key>` → the organisation.
+//! Authentication: `X-API-Key: <key>` or `Authorization: Bearer <key>` → the organisation, and
+//! the operator's admin token that guards organisation creation.
 //!
 //! The prefix of a key finds its row; argon2id verifies the secret. Verified keys are cached
 //! (TTL) so argon2 runs only on a miss; refused keys are cached too (bounded), so an unknown
 //! key costs at most one argon2 per TTL. Instances drop cached entries when another instance
-//! rotates a key (LISTEN/NOTIFY on [`INVALIDATION_CHANNEL`]).
+//! rotates a key (LISTEN/NOTIFY on [`INVALIDATION_CHANNEL`]); see [`cache`].
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-use sqlx::PgPool;
-use triggers_shared::{apikey, config::IngestConfig, db, models::Tier};
+mod cache;
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, header, request::Parts},
+};
+use sha2::{Digest, Sha256};
+use triggers_shared::models::Tier;
 use uuid::Uuid;
+
+pub use cache::AuthCache;
 
 use crate::{AppState, error::ApiError};
 
 /// The Postgres channel on which key changes are announced (payload: organisation id).
+/// Whoever revokes or rotates keys sends `pg_notify` on it in the same transaction.
 pub const INVALIDATION_CHANNEL: &str = "triggers_auth_invalidate";
 
 /// The authenticated organisation of a request.
@@ -24,50 +33,16 @@ pub struct Org {
     pub rate_limit_per_minute: i32,
 }
 
-/// Caches of verified and refused keys.
-#[derive(Clone)]
-pub struct AuthCache {}
-
-impl AuthCache {
-    pub async fn start(_db: &PgPool, _config: &IngestConfig) -> anyhow::Result<Self> {
-        Ok(Self {})
-    }
-
-    /// Resolve a presented key to its organisation.
-    pub async fn authenticate(&self, db: &PgPool, key: &str) -> Result<Org, ApiError> {
-        let prefix = apikey::prefix_of(key).ok_or(ApiError::InvalidApiKey)?;
-        let mut conn = db.acquire().await?;
-        let Some(row) = db::api_keys::find_active_by_prefix(&mut conn, prefix).await? else {
-            return Err(ApiError::InvalidApiKey);
-        };
-        drop(conn);
-        let key = key.to_owned();
-        let hash = row.key_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || apikey::verify(&key, &hash))
-            .await
-            .map_err(ApiError::internal)?;
-        if !ok {
-            return Err(ApiError::InvalidApiKey);
-        }
-        Ok(Org {
-            id: row.organization_id,
-            name: row.organization_name,
-            tier: Tier::parse(&row.tier).unwrap_or_default(),
-            rate_limit_per_minute: row.rate_limit_per_minute,
-        })
-    }
-}
-
 /// The key a request presents, if any.
 pub fn presented_key(parts: &Parts) -> Option<&str> {
     if let Some(v) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }
-    let auth = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    bearer_token(&parts.headers)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -82,5 +57,55 @@ impl FromRequestParts<AppState> for Org {
         let org = state.auth.authenticate(&state.db, key).await?;
         tracing::Span::current().record("org_id", tracing::field::display(org.id));
         Ok(org)
+    }
+}
+
+/// Proof that the request carries the operator's admin token (`X-Admin-Token: <token>` or
+/// `Authorization: Bearer <token>`), or that no admin token is configured (development).
+/// A missing or wrong token is `401 admin_token_required`.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = &state.config.admin_token else {
+            return Ok(Admin);
+        };
+        let presented = parts
+            .headers
+            .get("x-admin-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .or_else(|| bearer_token(&parts.headers))
+            .ok_or(ApiError::AdminTokenRequired)?;
+        if same_secret(presented, expected.expose()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::AdminTokenRequired)
+        }
+    }
+}
+
+/// Compare two secrets in time independent of where they differ: both are hashed to fixed-size
+/// digests first (which also hides the expected length), then compared without early exit.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        assert!(!same_secret("s3cret-token", "s3cret-tokem"));
+        assert!(!same_secret("", "s3cret-token"));
+        assert!(!same_secret("s3cret-token-longer", "s3cret-token"));
     }
 }

@@ -1,9 +1,255 @@
-//! Routes of the `webhook` resource.
+//! Routes of the `webhook` resource: an organisation's webhook URL and its signing secret.
+//!
+//! A URL is checked twice here: its shape (`net::parse_webhook_url`: http(s), no user-info, at
+//! most 2,048 characters) and where it points (`net::resolve_allowed`: no internal addresses
+//! unless the operator allows them). The worker checks the resolved address again at delivery.
+//!
+//! Choices where API.md is silent:
+//! - The URL is stored normalised (as `url::Url` prints it, e.g. `https://example.com/` for
+//!   `https://EXAMPLE.com`): what was checked is exactly what the worker will call.
+//! - `GET` answers `200` with `webhook_url: null` when nothing is configured.
+//! - `DELETE` removes the URL and the signing secret (idempotent: `200` even when nothing was
+//!   configured); a later configuration gets a new secret.
 
-use utoipa_axum::router::OpenApiRouter;
+use std::time::Duration;
 
-use crate::AppState;
+use axum::{Json, extract::State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use triggers_shared::{
+    db::organizations,
+    models::Organization,
+    net::{self, UrlRejection},
+    signing,
+};
+use url::Url;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Org,
+    error::{ApiError, ErrorBody},
+    extract::ApiJson,
+    routes::keys::{JsonObject, json_kind, take},
+};
+
+/// How long resolving a webhook host may take before the URL is refused.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(
+            set_webhook_config,
+            get_webhook_config,
+            delete_webhook_config
+        ))
+        .routes(routes!(rotate_webhook_secret))
+}
+
+/// Body of `POST /api/webhook/config`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(from = "JsonObject")]
+pub struct WebhookConfigIn {
+    /// http or https, at most 2,048 characters, no user-info, not an internal address.
+    #[schema(value_type = String, max_length = 2048, example = "https://example.com/webhooks/triggers")]
+    webhook_url: Option<Value>,
+}
+
+impl From<JsonObject> for WebhookConfigIn {
+    fn from(mut body: JsonObject) -> Self {
+        Self {
+            webhook_url: take(&mut body, "webhook_url"),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookConfigOut {
+    pub organization_id: Uuid,
+    pub webhook_url: String,
+    /// `whsec_<base64>`: created on first configuration, kept on later URL changes.
+    pub signing_secret: String,
+    pub updated_at: DateTime<Utc>,
+    pub message: &'static str,
+}
+
+/// The current configuration, without the secret.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookStatusOut {
+    /// `null` when no webhook is configured.
+    pub webhook_url: Option<String>,
+    /// When the configuration last changed; `null` if it never was.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookDeletedOut {
+    pub organization_id: Uuid,
+    /// Always `null`.
+    pub webhook_url: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub message: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SecretRotatedOut {
+    pub organization_id: Uuid,
+    /// The new `whsec_<base64>` secret; deliveries are signed with it from now on.
+    pub signing_secret: String,
+    pub updated_at: DateTime<Utc>,
+    pub message: &'static str,
+}
+
+/// Set (or change) the webhook URL. The response carries the signing secret.
+///
+/// The URL is stored normalised (as the URL standard prints it: lower-case scheme and host, a
+/// `/` path when none is given); the response shows the stored form. The signing secret is
+/// created on the first configuration and kept on later URL changes.
+#[utoipa::path(post, path = "/api/webhook/config", tag = "webhook",
+    request_body = WebhookConfigIn,
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, body = WebhookConfigOut),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (shape) or `webhook_url_not_allowed` (internal address)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub async fn set_webhook_config(
+    org: Org,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<WebhookConfigIn>,
+) -> Result<Json<WebhookConfigOut>, ApiError> {
+    let url = body.validate(state.config.allow_private_webhooks).await?;
+    let mut conn = state.db.acquire().await?;
+    let row = organizations::set_webhook(&mut conn, org.id, url.as_str(), &signing::generate_secret())
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
+    tracing::info!(org_id = %org.id, "webhook configured");
+    let updated_at = updated_at(&row);
+    Ok(Json(WebhookConfigOut {
+        organization_id: row.id,
+        webhook_url: row.webhook_url.unwrap_or_else(|| url.to_string()),
+        signing_secret: row.signing_secret.ok_or_else(|| missing("signing_secret"))?,
+        updated_at,
+        message: "Webhook configured. Verify deliveries with the signing secret (Standard Webhooks).",
+    }))
+}
+
+/// The webhook URL and when it last changed (never the secret).
+#[utoipa::path(get, path = "/api/webhook/config", tag = "webhook",
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "`webhook_url` is null when none is configured", body = WebhookStatusOut),
+        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub async fn get_webhook_config(
+    org: Org,
+    State(state): State<AppState>,
+) -> Result<Json<WebhookStatusOut>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let row = organizations::get(&mut conn, org.id)
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
+    Ok(Json(WebhookStatusOut {
+        webhook_url: row.webhook_url,
+        updated_at: row.webhook_updated_at,
+    }))
+}
+
+/// Remove the webhook (URL and signing secret). Events then wait in the inbox for pull
+/// consumers. Idempotent.
+#[utoipa::path(delete, path = "/api/webhook/config", tag = "webhook",
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, body = WebhookDeletedOut),
+        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub async fn delete_webhook_config(
+    org: Org,
+    State(state): State<AppState>,
+) -> Result<Json<WebhookDeletedOut>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let row = organizations::clear_webhook(&mut conn, org.id)
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
+    tracing::info!(org_id = %org.id, "webhook removed");
+    Ok(Json(WebhookDeletedOut {
+        organization_id: row.id,
+        webhook_url: None,
+        updated_at: row.webhook_updated_at,
+        message: "Webhook removed. Events wait in the inbox for pull consumers.",
+    }))
+}
+
+/// Replace the signing secret. The old one stops being used at once.
+#[utoipa::path(post, path = "/api/webhook/secret/rotate", tag = "webhook",
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, body = SecretRotatedOut),
+        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 404, description = "No webhook is configured (`webhook_not_configured`)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ))]
+pub async fn rotate_webhook_secret(
+    org: Org,
+    State(state): State<AppState>,
+) -> Result<Json<SecretRotatedOut>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let row = organizations::rotate_signing_secret(&mut conn, org.id, &signing::generate_secret())
+        .await?
+        .ok_or(ApiError::WebhookNotConfigured)?;
+    tracing::info!(org_id = %org.id, "webhook signing secret rotated");
+    Ok(Json(SecretRotatedOut {
+        organization_id: row.id,
+        signing_secret: row
+            .signing_secret
+            .clone()
+            .ok_or_else(|| missing("signing_secret"))?,
+        updated_at: updated_at(&row),
+        message: "Signing secret rotated. Deliveries are signed with the new secret from now on.",
+    }))
+}
+
+impl WebhookConfigIn {
+    /// The URL, checked for shape (`validation_failed`) and target (`webhook_url_not_allowed`).
+    async fn validate(self, allow_private: bool) -> Result<Url, ApiError> {
+        let raw = match self.webhook_url {
+            Some(Value::String(raw)) => raw,
+            None => return Err(ApiError::invalid("webhook_url", "is required")),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "webhook_url",
+                    format!("must be a string, not {}", json_kind(&other)),
+                ));
+            }
+        };
+        let url = net::parse_webhook_url(&raw).map_err(rejection)?;
+        tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(&url, allow_private))
+            .await
+            .map_err(|_| ApiError::WebhookUrlNotAllowed("webhook host did not resolve in time".into()))?
+            .map_err(rejection)?;
+        Ok(url)
+    }
+}
+
+fn rejection(rejection: UrlRejection) -> ApiError {
+    match rejection {
+        UrlRejection::Invalid(message) => ApiError::invalid("webhook_url", message),
+        UrlRejection::NotAllowed(message) => ApiError::WebhookUrlNotAllowed(message),
+    }
+}
+
+/// Every statement that changes the configuration sets `webhook_updated_at`.
+fn updated_at(row: &Organization) -> DateTime<Utc> {
+    row.webhook_updated_at.unwrap_or(row.updated_at)
+}
+
+fn missing(column: &str) -> ApiError {
+    ApiError::internal(anyhow::anyhow!("organizations.{column} is null after it was set"))
 }

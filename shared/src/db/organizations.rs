@@ -1,1 +1,114 @@
-//! SQL of the `organizations` table.
+//! SQL of the `organizations` table: creation, lookup, and the webhook configuration (URL and
+//! signing secret) each organisation owns.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::models::{Organization, Tier};
+
+/// Insert a new organisation; its rate limit follows from the tier.
+pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, tier: Tier) -> sqlx::Result<Organization> {
+    sqlx::query_as::<_, Organization>(
+        "INSERT INTO organizations (id, name, tier, rate_limit_per_minute)
+         VALUES ($1, $2, $3, $4)
+         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                   webhook_updated_at, created_at, updated_at",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(tier.as_str())
+    .bind(tier.rate_limit_per_minute())
+    .fetch_one(conn)
+    .await
+}
+
+/// The organisation with this id.
+pub async fn get(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
+    sqlx::query_as::<_, Organization>(
+        "SELECT id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                webhook_updated_at, created_at, updated_at
+         FROM organizations WHERE id = $1",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The organisation, row-locked until the transaction ends: serialises key rotations of one
+/// organisation so two concurrent rotations cannot both leave a "new" key active.
+pub async fn get_for_update(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
+    sqlx::query_as::<_, Organization>(
+        "SELECT id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                webhook_updated_at, created_at, updated_at
+         FROM organizations WHERE id = $1 FOR UPDATE",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Mark the organisation changed (e.g. its keys were rotated).
+pub async fn touch(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE organizations SET updated_at = now() WHERE id = $1")
+        .bind(org_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Set the webhook URL. `new_secret` is stored only when the organisation has no signing secret
+/// yet: a URL change keeps the existing secret, so receivers need not be reconfigured.
+pub async fn set_webhook(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    url: &str,
+    new_secret: &str,
+) -> sqlx::Result<Option<Organization>> {
+    sqlx::query_as::<_, Organization>(
+        "UPDATE organizations
+         SET webhook_url = $2, signing_secret = coalesce(signing_secret, $3),
+             webhook_updated_at = now(), updated_at = now()
+         WHERE id = $1
+         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                   webhook_updated_at, created_at, updated_at",
+    )
+    .bind(org_id)
+    .bind(url)
+    .bind(new_secret)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Remove the webhook configuration: URL and signing secret. A later configuration gets a
+/// fresh secret.
+pub async fn clear_webhook(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
+    sqlx::query_as::<_, Organization>(
+        "UPDATE organizations
+         SET webhook_url = NULL, signing_secret = NULL, webhook_updated_at = now(), updated_at = now()
+         WHERE id = $1
+         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                   webhook_updated_at, created_at, updated_at",
+    )
+    .bind(org_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Replace the signing secret, only if a webhook is configured (`None` otherwise).
+pub async fn rotate_signing_secret(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    new_secret: &str,
+) -> sqlx::Result<Option<Organization>> {
+    sqlx::query_as::<_, Organization>(
+        "UPDATE organizations
+         SET signing_secret = $2, webhook_updated_at = now(), updated_at = now()
+         WHERE id = $1 AND webhook_url IS NOT NULL
+         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
+                   webhook_updated_at, created_at, updated_at",
+    )
+    .bind(org_id)
+    .bind(new_secret)
+    .fetch_optional(conn)
+    .await
+}

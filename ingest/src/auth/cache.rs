@@ -1,0 +1,394 @@
+//! The per-instance cache of API key verdicts, and the listener that keeps it honest.
+//!
+//! - Entries are keyed by the SHA-256 of the presented key, never by the key itself.
+//! - A verified key is remembered until the TTL or the key's own `expires_at`, whichever comes
+//!   first, so a key in its rotation grace period stops at its expiry even while cached.
+//! - A refused key (unknown prefix or wrong secret) is remembered for the TTL in a bounded map,
+//!   so repeating it costs no argon2 and no query.
+//! - Concurrent misses for the same key wait for one verification instead of each running
+//!   argon2; argon2 runs on the blocking pool, at most one per core at a time.
+//! - A background task LISTENs on [`INVALIDATION_CHANNEL`]: a notification drops the named
+//!   organisation's verified keys. While the listener is not subscribed (start-up, lost
+//!   connection) notifications may be missed, so the cache is cleared and nothing is cached
+//!   until it is subscribed again. The TTL bounds staleness should a connection die silently.
+//!
+//! `triggers_auth_cache_total{outcome}` counts `hit` and `refused_hit` (answered from the
+//! cache), `verified` and `rejected` (argon2 ran) and `unknown` (no key with that prefix).
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use sha2::{Digest as _, Sha256};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use triggers_shared::{
+    apikey,
+    config::{IngestConfig, Secret},
+    db,
+    metrics::AUTH_CACHE_TOTAL,
+    models::Tier,
+};
+use uuid::Uuid;
+
+use super::{INVALIDATION_CHANNEL, Org};
+use crate::error::ApiError;
+
+type KeyDigest = [u8; 32];
+
+/// Verified keys kept at most (an instance serves far fewer live keys than this).
+const VERIFIED_CAPACITY: usize = 100_000;
+/// Refused keys kept at most: bounds the memory a flood of random keys can take.
+const REFUSED_CAPACITY: usize = 10_000;
+/// Size at which abandoned single-flight locks are swept.
+const INFLIGHT_SWEEP_AT: usize = 1_024;
+/// How long start-up waits for the first subscription before serving without a cache.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Caches of verified and refused keys, invalidated across instances by LISTEN/NOTIFY.
+#[derive(Clone)]
+pub struct AuthCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ttl: Duration,
+    verified: DashMap<KeyDigest, Verified>,
+    /// Refused keys and when that verdict expires.
+    refused: DashMap<KeyDigest, Instant>,
+    /// One lock per key being verified right now (single flight).
+    inflight: DashMap<KeyDigest, Arc<Mutex<()>>>,
+    argon2_permits: Arc<Semaphore>,
+    /// Bumped by every invalidation. A verification that saw an older epoch does not keep its
+    /// result: it may have read a key that was revoked while it ran.
+    epoch: AtomicU64,
+    /// True while the listener is subscribed; nothing is cached otherwise.
+    listening: AtomicBool,
+    /// Stops the listener task when the last clone of the cache is dropped.
+    _stop_listener: DropGuard,
+}
+
+struct Verified {
+    org: Org,
+    until: Instant,
+}
+
+impl AuthCache {
+    /// Create the cache and start its invalidation listener. The first subscription is made
+    /// here, so the cache is live when the app starts serving; if the database refuses it, the
+    /// listener keeps retrying in the background and keys are verified uncached meanwhile.
+    pub async fn start(_db: &PgPool, config: &IngestConfig) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let inner = Arc::new(Inner {
+            ttl: config.auth_cache_ttl,
+            verified: DashMap::new(),
+            refused: DashMap::new(),
+            inflight: DashMap::new(),
+            argon2_permits: Arc::new(Semaphore::new(permits)),
+            epoch: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            _stop_listener: stop.clone().drop_guard(),
+        });
+        let url = config.common.database_url.clone();
+        let first = match subscribe(&url).await {
+            Ok(listener) => {
+                inner.listening.store(true, SeqCst);
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "auth cache: cannot subscribe to key invalidations yet; retrying");
+                None
+            }
+        };
+        tokio::spawn(listen(Arc::downgrade(&inner), url, first, stop));
+        Ok(Self { inner })
+    }
+
+    /// Resolve a presented key to its organisation.
+    pub async fn authenticate(&self, db: &PgPool, key: &str) -> Result<Org, ApiError> {
+        // Malformed keys cost neither a query nor argon2, so they need no cache entry.
+        let prefix = apikey::prefix_of(key).ok_or(ApiError::InvalidApiKey)?;
+        let digest: KeyDigest = Sha256::digest(key.as_bytes()).into();
+        if let Some(verdict) = self.inner.cached(&digest) {
+            return verdict;
+        }
+        let _flight = self.inner.single_flight(digest).await;
+        // Whoever held the flight before us may have just settled this key.
+        if let Some(verdict) = self.inner.cached(&digest) {
+            return verdict;
+        }
+        let epoch = self.inner.epoch.load(SeqCst);
+        let asked_at = Instant::now();
+        let mut conn = db.acquire().await?;
+        let row = db::api_keys::find_active_by_prefix(&mut conn, prefix).await?;
+        drop(conn);
+        let Some(row) = row else {
+            record("unknown");
+            self.inner.refuse(digest);
+            return Err(ApiError::InvalidApiKey);
+        };
+        if !self.inner.verify(key, row.key_hash).await? {
+            record("rejected");
+            self.inner.refuse(digest);
+            return Err(ApiError::InvalidApiKey);
+        }
+        record("verified");
+        let org = Org {
+            id: row.organization_id,
+            name: row.organization_name,
+            tier: Tier::parse(&row.tier).unwrap_or_default(),
+            rate_limit_per_minute: row.rate_limit_per_minute,
+        };
+        let mut lifetime = self.inner.ttl;
+        if let Some(ms) = row.expires_in_ms {
+            lifetime = lifetime.min(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        }
+        self.inner
+            .remember(digest, org.clone(), asked_at + lifetime, epoch);
+        Ok(org)
+    }
+
+    /// Forget the cached keys of one organisation (after this instance rotated its keys; other
+    /// instances hear about it through the notification).
+    pub fn invalidate_org(&self, org_id: Uuid) {
+        self.inner.invalidate_org(org_id);
+    }
+}
+
+impl Inner {
+    /// The cached verdict for a key, if one is still valid.
+    fn cached(&self, digest: &KeyDigest) -> Option<Result<Org, ApiError>> {
+        let now = Instant::now();
+        if let Some(entry) = self.verified.get(digest) {
+            if entry.until > now {
+                record("hit");
+                return Some(Ok(entry.org.clone()));
+            }
+            drop(entry);
+            self.verified.remove_if(digest, |_, e| e.until <= now);
+        }
+        if let Some(until) = self.refused.get(digest).map(|e| *e) {
+            if until > now {
+                record("refused_hit");
+                return Some(Err(ApiError::InvalidApiKey));
+            }
+            self.refused.remove_if(digest, |_, u| *u <= now);
+        }
+        None
+    }
+
+    /// Wait for our turn to verify this key; the turn ends when the returned guard drops.
+    async fn single_flight(self: &Arc<Self>, digest: KeyDigest) -> Flight {
+        if self.inflight.len() >= INFLIGHT_SWEEP_AT {
+            // Locks nobody holds or awaits (left by cancelled requests).
+            self.inflight.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        let lock = self.inflight.entry(digest).or_default().clone();
+        let mut flight = Flight {
+            inner: Arc::clone(self),
+            digest,
+            guard: None,
+        };
+        flight.guard = Some(lock.lock_owned().await);
+        flight
+    }
+
+    /// argon2id verification on the blocking pool, bounded to one per core.
+    async fn verify(&self, key: &str, hash: String) -> Result<bool, ApiError> {
+        let permit = Arc::clone(&self.argon2_permits)
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            apikey::verify(&key, &hash)
+        })
+        .await
+        .map_err(ApiError::internal)
+    }
+
+    fn refuse(&self, digest: KeyDigest) {
+        let now = Instant::now();
+        make_room(&self.refused, REFUSED_CAPACITY, |until| *until <= now);
+        self.refused.insert(digest, now + self.ttl);
+    }
+
+    fn remember(&self, digest: KeyDigest, org: Org, until: Instant, epoch: u64) {
+        if !self.listening.load(SeqCst) || until <= Instant::now() {
+            return;
+        }
+        let now = Instant::now();
+        make_room(&self.verified, VERIFIED_CAPACITY, |v| v.until <= now);
+        self.verified.insert(digest, Verified { org, until });
+        // Insert first, check second: an invalidation either bumped the epoch before this
+        // check (we undo the insert) or runs its removal after our insert (it removes it).
+        if self.epoch.load(SeqCst) != epoch || !self.listening.load(SeqCst) {
+            self.verified.remove(&digest);
+        }
+    }
+
+    fn invalidate_org(&self, org_id: Uuid) {
+        self.epoch.fetch_add(1, SeqCst);
+        self.verified.retain(|_, v| v.org.id != org_id);
+    }
+
+    fn clear(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+        self.verified.clear();
+        self.refused.clear();
+    }
+}
+
+/// Keep a map under `capacity`: drop expired entries, then (still full) an arbitrary tenth.
+fn make_room<V>(map: &DashMap<KeyDigest, V>, capacity: usize, expired: impl Fn(&V) -> bool) {
+    if map.len() < capacity {
+        return;
+    }
+    map.retain(|_, v| !expired(v));
+    let excess = map.len().saturating_sub(capacity - capacity / 10);
+    if excess > 0 {
+        let victims: Vec<KeyDigest> = map.iter().take(excess).map(|e| *e.key()).collect();
+        for key in victims {
+            map.remove(&key);
+        }
+    }
+}
+
+/// A turn at verifying one key; dropping it lets the next waiter in and removes the lock once
+/// nobody waits for it.
+struct Flight {
+    inner: Arc<Inner>,
+    digest: KeyDigest,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.guard = None;
+        self.inner
+            .inflight
+            .remove_if(&self.digest, |_, lock| Arc::strong_count(lock) == 1);
+    }
+}
+
+fn record(outcome: &'static str) {
+    metrics::counter!(AUTH_CACHE_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A dedicated connection (not one of the pool's) LISTENing on the invalidation channel.
+async fn subscribe(url: &Secret) -> anyhow::Result<PgListener> {
+    tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+        let mut listener = PgListener::connect(url.expose()).await?;
+        // Report a lost connection at once instead of reconnecting inside `try_recv`: the
+        // cache must be cleared before anything else is trusted.
+        listener.eager_reconnect(false);
+        listener.listen(INVALIDATION_CHANNEL).await?;
+        anyhow::Ok(listener)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out subscribing to {INVALIDATION_CHANNEL}"))?
+}
+
+/// The listener task: apply notifications; on any loss of the subscription clear the cache
+/// (notifications may have been missed), resubscribe with backoff, clear again and resume.
+/// Ends when the cache is dropped.
+async fn listen(inner: Weak<Inner>, url: Secret, mut current: Option<PgListener>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match current.take() {
+            Some(listener) => listener,
+            None => {
+                let attempt = tokio::select! {
+                    () = stop.cancelled() => return,
+                    attempt = subscribe(&url) => attempt,
+                };
+                match attempt {
+                    Ok(listener) => {
+                        let Some(inner) = inner.upgrade() else { return };
+                        inner.clear();
+                        inner.listening.store(true, SeqCst);
+                        tracing::info!("auth cache: subscribed to key invalidations again");
+                        backoff = Duration::from_millis(100);
+                        listener
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "auth cache: resubscribing failed");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+        };
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => return,
+                received = listener.try_recv() => received,
+            };
+            // Upgrade only between waits, so a waiting listener never keeps the cache alive.
+            let Some(inner) = inner.upgrade() else { return };
+            match received {
+                Ok(Some(notification)) => match Uuid::parse_str(notification.payload()) {
+                    Ok(org_id) => inner.invalidate_org(org_id),
+                    Err(_) => inner.clear(),
+                },
+                Ok(None) => {
+                    tracing::warn!("auth cache: invalidation listener lost its connection");
+                    inner.listening.store(false, SeqCst);
+                    inner.clear();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = ?e, "auth cache: invalidation listener failed");
+                    inner.listening.store(false, SeqCst);
+                    inner.clear();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u32) -> KeyDigest {
+        Sha256::digest(n.to_be_bytes()).into()
+    }
+
+    #[test]
+    fn a_full_map_drops_expired_entries_first() {
+        let map: DashMap<KeyDigest, bool> = DashMap::new();
+        for n in 0..10 {
+            map.insert(digest(n), n % 2 == 0); // `true` = expired
+        }
+        make_room(&map, 10, |expired| *expired);
+        assert_eq!(map.len(), 5);
+        assert!(map.iter().all(|e| !*e.value()), "only live entries remain");
+    }
+
+    #[test]
+    fn a_full_map_of_live_entries_sheds_a_tenth() {
+        let map: DashMap<KeyDigest, bool> = DashMap::new();
+        for n in 0..100 {
+            map.insert(digest(n), false);
+        }
+        make_room(&map, 100, |expired| *expired);
+        assert_eq!(map.len(), 90);
+        make_room(&map, 100, |expired| *expired);
+        assert_eq!(map.len(), 90, "below capacity: nothing to do");
+    }
+}
