@@ -632,8 +632,8 @@ async fn a_database_outage_answers_503_with_retry_after_and_recovers_without_res
     );
     assert_eq!(res.status(), 503);
     assert!(res.headers().contains_key("retry-after"));
-    // Authentication answered from its cache, so this 503 comes from the ingest path itself.
-    assert!(res.headers().contains_key("x-ratelimit-limit"));
+    // (No X-RateLimit-* assertion: the auth cache clears itself when its listener loses the
+    // database, so this 503 may come from authentication, before any organisation is known.)
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["code"], "unavailable");
 
