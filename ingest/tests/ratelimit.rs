@@ -8,6 +8,7 @@ use common::TestApp;
 use fixtures::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use triggers_ingest::ratelimit::RateLimiter;
 use triggers_shared::testing::TestDb;
 use uuid::Uuid;
 
@@ -170,5 +171,66 @@ async fn capacity_returns_as_the_previous_minute_decays() {
             (remaining - expected).abs() <= 3.0,
             "remaining {remaining}, expected ~{expected}"
         );
+    }
+}
+
+#[tokio::test]
+async fn two_limiters_on_one_database_never_grant_more_than_the_limit_together() {
+    let test_db = TestDb::new().await.expect("db");
+    let (_, org) = create_org_sql(&test_db.pool, "free").await;
+    let one = RateLimiter::new(test_db.pool.clone());
+    let two = RateLimiter::new(test_db.pool.clone());
+    let mut allowed = 0;
+    for i in 0..150 {
+        let limiter = if i % 3 == 0 { &one } else { &two };
+        let decision = limiter.check(org, 100).await.expect("decision");
+        if decision.allowed {
+            allowed += 1;
+        } else {
+            assert_eq!(decision.remaining, 0);
+            assert!(decision.reset_secs >= 1);
+        }
+    }
+    // Leases are slices of 2; at a minute boundary at most one unspent token per instance lapses.
+    assert!((98..=100).contains(&allowed), "{allowed}");
+    let granted: i64 =
+        sqlx::query_scalar("SELECT sum(granted)::int8 FROM rate_limit_windows WHERE organization_id = $1")
+            .bind(org)
+            .fetch_one(&test_db.pool)
+            .await
+            .expect("granted");
+    assert!((100..=102).contains(&granted), "{granted}");
+}
+
+#[tokio::test]
+async fn a_lease_the_database_cannot_answer_is_a_fast_503_and_the_limiter_recovers() {
+    let test_db = TestDb::new().await.expect("db");
+    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let limiter = RateLimiter::new(test_db.pool.clone());
+    test_db.cut_off().await.expect("cut off");
+    let started = std::time::Instant::now();
+    let err = limiter.check(org, 1000).await.expect_err("no database");
+    assert_eq!(err.code(), "unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    test_db.restore().await.expect("restore");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match limiter.check(org, 1000).await {
+            Ok(d) => {
+                assert!(d.allowed);
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the limiter did not recover"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
     }
 }
