@@ -114,7 +114,12 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
     })
 }
 
-/// List your events, oldest first.
+/// List your events, oldest first (by `created_at`, then `id`).
+///
+/// Page with `offset`, or with `cursor` = the previous page's `next_cursor` (present only while
+/// `has_more` is true). Cursor paging is stable: every event that existed when paging began is
+/// returned exactly once, in order, however many events arrive meanwhile. `total` counts the
+/// events matching `status` and `type`, regardless of cursor and offset.
 #[utoipa::path(
     get, path = "/api/inbox", tag = "inbox",
     params(InboxQuery),
