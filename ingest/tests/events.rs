@@ -821,3 +821,23 @@ async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_acc
     let late = writer.submit(new_event(org, None)).await;
     assert!(late.is_err());
 }
+
+#[tokio::test]
+async fn concurrent_events_are_written_in_shared_transactions() {
+    let test_db = TestDb::new().await.expect("db");
+    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    set_webhook(&test_db.pool, org).await;
+    let writer = BatchWriter::start(test_db.pool.clone());
+    let outcomes =
+        futures::future::join_all((0..300).map(|i| writer.submit(new_event(org, Some(&format!("b-{i}"))))))
+            .await;
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Accepted { .. }))));
+    // Rows of one transaction share its now(): far fewer distinct timestamps than events.
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM events")
+        .fetch_one(&test_db.pool)
+        .await
+        .expect("count");
+    assert!(transactions <= 10, "{transactions} transactions for 300 events");
+    assert_eq!(job_count(&test_db.pool).await, 300, "one job per event");
+    writer.shutdown().await;
+}
