@@ -165,7 +165,8 @@ pub struct RedeliverAllOut {
 /// Ingest an event.
 ///
 /// The `202` is sent only after the event, its dedup key and (when a webhook is configured) its
-/// delivery job are committed. Every authenticated request consumes one rate-limit token, whether
+/// delivery job are committed. Unknown body fields are ignored. A payload over the size limit is
+/// `413` even if other fields are invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
 /// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
 /// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
 #[utoipa::path(
