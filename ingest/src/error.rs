@@ -69,6 +69,12 @@ pub enum ApiError {
     WebhookUrlNotAllowed(String),
     #[error("no webhook is configured")]
     WebhookNotConfigured,
+    /// A redelivery was asked for, but there is nowhere to deliver to (409: the request conflicts
+    /// with the organisation's current configuration).
+    #[error(
+        "no webhook is configured: set one with POST /api/webhook/config, or consume events from the inbox"
+    )]
+    RedeliveryWithoutWebhook,
     #[error("the service is temporarily unavailable; retry later")]
     Unavailable,
     #[error("internal error")]
@@ -86,7 +92,7 @@ impl ApiError {
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             EventNotFound | RouteNotFound(_) | WebhookNotConfigured => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            DuplicateEvent { .. } => StatusCode::CONFLICT,
+            DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +116,7 @@ impl ApiError {
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
             WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
-            WebhookNotConfigured => "webhook_not_configured",
+            WebhookNotConfigured | RedeliveryWithoutWebhook => "webhook_not_configured",
             Unavailable => "unavailable",
             Internal(_) => "internal_error",
         }

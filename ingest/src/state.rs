@@ -25,7 +25,7 @@ impl AppState {
             metrics: triggers_shared::metrics::install_recorder(),
             auth: AuthCache::start(&db, &config).await?,
             limiter: RateLimiter::new(db.clone()),
-            batcher: BatchWriter::start(db.clone()),
+            batcher: BatchWriter::start_with_window(db.clone(), config.dedup_window),
             db,
             config,
         })

@@ -1,9 +1,406 @@
-//! Routes of the `events` resource.
+//! Routes of the `events` resource: ingestion (`POST /api/events`), inspection
+//! (`GET /api/events/{id}`) and redelivery.
+//!
+//! Ingestion runs auth → rate limit → validation → batch writer → `202`. Every authenticated
+//! request consumes one rate-limit token, whatever its outcome (422, 409 and 413 included): the
+//! limit protects the work a request costs, and a rejected request is not a free probe. Every
+//! response after authentication carries `X-RateLimit-*`.
 
-use utoipa_axum::router::OpenApiRouter;
+mod validate;
 
-use crate::AppState;
+use axum::{
+    Json,
+    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use triggers_shared::{
+    db,
+    jobs::{self, DeliveryJob},
+    metrics as m,
+    models::{DeliveryAttempt, Event},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+pub use validate::{MAX_PAYLOAD_BYTES, validate};
+
+use crate::{
+    AppState,
+    auth::Org,
+    batcher::{NewEvent, Outcome},
+    error::{ApiError, ErrorBody},
+    extract::ApiJson,
+    ratelimit::Decision,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(create_event))
+        .routes(routes!(get_event))
+        .routes(routes!(redeliver_event))
+        .routes(routes!(redeliver_events))
+}
+
+/// The body of `POST /api/events` (documentation; the handler validates a raw JSON value so it
+/// can report every bad field at once).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct EventIn {
+    /// 1-255 characters matching `^[A-Za-z0-9][A-Za-z0-9._:-]*$`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Any JSON object; its compact serialization may take at most 262,144 bytes.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// 1-255 characters. The same id within 24 hours for the same organisation is a duplicate.
+    pub dedup_id: Option<String>,
+}
+
+/// The answer to an accepted event: it is committed with its delivery job.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventAcceptedOut {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub dedup_id: Option<String>,
+    /// Always `accepted`.
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event as the inbox and `GET /api/events/{id}` show it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventOut {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub dedup_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// `pending`, `delivered` or `failed` (dead letter).
+    pub status: String,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+impl From<Event> for EventOut {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.id,
+            event_type: e.event_type,
+            dedup_id: e.dedup_id,
+            payload: e.payload,
+            status: e.status,
+            attempts: e.attempts,
+            response_status: e.response_status,
+            last_error: e.last_error,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            delivered_at: e.delivered_at,
+            acknowledged_at: e.acknowledged_at,
+        }
+    }
+}
+
+/// One delivery attempt.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AttemptOut {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl From<DeliveryAttempt> for AttemptOut {
+    fn from(a: DeliveryAttempt) -> Self {
+        Self {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            duration_ms: a.duration_ms,
+            response_status: a.response_status,
+            error: a.error,
+        }
+    }
+}
+
+/// An event with its delivery attempts.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventDetailOut {
+    #[serde(flatten)]
+    pub event: EventOut,
+    pub attempts_log: Vec<AttemptOut>,
+}
+
+/// The answer to a single redelivery.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RedeliveryOut {
+    pub id: Uuid,
+    /// Always `pending`.
+    pub status: &'static str,
+    pub message: &'static str,
+}
+
+/// The body of `POST /api/events/redeliver`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RedeliverAllIn {
+    /// `failed` (or its synonym `dead_letter`): the only selection supported.
+    pub status: String,
+}
+
+/// How many events were re-enqueued.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RedeliverAllOut {
+    pub count: i64,
+}
+
+/// Ingest an event.
+///
+/// The `202` is sent only after the event, its dedup key and (when a webhook is configured) its
+/// delivery job are committed. Unknown body fields are ignored. A payload over the size limit is
+/// `413` even if other fields are invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
+/// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
+/// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
+#[utoipa::path(
+    post, path = "/api/events", tag = "events",
+    request_body = EventIn,
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 202, description = "Stored with its delivery job", body = EventAcceptedOut, headers(
+            ("X-RateLimit-Limit" = u32, description = "Events per minute allowed to the organisation"),
+            ("X-RateLimit-Remaining" = u32, description = "Approximate events left in the sliding minute"),
+            ("X-RateLimit-Reset" = u64, description = "Seconds until the current minute ends"),
+            ("Location" = String, description = "`/api/events/{id}`"),
+        )),
+        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = ErrorBody),
+        (status = 409, description = "`duplicate_event`, with `dedup_id` and the original `event_id`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`, with `limit_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `details`", body = ErrorBody),
+        (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`", body = ErrorBody, headers(
+            ("Retry-After" = u64, description = "Seconds until capacity frees up"),
+            ("X-RateLimit-Limit" = u32),
+            ("X-RateLimit-Remaining" = u32, description = "0"),
+            ("X-RateLimit-Reset" = u64, description = "Seconds until capacity frees up"),
+        )),
+        (status = 503, description = "`unavailable`: the database is unreachable; `Retry-After` header", body = ErrorBody),
+    )
+)]
+pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
+    let decision = match state.limiter.check(org.id, org.rate_limit_per_minute).await {
+        Ok(d) => d,
+        Err(e) => {
+            // The budget cannot be consulted: nothing can be accepted until the database is back.
+            let mut response = rejected(e);
+            response
+                .headers_mut()
+                .extend(Decision::unknown(org.rate_limit_per_minute).headers());
+            return response;
+        }
+    };
+    let mut response = if decision.allowed {
+        match ingest(&state, &org, request).await {
+            Ok(r) => r,
+            Err(e) => rejected(e),
+        }
+    } else {
+        rejected(decision.rejection())
+    };
+    response.headers_mut().extend(decision.headers());
+    response
+}
+
+fn rejected(e: ApiError) -> Response {
+    metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.code()).increment(1);
+    e.into_response()
+}
+
+async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Response, ApiError> {
+    let ApiJson(body) = ApiJson::<Value>::from_request(request, state).await?;
+    let valid = validate(body)?;
+    let event = NewEvent {
+        id: Uuid::now_v7(),
+        organization_id: org.id,
+        event_type: valid.event_type.into_inner(),
+        dedup_id: valid.dedup_id.map(|d| d.into_inner()),
+        payload: valid.payload,
+    };
+    let (event_type, dedup_id) = (event.event_type.clone(), event.dedup_id.clone());
+    match state.batcher.submit(event).await? {
+        Outcome::Accepted { id, created_at } => {
+            metrics::counter!(m::EVENTS_ACCEPTED_TOTAL).increment(1);
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(EventAcceptedOut {
+                    id,
+                    event_type,
+                    dedup_id,
+                    status: "accepted",
+                    created_at,
+                }),
+            )
+                .into_response();
+            if let Ok(location) = HeaderValue::from_str(&format!("/api/events/{id}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        Outcome::Duplicate { event_id } => Err(ApiError::DuplicateEvent {
+            dedup_id: dedup_id.unwrap_or_default(),
+            event_id,
+        }),
+    }
+}
+
+/// The `{id}` of an event route. Anything that is not a UUID (including a path segment that is
+/// not valid UTF-8 once decoded) is simply an unknown event: `404 event_not_found`, like an
+/// unknown or foreign id.
+pub struct EventId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::EventNotFound)?;
+        Uuid::try_parse(&raw)
+            .map(EventId)
+            .map_err(|_| ApiError::EventNotFound)
+    }
+}
+
+/// Fetch one of your events with its delivery attempts.
+#[utoipa::path(
+    get, path = "/api/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id (UUID)")),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, body = EventDetailOut),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`event_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
+    )
+)]
+pub async fn get_event(
+    State(state): State<AppState>,
+    org: Org,
+    EventId(id): EventId,
+) -> Result<Json<EventDetailOut>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let event = db::events::find(&mut conn, org.id, id)
+        .await?
+        .ok_or(ApiError::EventNotFound)?;
+    let attempts = db::attempts::list_for_event(&mut conn, org.id, id).await?;
+    Ok(Json(EventDetailOut {
+        event: event.into(),
+        attempts_log: attempts.into_iter().map(AttemptOut::from).collect(),
+    }))
+}
+
+/// Deliver one of your events again (any status, e.g. a dead-lettered or acknowledged one).
+///
+/// The event goes back to `pending` (its acknowledgement, if any, is cleared) and a new delivery
+/// job is enqueued in the same transaction. Without a configured webhook there is nowhere to
+/// deliver to: `409 webhook_not_configured`.
+#[utoipa::path(
+    post, path = "/api/events/{id}/redeliver", tag = "events",
+    params(("id" = String, Path, description = "Event id (UUID)")),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 202, body = RedeliveryOut),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "`event_not_found`", body = ErrorBody),
+        (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
+    )
+)]
+pub async fn redeliver_event(
+    State(state): State<AppState>,
+    org: Org,
+    EventId(id): EventId,
+) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
+    let mut tx = state.db.begin().await?;
+    if !db::events::reset_for_redelivery(&mut tx, org.id, id).await? {
+        return Err(ApiError::EventNotFound);
+    }
+    if !db::events::has_webhook(&mut tx, org.id).await? {
+        return Err(ApiError::RedeliveryWithoutWebhook);
+    }
+    jobs::enqueue(
+        &mut tx,
+        &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RedeliveryOut {
+            id,
+            status: "pending",
+            message: "redelivery enqueued",
+        }),
+    ))
+}
+
+/// Events re-enqueued per transaction by a bulk redelivery.
+const REDELIVER_CHUNK: i64 = 1000;
+
+/// Replay every dead-lettered (`failed`) event of your organisation.
+///
+/// Body `{"status": "failed"}` (`dead_letter` is accepted as a synonym; anything else is `422`).
+/// Events are re-enqueued in chunks, each chunk in its own transaction; the answer is the total.
+#[utoipa::path(
+    post, path = "/api/events/redeliver", tag = "events",
+    request_body = RedeliverAllIn,
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 202, body = RedeliverAllOut),
+        (status = 401, body = ErrorBody),
+        (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`", body = ErrorBody),
+    )
+)]
+pub async fn redeliver_events(
+    State(state): State<AppState>,
+    org: Org,
+    ApiJson(body): ApiJson<RedeliverAllIn>,
+) -> Result<(StatusCode, Json<RedeliverAllOut>), ApiError> {
+    if !matches!(body.status.as_str(), "failed" | "dead_letter") {
+        return Err(ApiError::invalid(
+            "status",
+            "must be `failed` (or its synonym `dead_letter`)",
+        ));
+    }
+    let mut conn = state.db.acquire().await?;
+    if !db::events::has_webhook(&mut conn, org.id).await? {
+        return Err(ApiError::RedeliveryWithoutWebhook);
+    }
+    drop(conn);
+    let mut count = 0i64;
+    loop {
+        let mut tx = state.db.begin().await?;
+        let ids = db::events::reset_failed_for_redelivery(&mut tx, org.id, REDELIVER_CHUNK).await?;
+        if ids.is_empty() {
+            break;
+        }
+        let jobs: Vec<_> = ids
+            .iter()
+            .map(|id| (DeliveryJob::first(*id, org.id), std::time::Duration::ZERO))
+            .collect();
+        jobs::enqueue(&mut tx, &jobs).await?;
+        tx.commit().await?;
+        count += ids.len() as i64;
+        if (ids.len() as i64) < REDELIVER_CHUNK {
+            break;
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(RedeliverAllOut { count })))
 }

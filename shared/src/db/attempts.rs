@@ -1,1 +1,25 @@
-//! SQL of the `attempts` table.
+//! SQL of the `delivery_attempts` table, read side: the attempt log of one event. (The worker
+//! writes attempts; see `deliveries`.)
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::models::DeliveryAttempt;
+
+/// Every recorded delivery attempt of an event of this organisation, in order.
+pub async fn list_for_event(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    event_id: Uuid,
+) -> sqlx::Result<Vec<DeliveryAttempt>> {
+    sqlx::query_as::<_, DeliveryAttempt>(
+        "SELECT attempt, started_at, duration_ms, response_status, error
+         FROM delivery_attempts
+         WHERE event_id = $1 AND organization_id = $2
+         ORDER BY started_at, id",
+    )
+    .bind(event_id)
+    .bind(organization_id)
+    .fetch_all(conn)
+    .await
+}

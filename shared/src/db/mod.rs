@@ -75,5 +75,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     ) || err
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P03")
+        // 55000: "database is not currently accepting connections" (ALLOW_CONNECTIONS false during
+        // maintenance; also how `TestDb::cut_off` simulates an outage), raised while connecting.
+        .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P03" || code == "55000")
 }

@@ -1,0 +1,132 @@
+//! Fixtures for the events, inbox and rate-limit tests: organisations and keys created directly
+//! in SQL (independent of `POST /api/keys/generate`), webhooks set in SQL, and small request
+//! helpers.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use sqlx::PgPool;
+use triggers_shared::{apikey, models::Tier};
+use uuid::Uuid;
+
+use super::TestApp;
+
+/// Create an organisation of `tier` with one key; returns (api_key, organization_id).
+pub async fn create_org_sql(pool: &PgPool, tier: &str) -> (String, Uuid) {
+    let limit = Tier::parse(tier).expect("known tier").rate_limit_per_minute();
+    let key = tokio::task::spawn_blocking(apikey::generate)
+        .await
+        .expect("join")
+        .expect("generate key");
+    let org_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO organizations (id, name, tier, rate_limit_per_minute) VALUES ($1, $2, $3, $4)")
+        .bind(org_id)
+        .bind(format!("org-{org_id}"))
+        .bind(tier)
+        .bind(limit)
+        .execute(pool)
+        .await
+        .expect("insert organization");
+    sqlx::query("INSERT INTO api_keys (id, organization_id, prefix, key_hash) VALUES ($1, $2, $3, $4)")
+        .bind(Uuid::now_v7())
+        .bind(org_id)
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .execute(pool)
+        .await
+        .expect("insert api key");
+    (key.key, org_id)
+}
+
+/// Configure a webhook URL for the organisation (directly in SQL).
+pub async fn set_webhook(pool: &PgPool, org_id: Uuid) {
+    sqlx::query(
+        "UPDATE organizations SET webhook_url = 'http://127.0.0.1:9/hook', signing_secret = 'whsec_dGVzdA==',
+                webhook_updated_at = now() WHERE id = $1",
+    )
+    .bind(org_id)
+    .execute(pool)
+    .await
+    .expect("set webhook");
+}
+
+/// Delivery jobs in the apalis queue.
+pub async fn job_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'triggers_deliveries'")
+        .fetch_one(pool)
+        .await
+        .expect("count jobs")
+}
+
+/// Delivery jobs of one event (the job's JSON carries its id).
+pub async fn jobs_for_event(pool: &PgPool, event_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs
+         WHERE job_type = 'triggers_deliveries' AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1",
+    )
+    .bind(event_id)
+    .fetch_one(pool)
+    .await
+    .expect("count jobs of event")
+}
+
+/// POST /api/events with a JSON body.
+pub async fn post_event(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/events"))
+        .header("X-API-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("post event")
+}
+
+/// POST /api/events with raw bytes and an optional content type.
+pub async fn post_raw(
+    app: &TestApp,
+    key: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/api/events"))
+        .header("X-API-Key", key)
+        .body(body);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    req.send().await.expect("post raw")
+}
+
+/// Post an event that must be accepted; returns its 202 body.
+pub async fn accept(app: &TestApp, key: &str, body: &Value) -> Value {
+    let res = post_event(app, key, body).await;
+    let status = res.status();
+    let json: Value = res.json().await.expect("json");
+    assert_eq!(status, 202, "expected 202, got {status}: {json}");
+    json
+}
+
+/// GET with a key; returns (status, body).
+pub async fn get_json(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .get(app.url(path))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("get");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json"))
+}
+
+/// POST a JSON body with a key; returns (status, body).
+pub async fn post_json(app: &TestApp, key: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut req = app.client.post(app.url(path)).header("X-API-Key", key);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req.send().await.expect("post");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json"))
+}
