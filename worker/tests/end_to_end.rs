@@ -1,0 +1,252 @@
+//! End to end, with both real binaries as processes: an event POSTed to `triggers-ingest`
+//! reaches a webhook through `triggers-worker`, and an event acknowledged with a 202 survives
+//! every process being killed at once.
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Receiver, eventually, spawn_worker_process, test_db};
+use serde_json::{Value, json};
+use triggers_shared::signing;
+
+/// `triggers-ingest`, built beside `triggers-worker` (the test command builds every binary).
+fn ingest_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")).with_file_name("triggers-ingest");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --bins`, as deploy/local/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Ingest {
+    child: Child,
+    base: String,
+}
+
+impl Ingest {
+    async fn start(db_url: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(ingest_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}"))
+            .env("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", "true")
+            .env("TRIGGERS_DB_POOL_SIZE", "10")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn triggers-ingest");
+        let ingest = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        eventually("ingest is ready", Duration::from_secs(30), || {
+            let req = client.get(format!("{}/health/ready", ingest.base)).send();
+            async move { req.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        ingest
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn post_json(client: &reqwest::Client, url: String, key: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = client.post(url).json(&body);
+    if let Some(key) = key {
+        req = req.header("X-API-Key", key);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
+    let db = test_db().await;
+    let receiver = Receiver::answering(200).await;
+    let ingest = Ingest::start(&db.url).await;
+    let _worker = Killed(spawn_worker_process(&db.url, &[]));
+    let client = reqwest::Client::new();
+
+    let (status, org) = post_json(
+        &client,
+        ingest.url("/api/keys/generate"),
+        None,
+        json!({"organization_name": "E2E", "tier": "pro"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    let key = org["api_key"].as_str().expect("api_key").to_string();
+    let (status, hook) = post_json(
+        &client,
+        ingest.url("/api/webhook/config"),
+        Some(&key),
+        json!({"webhook_url": receiver.url}),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    let secret = hook["signing_secret"]
+        .as_str()
+        .expect("signing_secret")
+        .to_string();
+
+    let payload = json!({"order": 42, "note": "café ☕", "nested": {"ok": true}});
+    let (status, accepted) = post_json(
+        &client,
+        ingest.url("/api/events"),
+        Some(&key),
+        json!({"type": "order.created", "payload": payload, "dedup_id": "order-42"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().expect("id").to_string();
+
+    eventually(
+        "the webhook receives the event",
+        Duration::from_secs(30),
+        || async { receiver.count() >= 1 },
+    )
+    .await;
+    let got = &receiver.requests()[0];
+    assert_eq!(got.event_id(), id);
+    let ts: i64 = got.header("webhook-timestamp").parse().expect("timestamp");
+    assert!(signing::verify(
+        &secret,
+        &id,
+        ts,
+        &got.body,
+        got.header("webhook-signature")
+    ));
+    let body: Value = serde_json::from_slice(&got.body).expect("json body");
+    assert_eq!(body["id"], json!(id));
+    assert_eq!(body["type"], "order.created");
+    assert_eq!(body["dedup_id"], "order-42");
+    assert_eq!(body["data"], payload);
+    assert_eq!(body["timestamp"], accepted["created_at"]);
+
+    let get = || async {
+        client
+            .get(ingest.url(&format!("/api/events/{id}")))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .expect("get event")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    eventually(
+        "the event is recorded as delivered",
+        Duration::from_secs(10),
+        || async { get().await["status"] == "delivered" },
+    )
+    .await;
+    let event = get().await;
+    assert_eq!(event["attempts"], 1);
+    assert_eq!(event["attempts_log"][0]["response_status"], 200);
+}
+
+#[tokio::test]
+async fn accepted_events_survive_killing_every_process_and_are_still_delivered() {
+    let db = test_db().await;
+    let receiver = Receiver::answering(200).await;
+    let mut ingest = Ingest::start(&db.url).await;
+    let client = reqwest::Client::new();
+    let (_, org) = post_json(
+        &client,
+        ingest.url("/api/keys/generate"),
+        None,
+        json!({"organization_name": "Durable", "tier": "business"}),
+    )
+    .await;
+    let key = org["api_key"].as_str().expect("api_key").to_string();
+    let (status, _) = post_json(
+        &client,
+        ingest.url("/api/webhook/config"),
+        Some(&key),
+        json!({"webhook_url": receiver.url}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // 100 concurrent events (they share batches), then SIGKILL ingest the moment the last 202 lands.
+    let posts = (0..100).map(|i| {
+        let client = client.clone();
+        let url = ingest.url("/api/events");
+        let key = key.clone();
+        tokio::spawn(async move {
+            post_json(
+                &client,
+                url,
+                Some(&key),
+                json!({"type": "durable.test", "payload": {"i": i}}),
+            )
+            .await
+        })
+    });
+    let mut accepted = Vec::new();
+    for post in posts {
+        let (status, body) = post.await.expect("join");
+        assert_eq!(status, 202, "{body}");
+        accepted.push(body["id"].as_str().expect("id").to_string());
+    }
+    ingest.child.kill().expect("SIGKILL ingest");
+    ingest.child.wait().expect("reap ingest");
+
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE id::text = ANY($1)")
+        .bind(&accepted)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 100, "every 202 was committed before it was sent");
+
+    // A worker started only now delivers every one of them.
+    let _worker = Killed(spawn_worker_process(&db.url, &[]));
+    eventually(
+        "all 100 events are delivered",
+        Duration::from_secs(60),
+        || async {
+            let seen: std::collections::HashSet<String> =
+                receiver.requests().iter().map(|r| r.event_id()).collect();
+            accepted.iter().all(|id| seen.contains(id))
+        },
+    )
+    .await;
+}
