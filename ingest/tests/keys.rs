@@ -657,27 +657,3 @@ async fn rotate_without_a_key_is_401() {
     assert_eq!(status, 401);
     assert_eq!(err["code"], "missing_api_key");
 }
-
-#[tokio::test]
-async fn the_openapi_document_describes_the_key_routes() {
-    let app = TestApp::spawn().await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
-    for (path, method) in [
-        ("/api/keys/generate", "post"),
-        ("/api/keys", "get"),
-        ("/api/keys/rotate", "post"),
-    ] {
-        let op = &doc["paths"][path][method];
-        assert!(op.is_object(), "{method} {path} missing");
-        assert_eq!(op["tags"][0], "keys");
-    }
-    assert!(doc["paths"]["/api/keys"]["get"]["security"].is_array());
-}

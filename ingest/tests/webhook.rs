@@ -379,27 +379,3 @@ async fn webhook_routes_require_a_key() {
         );
     }
 }
-
-#[tokio::test]
-async fn the_openapi_document_describes_the_webhook_routes() {
-    let app = TestApp::spawn().await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
-    for (path, method) in [
-        ("/api/webhook/config", "post"),
-        ("/api/webhook/config", "get"),
-        ("/api/webhook/config", "delete"),
-        ("/api/webhook/secret/rotate", "post"),
-    ] {
-        let op = &doc["paths"][path][method];
-        assert!(op.is_object(), "{method} {path} missing");
-        assert_eq!(op["tags"][0], "webhook");
-    }
-}

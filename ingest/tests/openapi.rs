@@ -1,0 +1,134 @@
+//! The OpenAPI document covers every route of API.md, with its tag and security, and `/docs`
+//! is served from the binary (no CDN).
+
+mod common;
+
+use common::TestApp;
+use serde_json::Value;
+
+/// Every route of API.md: method, path, tag, and the security scheme it documents ("" = none).
+const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("post", "/api/keys/generate", "keys", "admin_token"),
+    ("get", "/api/keys", "keys", "api_key"),
+    ("post", "/api/keys/rotate", "keys", "api_key"),
+    ("post", "/api/webhook/config", "webhook", "api_key"),
+    ("get", "/api/webhook/config", "webhook", "api_key"),
+    ("delete", "/api/webhook/config", "webhook", "api_key"),
+    ("post", "/api/webhook/secret/rotate", "webhook", "api_key"),
+    ("post", "/api/events", "events", "api_key"),
+    ("get", "/api/events/{id}", "events", "api_key"),
+    ("post", "/api/events/{id}/redeliver", "events", "api_key"),
+    ("post", "/api/events/redeliver", "events", "api_key"),
+    ("get", "/api/inbox", "inbox", "api_key"),
+    ("post", "/api/ack/{id}", "inbox", "api_key"),
+    ("post", "/api/ack", "inbox", "api_key"),
+    ("get", "/health", "operations", ""),
+    ("get", "/health/live", "operations", ""),
+    ("get", "/health/ready", "operations", ""),
+    ("get", "/metrics", "operations", ""),
+];
+
+async fn document(app: &TestApp) -> Value {
+    let res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn every_route_of_the_api_is_in_the_openapi_document_with_its_tag_and_security() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["version"], triggers_shared::VERSION);
+    for (method, path, tag, scheme) in ROUTES {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert_eq!(op["tags"][0], *tag, "{method} {path}");
+        let schemes: Vec<&str> = op["security"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|s| s.as_object())
+                    .flat_map(|s| s.keys())
+                    .map(String::as_str)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if scheme.is_empty() {
+            assert!(
+                schemes.is_empty(),
+                "{method} {path} documents security {schemes:?}"
+            );
+        } else {
+            assert!(
+                schemes.contains(scheme),
+                "{method} {path} lacks {scheme}: {schemes:?}"
+            );
+        }
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path} responses"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_document_has_no_route_the_api_does_not_have() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, ops) in paths {
+        for method in ops.as_object().expect("operations").keys() {
+            assert!(
+                ROUTES.iter().any(|(m, p, _, _)| m == method && p == path),
+                "{method} {path} is documented but not in API.md's list"
+            );
+            // And the router really serves it: an unknown route would answer `not_found`.
+            let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000");
+            let res = app
+                .client
+                .request(method.to_uppercase().parse().expect("method"), app.url(&concrete))
+                .send()
+                .await
+                .expect("request");
+            if res.status() == 404 {
+                let body: Value = res.json().await.expect("json");
+                assert_ne!(
+                    body["code"], "not_found",
+                    "{method} {path} is documented but not routed"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served_from_the_binary() {
+    let app = TestApp::spawn().await;
+    let res = app.client.get(app.url("/docs/")).send().await.expect("request");
+    assert_eq!(res.status(), 200);
+    let html = res.text().await.expect("text");
+    assert!(html.contains("swagger"), "docs page: {html}");
+    assert!(
+        !html.contains("cdn") && !html.contains("unpkg"),
+        "the page must not load from a CDN"
+    );
+    // The script the page loads is served here too.
+    let res = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .expect("bundle");
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.expect("js").len() > 100_000);
+}
