@@ -1,0 +1,259 @@
+//! Command-line parsing and its limits: which host the bench may talk to (loopback only) and how
+//! much load it may generate (bounded count, concurrency and time), so it always stops by itself.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const MAX_EVENTS: u64 = 1_000_000;
+pub const MAX_CONCURRENCY: usize = 1024;
+pub const MAX_ORGS: usize = 1000;
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+pub const USAGE: &str = "\
+usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
+                      [--webhook] [--duration-limit 120s] [--json]
+       triggers-bench summarize RUN.json...
+
+Load-tests a Triggers ingest on this machine: creates K enterprise organisations, sends N events
+over C keep-alive connections and reports throughput and latency. With --webhook, each
+organisation's webhook points at a receiver embedded in the bench (the ingest and worker must run
+with TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true) and the bench waits until every accepted event arrived.
+TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
+
+`summarize` reads the --json outputs of several runs and prints them with their medians.
+
+Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, duration limit <= 1h
+(the whole run stops at the limit, waiting included).";
+
+/// One run of the load test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunArgs {
+    /// `scheme://ip:port` of the ingest, without a trailing slash.
+    pub base_url: String,
+    pub events: u64,
+    pub concurrency: usize,
+    pub orgs: usize,
+    pub webhook: bool,
+    pub duration_limit: Duration,
+    pub json: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8080".into(),
+            events: 10_000,
+            concurrency: 32,
+            orgs: 4,
+            webhook: false,
+            duration_limit: Duration::from_secs(120),
+            json: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Run(RunArgs),
+    Summarize(Vec<PathBuf>),
+    Help,
+}
+
+/// Parse the arguments after the program name.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut it = args.into_iter().peekable();
+    if it.peek().map(String::as_str) == Some("summarize") {
+        it.next();
+        let files: Vec<PathBuf> = it.map(PathBuf::from).collect();
+        if files.is_empty() {
+            return Err("summarize needs at least one JSON file".into());
+        }
+        return Ok(Command::Summarize(files));
+    }
+    let mut run = RunArgs::default();
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it.next().ok_or_else(|| format!("{name} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--url" => run.base_url = parse_base_url(&value("--url")?)?,
+            "--events" | "-n" => run.events = parse_bounded("--events", &value("--events")?, 1, MAX_EVENTS)?,
+            "--concurrency" | "-c" => {
+                run.concurrency = parse_bounded(
+                    "--concurrency",
+                    &value("--concurrency")?,
+                    1,
+                    MAX_CONCURRENCY as u64,
+                )? as usize
+            }
+            "--orgs" | "-k" => {
+                run.orgs = parse_bounded("--orgs", &value("--orgs")?, 1, MAX_ORGS as u64)? as usize
+            }
+            "--duration-limit" => {
+                let d = parse_duration(&value("--duration-limit")?)?;
+                if d.is_zero() || d > MAX_DURATION {
+                    return Err(format!(
+                        "--duration-limit must be between 1ms and {}s",
+                        MAX_DURATION.as_secs()
+                    ));
+                }
+                run.duration_limit = d;
+            }
+            "--webhook" if inline.is_none() => run.webhook = true,
+            "--json" if inline.is_none() => run.json = true,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Command::Run(run))
+}
+
+fn parse_bounded(name: &str, raw: &str, min: u64, max: u64) -> Result<u64, String> {
+    let v: u64 = raw
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{name}: `{raw}` is not a number"))?;
+    if v < min || v > max {
+        return Err(format!("{name} must be between {min} and {max}, got {v}"));
+    }
+    Ok(v)
+}
+
+/// `120s`, `2m`, `500ms`, `1h` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let s = raw.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a duration (e.g. 120s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{raw}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() * 2.0 {
+        return Err(format!("`{raw}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The bench only ever talks to this machine: an `http` URL whose host is a loopback IP literal
+/// (no host names, which could resolve anywhere). Returns `http://ip:port`.
+pub fn parse_base_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("--url `{raw}`: {e}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "--url `{raw}`: only http:// to a loopback address is allowed"
+        ));
+    }
+    let ip: IpAddr = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.into(),
+        Some(url::Host::Ipv6(ip)) => ip.into(),
+        _ => {
+            return Err(format!(
+                "--url `{raw}`: the host must be a loopback IP such as 127.0.0.1"
+            ));
+        }
+    };
+    if !ip.is_loopback() {
+        return Err(format!(
+            "--url `{raw}`: refusing to load-test {ip}; only loopback addresses are allowed"
+        ));
+    }
+    if !(url.path() == "/" || url.path().is_empty()) || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!("--url `{raw}`: give only scheme, host and port"));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    Ok(format!("http://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn all_flags_are_parsed_in_both_spellings() {
+        let cmd = parse(args(
+            "--url http://127.0.0.1:18080/ --events=2000 --concurrency 8 --orgs 3 --webhook --duration-limit 90s --json",
+        ))
+        .expect("valid arguments");
+        assert_eq!(
+            cmd,
+            Command::Run(RunArgs {
+                base_url: "http://127.0.0.1:18080".into(),
+                events: 2000,
+                concurrency: 8,
+                orgs: 3,
+                webhook: true,
+                duration_limit: Duration::from_secs(90),
+                json: true,
+            })
+        );
+    }
+
+    #[test]
+    fn non_loopback_hosts_and_names_are_refused() {
+        for url in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "http://localhost:8080",
+            "https://127.0.0.1",
+        ] {
+            assert!(parse_base_url(url).is_err(), "{url} must be refused");
+        }
+        assert_eq!(
+            parse_base_url("http://[::1]:9000").as_deref(),
+            Ok("http://[::1]:9000")
+        );
+        assert_eq!(
+            parse_base_url("http://127.0.0.1").as_deref(),
+            Ok("http://127.0.0.1:80")
+        );
+    }
+
+    #[test]
+    fn counts_and_durations_are_bounded() {
+        assert!(parse(args("--events 0")).is_err());
+        assert!(parse(args("--events 1000001")).is_err());
+        assert!(parse(args("--concurrency 5000")).is_err());
+        assert!(parse(args("--duration-limit 2h")).is_err());
+        assert!(parse(args("--bogus")).is_err());
+        assert!(parse(args("--events")).is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("10 parsecs").is_err());
+    }
+
+    #[test]
+    fn summarize_takes_files() {
+        assert_eq!(
+            parse(args("summarize a.json b.json")),
+            Ok(Command::Summarize(vec!["a.json".into(), "b.json".into()]))
+        );
+        assert!(parse(args("summarize")).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! `triggers-bench`: a bounded load generator for a Triggers ingest (and worker) on this machine.
+//! See `args::USAGE` and the README's "Benchmark" section.
+
+mod args;
+mod load;
+mod receiver;
+mod report;
+mod stats;
+mod timeline;
+
+use std::process::ExitCode;
+
+use args::Command;
+
+fn main() -> ExitCode {
+    let command = match args::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("triggers-bench: {e}\n\n{}", args::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", args::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Summarize(files) => match report::summarize(&files) {
+            Ok((table, all_ok)) => {
+                print!("{table}");
+                if all_ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("triggers-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(run) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("triggers-bench: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let admin_token = std::env::var("TRIGGERS_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let json = run.json;
+            match runtime.block_on(load::run(run, admin_token)) {
+                Ok(outcome) => {
+                    if json {
+                        println!("{}", report::to_json(&outcome));
+                    } else {
+                        print!("{}", report::to_text(&outcome));
+                    }
+                    if let Some(f) = outcome.failure() {
+                        eprintln!("triggers-bench: {f}");
+                        return ExitCode::FAILURE;
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("triggers-bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

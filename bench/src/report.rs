@@ -1,0 +1,192 @@
+//! Rendering: one run as text or as one JSON object, and `summarize` (several runs' JSON → a
+//! table with the median of each column).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::load::{Outcome, per_second};
+use crate::stats::{Latency, median, round3};
+
+pub fn to_json(o: &Outcome) -> Value {
+    let delivery = o.webhook.as_ref().map(|w| {
+        json!({
+            "delivered": w.delivered,
+            "missing": w.missing,
+            "duplicates": w.duplicates,
+            "unknown": w.unknown,
+            "delivery_throughput_eps": w.delivery_span.map(|s| round3(per_second(w.delivered, s))),
+            "drain_after_send_s": w.drain_after_send.map(|d| round3(d.as_secs_f64())),
+            "e2e_latency_ms": w.end_to_end.map(Latency::to_json),
+        })
+    });
+    let failure = o.failure();
+    json!({
+        "run_id": o.run_id,
+        "url": o.args.base_url,
+        "events": o.args.events,
+        "concurrency": o.args.concurrency,
+        "orgs": o.args.orgs,
+        "sent": o.sent,
+        "accepted": o.accepted,
+        "rejected": o.rejected,
+        "rejected_total": o.rejected_total(),
+        "wall_time_s": round3(o.send_wall.as_secs_f64()),
+        "ingest_throughput_eps": round3(o.ingest_throughput()),
+        "post_latency_ms": o.post_latency.map(Latency::to_json),
+        "delivery": delivery,
+        "hit_time_limit": o.hit_time_limit,
+        "ok": failure.is_none(),
+        "failure": failure,
+    })
+}
+
+fn lat(l: Option<Latency>) -> String {
+    match l {
+        Some(l) => format!(
+            "p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+            l.p50, l.p95, l.p99, l.max
+        ),
+        None => "-".into(),
+    }
+}
+
+pub fn to_text(o: &Outcome) -> String {
+    let mut s = String::new();
+    let a = &o.args;
+    let _ = writeln!(
+        s,
+        "triggers-bench {}: {} events, {} connections, {} orgs{} -> {}",
+        o.run_id,
+        a.events,
+        a.concurrency,
+        a.orgs,
+        if a.webhook { ", webhook delivery" } else { "" },
+        a.base_url
+    );
+    let rejected = if o.rejected.is_empty() {
+        "none".to_string()
+    } else {
+        o.rejected
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        s,
+        "  accepted (202)   {} of {} sent ({} requested); rejected: {rejected}",
+        o.accepted, o.sent, a.events
+    );
+    let _ = writeln!(s, "  wall time        {:.2} s", o.send_wall.as_secs_f64());
+    let _ = writeln!(s, "  ingest           {:.0} events/s", o.ingest_throughput());
+    let _ = writeln!(s, "  POST latency     {}", lat(o.post_latency));
+    if let Some(w) = &o.webhook {
+        let _ = writeln!(
+            s,
+            "  delivered        {} of {} accepted; missing {}; duplicates {}; unknown {}",
+            w.delivered, o.accepted, w.missing, w.duplicates, w.unknown
+        );
+        if let (Some(span), Some(drain)) = (w.delivery_span, w.drain_after_send) {
+            let _ = writeln!(
+                s,
+                "  delivery         {:.0} events/s (last arrival {:.2} s after the last POST)",
+                per_second(w.delivered, span),
+                drain.as_secs_f64()
+            );
+        }
+        let _ = writeln!(s, "  end-to-end       {}", lat(w.end_to_end));
+    }
+    match o.failure() {
+        Some(f) => {
+            let _ = writeln!(s, "  FAILED: {f}");
+        }
+        None => {
+            let _ = writeln!(s, "  ok");
+        }
+    }
+    s
+}
+
+/// The columns of `summarize`: a header and a JSON pointer into a run's output.
+const COLUMNS: [(&str, &str); 8] = [
+    ("ingest ev/s", "/ingest_throughput_eps"),
+    ("POST p50 ms", "/post_latency_ms/p50"),
+    ("POST p99 ms", "/post_latency_ms/p99"),
+    ("deliver ev/s", "/delivery/delivery_throughput_eps"),
+    ("e2e p50 ms", "/delivery/e2e_latency_ms/p50"),
+    ("e2e p99 ms", "/delivery/e2e_latency_ms/p99"),
+    ("rejected", "/rejected_total"),
+    ("missing", "/delivery/missing"),
+];
+
+/// Read each run's `--json` output and print them with the median of every column. Returns the
+/// table and whether every run was ok.
+pub fn summarize(files: &[PathBuf]) -> anyhow::Result<(String, bool)> {
+    let mut runs = Vec::with_capacity(files.len());
+    for f in files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(text.trim()).with_context(|| format!("parsing {}", f.display()))?;
+        runs.push(v);
+    }
+    Ok(summary_table(&runs))
+}
+
+pub fn summary_table(runs: &[Value]) -> (String, bool) {
+    let mut s = String::new();
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let _ = write!(s, "{:<8}", "run");
+    for (h, _) in COLUMNS {
+        let _ = write!(s, "{h:>14}");
+    }
+    let _ = writeln!(s, "  ok");
+    let mut all_ok = true;
+    for (i, run) in runs.iter().enumerate() {
+        let _ = write!(s, "{:<8}", i + 1);
+        for (_, ptr) in COLUMNS {
+            let _ = write!(s, "{:>14}", cell(run.pointer(ptr).and_then(Value::as_f64)));
+        }
+        let ok = run.get("ok").and_then(Value::as_bool).unwrap_or(false);
+        all_ok &= ok;
+        let _ = writeln!(s, "  {}", if ok { "yes" } else { "NO" });
+    }
+    let _ = write!(s, "{:<8}", "median");
+    for (_, ptr) in COLUMNS {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.pointer(ptr).and_then(Value::as_f64))
+            .collect();
+        let _ = write!(s, "{:>14}", cell(median(&values)));
+    }
+    let _ = writeln!(s);
+    (s, all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_prints_each_run_and_the_medians() {
+        let run = |eps: f64, p50: f64, ok: bool| {
+            json!({"ingest_throughput_eps": eps, "post_latency_ms": {"p50": p50, "p99": 9.0},
+                   "rejected_total": 0, "delivery": null, "ok": ok})
+        };
+        let (table, ok) = summary_table(&[
+            run(100.0, 3.0, true),
+            run(300.0, 1.0, true),
+            run(200.0, 2.0, true),
+        ]);
+        let median_line = table.lines().last().expect("a median line");
+        assert_eq!(
+            median_line.split_whitespace().collect::<Vec<_>>(),
+            ["median", "200.0", "2.0", "9.0", "-", "-", "-", "0.0", "-"]
+        );
+        assert!(ok);
+        let (_, ok) = summary_table(&[run(1.0, 1.0, true), run(1.0, 1.0, false)]);
+        assert!(!ok);
+    }
+}
