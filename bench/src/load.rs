@@ -55,13 +55,13 @@ impl Outcome {
         per_second(self.accepted, self.send_wall)
     }
 
-    /// Why the run counts as failed, if it does.
+    /// Why the run counts as failed, if it does (every reason, joined).
     pub fn failure(&self) -> Option<String> {
+        let mut reasons = Vec::new();
         if self.accepted == 0 {
-            return Some("no event was accepted".into());
-        }
-        if self.rejected_total() > self.accepted {
-            return Some(format!(
+            reasons.push("no event was accepted".to_string());
+        } else if self.rejected_total() > self.accepted {
+            reasons.push(format!(
                 "errors dominate: {} rejected vs {} accepted",
                 self.rejected_total(),
                 self.accepted
@@ -70,18 +70,22 @@ impl Outcome {
         if let Some(w) = &self.webhook
             && w.missing > 0
         {
-            return Some(format!(
+            reasons.push(format!(
                 "{} accepted events were not delivered in time",
                 w.missing
             ));
         }
         if self.sent < self.args.events {
-            return Some(format!(
+            reasons.push(format!(
                 "stopped at the time limit after sending {} of {} events",
                 self.sent, self.args.events
             ));
         }
-        None
+        if reasons.is_empty() {
+            None
+        } else {
+            Some(reasons.join("; "))
+        }
     }
 }
 

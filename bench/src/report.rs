@@ -110,16 +110,16 @@ pub fn to_text(o: &Outcome) -> String {
     s
 }
 
-/// The columns of `summarize`: a header and a JSON pointer into a run's output.
-const COLUMNS: [(&str, &str); 8] = [
-    ("ingest ev/s", "/ingest_throughput_eps"),
-    ("POST p50 ms", "/post_latency_ms/p50"),
-    ("POST p99 ms", "/post_latency_ms/p99"),
-    ("deliver ev/s", "/delivery/delivery_throughput_eps"),
-    ("e2e p50 ms", "/delivery/e2e_latency_ms/p50"),
-    ("e2e p99 ms", "/delivery/e2e_latency_ms/p99"),
-    ("rejected", "/rejected_total"),
-    ("missing", "/delivery/missing"),
+/// The columns of `summarize`: a header, a JSON pointer into a run's output, and decimals.
+const COLUMNS: [(&str, &str, usize); 8] = [
+    ("ingest ev/s", "/ingest_throughput_eps", 0),
+    ("POST p50 ms", "/post_latency_ms/p50", 1),
+    ("POST p99 ms", "/post_latency_ms/p99", 1),
+    ("deliver ev/s", "/delivery/delivery_throughput_eps", 0),
+    ("e2e p50 ms", "/delivery/e2e_latency_ms/p50", 1),
+    ("e2e p99 ms", "/delivery/e2e_latency_ms/p99", 1),
+    ("rejected", "/rejected_total", 0),
+    ("missing", "/delivery/missing", 0),
 ];
 
 /// Read each run's `--json` output and print them with the median of every column. Returns the
@@ -137,29 +137,33 @@ pub fn summarize(files: &[PathBuf]) -> anyhow::Result<(String, bool)> {
 
 pub fn summary_table(runs: &[Value]) -> (String, bool) {
     let mut s = String::new();
-    let cell = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+    let cell = |v: Option<f64>, decimals: usize| v.map_or("-".to_string(), |x| format!("{x:.decimals$}"));
     let _ = write!(s, "{:<8}", "run");
-    for (h, _) in COLUMNS {
+    for (h, _, _) in COLUMNS {
         let _ = write!(s, "{h:>14}");
     }
     let _ = writeln!(s, "  ok");
     let mut all_ok = true;
     for (i, run) in runs.iter().enumerate() {
         let _ = write!(s, "{:<8}", i + 1);
-        for (_, ptr) in COLUMNS {
-            let _ = write!(s, "{:>14}", cell(run.pointer(ptr).and_then(Value::as_f64)));
+        for (_, ptr, decimals) in COLUMNS {
+            let _ = write!(
+                s,
+                "{:>14}",
+                cell(run.pointer(ptr).and_then(Value::as_f64), decimals)
+            );
         }
         let ok = run.get("ok").and_then(Value::as_bool).unwrap_or(false);
         all_ok &= ok;
         let _ = writeln!(s, "  {}", if ok { "yes" } else { "NO" });
     }
     let _ = write!(s, "{:<8}", "median");
-    for (_, ptr) in COLUMNS {
+    for (_, ptr, decimals) in COLUMNS {
         let values: Vec<f64> = runs
             .iter()
             .filter_map(|r| r.pointer(ptr).and_then(Value::as_f64))
             .collect();
-        let _ = write!(s, "{:>14}", cell(median(&values)));
+        let _ = write!(s, "{:>14}", cell(median(&values), decimals));
     }
     let _ = writeln!(s);
     (s, all_ok)
@@ -183,7 +187,7 @@ mod tests {
         let median_line = table.lines().last().expect("a median line");
         assert_eq!(
             median_line.split_whitespace().collect::<Vec<_>>(),
-            ["median", "200.0", "2.0", "9.0", "-", "-", "-", "0.0", "-"]
+            ["median", "200", "2.0", "9.0", "-", "-", "-", "0", "-"]
         );
         assert!(ok);
         let (_, ok) = summary_table(&[run(1.0, 1.0, true), run(1.0, 1.0, false)]);

@@ -6,9 +6,9 @@
 #   deploy/local/postgres.sh url       print the DATABASE_URL without starting anything
 #
 # TRIGGERS_PG_NAME (default `dev`) picks the cluster (target/pg-<name>), TRIGGERS_PG_PORT its port
-# (default 55432 for dev, 55433 for test). Installs Debian's `postgresql` package when initdb and
-# pg_ctl are missing. Run as root, the cluster runs as the `postgres` user. Only the URL goes to
-# stdout; progress goes to stderr.
+# (default 55432 for dev, 55433 for test, 55434 for bench). Installs Debian's `postgresql` package
+# when initdb and pg_ctl are missing. Run as root, the cluster runs as the `postgres` user. Only the
+# URL goes to stdout; progress goes to stderr.
 set -euo pipefail
 
 verb=${1:-start}
@@ -16,6 +16,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 name=${TRIGGERS_PG_NAME:-dev}
 case "$name" in
   test) default_port=55433 ;;
+  bench) default_port=55434 ;;
   *) default_port=55432 ;;
 esac
 port=${TRIGGERS_PG_PORT:-$default_port}
