@@ -8,7 +8,10 @@ use anyhow::Context;
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use triggers_shared::{
-    config::WorkerConfig, db::janitor, jobs::DELIVERY_QUEUE, metrics::JANITOR_DELETED_TOTAL,
+    config::WorkerConfig,
+    db::janitor,
+    jobs::DELIVERY_QUEUE,
+    metrics::{EVENTS_DEAD_LETTERED_TOTAL, JANITOR_DELETED_TOTAL},
 };
 
 /// Rows deleted per statement: small, so no statement holds many locks for long.
@@ -27,6 +30,8 @@ pub struct JanitorReport {
     pub dedup_keys: u64,
     pub events: u64,
     pub workers: u64,
+    /// Pending events whose job apalis gave up on, now `failed`.
+    pub abandoned: u64,
 }
 
 /// One janitor run. `Ok(None)` when another run (anywhere in the fleet) holds the lock.
@@ -38,7 +43,11 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
         if !janitor::try_lock(&mut conn).await? {
             return anyhow::Ok(None);
         }
-        let mut report = JanitorReport::default();
+        // Before their jobs are deleted: an event whose job apalis gave up on is dead-lettered.
+        let mut report = JanitorReport {
+            abandoned: janitor::dead_letter_abandoned_jobs(&mut conn, DELIVERY_QUEUE, BATCH).await?,
+            ..JanitorReport::default()
+        };
         loop {
             let n =
                 janitor::delete_finished_jobs(&mut conn, DELIVERY_QUEUE, FINISHED_JOB_GRACE, BATCH).await?;
@@ -72,6 +81,7 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
         metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "dedup_keys").increment(r.dedup_keys);
         metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "events").increment(r.events);
         metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "apalis.workers").increment(r.workers);
+        metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(r.abandoned);
         if r != JanitorReport::default() {
             tracing::info!(?r, "janitor run");
         }

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection};
 use triggers_shared::{
     config::WorkerConfig,
     db::janitor::JANITOR_LOCK_KEY,
-    jobs::{DELIVERY_QUEUE, DeliveryJob},
+    jobs::{self, DELIVERY_QUEUE, DeliveryJob},
 };
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
@@ -195,6 +195,78 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
         .expect("janitor")
         .expect("lock");
     assert_eq!(again, Default::default());
+}
+
+#[tokio::test]
+async fn an_event_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending() {
+    let db = test_db().await;
+    let pool = &db.pool;
+    let (org, _) = create_org(pool, None).await;
+    // Three pending events: the first's job failed for good; the second's too, but it has a
+    // fresh job (a redelivery); the third's job is merely retryable.
+    let ids = create_events(pool, org, 3).await;
+    let job_of = |id: Uuid| async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM apalis.jobs WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2",
+        )
+        .bind(DELIVERY_QUEUE)
+        .bind(id.to_string())
+        .fetch_one(pool)
+        .await
+        .expect("job of event")
+    };
+    for (id, sql) in [
+        (
+            ids[0],
+            "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts, done_at = now() WHERE id = $1",
+        ),
+        (
+            ids[1],
+            "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts, done_at = now() WHERE id = $1",
+        ),
+        (
+            ids[2],
+            "UPDATE apalis.jobs SET status = 'Failed', attempts = 1, done_at = now() WHERE id = $1",
+        ),
+    ] {
+        let job = job_of(id).await;
+        sqlx::query(sql)
+            .bind(job)
+            .execute(pool)
+            .await
+            .expect("update job");
+    }
+    let mut tx = pool.begin().await.expect("begin");
+    jobs::enqueue(
+        &mut tx,
+        &[(DeliveryJob::first(ids[1], org), Duration::from_secs(3600))],
+    )
+    .await
+    .expect("redelivery job");
+    tx.commit().await.expect("commit");
+
+    let report = run_janitor_once(pool, &WorkerConfig::for_tests(&db.url))
+        .await
+        .expect("janitor")
+        .expect("lock taken");
+    assert_eq!(report.abandoned, 1);
+    assert_eq!(event(pool, ids[0]).await.status, "failed");
+    assert!(
+        event(pool, ids[0])
+            .await
+            .last_error
+            .is_some_and(|e| e.contains("abandoned"))
+    );
+    assert_eq!(
+        event(pool, ids[1]).await.status,
+        "pending",
+        "a live redelivery job still owns it"
+    );
+    assert_eq!(
+        event(pool, ids[2]).await.status,
+        "pending",
+        "apalis will retry its job"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,41 @@ fn interval(d: Duration) -> PgInterval {
     }
 }
 
+/// Dead-letter events whose delivery job apalis gave up on (its handler failed `max_attempts`
+/// times: repeated database errors or a panic, never a webhook failure, which is scheduled as a
+/// new job). Without this such an event would stay `pending` with nothing left to deliver it.
+/// Events with another live job (a redelivery) are left alone. Returns the events changed.
+pub async fn dead_letter_abandoned_jobs(
+    conn: &mut PgConnection,
+    queue: &str,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "UPDATE events e
+         SET status = 'failed', updated_at = now(),
+             last_error = 'delivery abandoned after repeated internal errors; redeliver to try again'
+         FROM (
+             SELECT DISTINCT (convert_from(j.job, 'UTF8')::jsonb ->> 'event_id')::uuid AS event_id
+             FROM apalis.jobs j
+             WHERE j.job_type = $1 AND j.status = 'Failed' AND j.attempts >= j.max_attempts
+             LIMIT $2
+         ) dead
+         WHERE e.id = dead.event_id
+           AND e.status = 'pending'
+           AND e.acknowledged_at IS NULL
+           AND NOT EXISTS (
+               SELECT 1 FROM apalis.jobs live
+               WHERE live.job_type = $1
+                 AND live.status IN ('Pending', 'Queued', 'Running')
+                 AND convert_from(live.job, 'UTF8')::jsonb ->> 'event_id' = e.id::text)",
+    )
+    .bind(queue)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
 /// Delete finished job rows of `queue` (done, killed, or failed for good) finished more than
 /// `older_than` ago.
 pub async fn delete_finished_jobs(
