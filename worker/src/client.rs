@@ -37,7 +37,9 @@ pub struct WebhookClient {
 }
 
 impl WebhookClient {
-    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+    /// `max_idle_per_host`: connections kept open per host; the worker's concurrency, so a
+    /// receiver serving many deliveries at once is not reconnected to under load.
+    pub fn new(timeout: Duration, allow_private: bool, max_idle_per_host: usize) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .user_agent(format!("Triggers/{}", triggers_shared::VERSION))
             .redirect(redirect::Policy::none())
@@ -45,7 +47,7 @@ impl WebhookClient {
             .connect_timeout(timeout)
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(max_idle_per_host)
             .dns_resolver(Arc::new(PolicyResolver { allow_private }))
             .build()?;
         Ok(Self { http, timeout })

@@ -107,8 +107,12 @@ struct Observed {
 
 impl Deliverer {
     pub fn new(pool: PgPool, config: Arc<WorkerConfig>) -> anyhow::Result<Self> {
-        let client = WebhookClient::new(config.delivery_timeout, config.allow_private_webhooks)
-            .context("building the webhook HTTP client")?;
+        let client = WebhookClient::new(
+            config.delivery_timeout,
+            config.allow_private_webhooks,
+            config.concurrency,
+        )
+        .context("building the webhook HTTP client")?;
         Ok(Self {
             pool,
             client,
