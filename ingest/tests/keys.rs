@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use common::TestApp;
+use common::{TestApp, field_names};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use triggers_shared::{apikey, config::Secret};
@@ -84,15 +84,8 @@ async fn generate_answers_201_with_the_documented_shape() {
     let res = generate(&app, json!({"organization_name": "Acme Inc"})).await;
     assert_eq!(res.status(), 201);
     let body: Value = res.json().await.expect("json");
-    let mut fields: Vec<&str> = body
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
     assert_eq!(
-        fields,
+        field_names(&body),
         [
             "api_key",
             "created_at",
@@ -193,15 +186,8 @@ async fn get_keys_describes_the_organisation_and_never_returns_the_key() {
     let secret = secret_of(&key);
     assert!(!text.contains(secret), "secret in {text}");
     let body: Value = serde_json::from_str(&text).expect("json");
-    let mut fields: Vec<&str> = body
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
     assert_eq!(
-        fields,
+        field_names(&body),
         [
             "created_at",
             "key_prefix",
@@ -487,15 +473,8 @@ async fn rotation_without_grace_stops_the_old_key_at_once_on_every_instance() {
     let res = rotate(&app, &old_key, None).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.expect("json");
-    let mut fields: Vec<&str> = body
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
     assert_eq!(
-        fields,
+        field_names(&body),
         [
             "api_key",
             "organization_id",

@@ -85,3 +85,15 @@ impl TestApp {
         )
     }
 }
+
+/// The keys of a JSON object, sorted: to assert a response's exact shape.
+pub fn field_names(body: &Value) -> Vec<&str> {
+    let mut names: Vec<&str> = body
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names
+}
