@@ -460,21 +460,7 @@ async fn get_event_shows_the_inbox_shape_and_the_attempts_log() {
 
     let (status, body) = get_json(&app, &key, &format!("/api/events/{id}")).await;
     assert_eq!(status, 200);
-    for field in [
-        "id",
-        "type",
-        "dedup_id",
-        "payload",
-        "status",
-        "attempts",
-        "response_status",
-        "last_error",
-        "created_at",
-        "updated_at",
-        "delivered_at",
-        "acknowledged_at",
-        "attempts_log",
-    ] {
+    for field in INBOX_ITEM_FIELDS.into_iter().chain(["attempts_log"]) {
         assert!(body.get(field).is_some(), "missing {field}: {body}");
     }
     assert_eq!(body["id"], created["id"]);

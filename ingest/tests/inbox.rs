@@ -47,20 +47,7 @@ async fn the_inbox_lists_oldest_first_with_offset_pagination() {
     );
     assert!(page["next_cursor"].is_string());
     let item = &page["events"][0];
-    for field in [
-        "id",
-        "type",
-        "dedup_id",
-        "payload",
-        "status",
-        "attempts",
-        "response_status",
-        "last_error",
-        "created_at",
-        "updated_at",
-        "delivered_at",
-        "acknowledged_at",
-    ] {
+    for field in INBOX_ITEM_FIELDS {
         assert!(item.get(field).is_some(), "missing {field}: {item}");
     }
     assert_eq!(item["payload"], json!({"i": 0}));

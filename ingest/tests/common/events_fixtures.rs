@@ -10,6 +10,22 @@ use uuid::Uuid;
 
 use super::TestApp;
 
+/// The fields of an inbox item (API.md); `GET /api/events/{id}` adds `attempts_log`.
+pub const INBOX_ITEM_FIELDS: [&str; 12] = [
+    "id",
+    "type",
+    "dedup_id",
+    "payload",
+    "status",
+    "attempts",
+    "response_status",
+    "last_error",
+    "created_at",
+    "updated_at",
+    "delivered_at",
+    "acknowledged_at",
+];
+
 /// Create an organisation of `tier` with one key; returns (api_key, organization_id).
 pub async fn create_org_sql(pool: &PgPool, tier: &str) -> (String, Uuid) {
     let limit = Tier::parse(tier).expect("known tier").rate_limit_per_minute();
