@@ -35,6 +35,7 @@ impl Application {
             .await
             .with_context(|| format!("binding TRIGGERS_INGEST_ADDR {}", config.addr))?;
         let state = AppState::start(Arc::new(config), pool).await?;
+        triggers_shared::metrics::init_ingest();
         let router = routes::router(state.clone());
         Ok(Self {
             listener,

@@ -47,11 +47,13 @@ impl Worker {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding the admin port {}", config.addr))?;
+        let metrics = install_recorder();
+        triggers_shared::metrics::init_worker();
         Ok(Self {
             config: Arc::new(config),
             pool,
             listener,
-            metrics: install_recorder(),
+            metrics,
         })
     }
 

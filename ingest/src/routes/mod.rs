@@ -87,11 +87,15 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = triggers_shared::metrics::method_label(req.method().as_str());
     let response = next.run(req).await;
     let elapsed: Duration = start.elapsed();
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
+    let labels = [
+        ("route", route),
+        ("method", method.to_owned()),
+        ("status", status),
+    ];
     metrics::counter!(triggers_shared::metrics::HTTP_REQUESTS_TOTAL, &labels).increment(1);
     metrics::histogram!(triggers_shared::metrics::HTTP_REQUEST_DURATION_SECONDS, &labels)
         .record(elapsed.as_secs_f64());
