@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -57,10 +57,6 @@ pub enum ApiError {
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
     EventNotFound,
-    #[error("no route for {0}")]
-    RouteNotFound(String),
-    #[error("method not allowed")]
-    MethodNotAllowed,
     #[error("an event with this dedup_id was already accepted in the last 24 hours")]
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
@@ -90,8 +86,7 @@ impl ApiError {
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | RouteNotFound(_) | WebhookNotConfigured => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            EventNotFound | WebhookNotConfigured => StatusCode::NOT_FOUND,
             DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -111,8 +106,6 @@ impl ApiError {
             PayloadTooLarge { .. } => "payload_too_large",
             BodyTooLarge { .. } => "payload_too_large",
             EventNotFound => "event_not_found",
-            RouteNotFound(_) => "not_found",
-            MethodNotAllowed => "method_not_allowed",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
             WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
@@ -206,6 +199,3 @@ impl IntoResponse for ApiError {
         (status, headers, Json(Value::Object(body))).into_response()
     }
 }
-
-/// Header names shared by routes.
-pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");

@@ -1,5 +1,6 @@
 //! The ingest service: validates, authenticates, rate-limits, deduplicates and durably stores
-//! events, and serves the pull inbox. `run` is what `main` and the tests call.
+//! events, and serves the pull inbox. `run` is what `main` and the tests call; the shell around it
+//! (database start-up, server limits, signals, upkeep) is `triggers_shared::service`.
 
 pub mod auth;
 pub mod batcher;
@@ -10,11 +11,14 @@ pub mod ratelimit;
 pub mod routes;
 pub mod state;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use triggers_shared::{config::IngestConfig, db};
+use triggers_shared::{
+    config::IngestConfig,
+    service::{self, ServerLimits},
+};
 
 pub use state::AppState;
 
@@ -23,17 +27,18 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
+    limits: ServerLimits,
 }
 
 impl Application {
     /// Connect, migrate, start background tasks and bind the listener.
     pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
-        let pool = db::pool(&config.common)?;
-        db::wait_until_reachable(&pool, Duration::from_secs(30)).await?;
-        db::migrate(&pool).await?;
+        let pool = service::connect_and_migrate(&config.common).await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding TRIGGERS_INGEST_ADDR {}", config.addr))?;
+        warn_if_open_without_admin_token(&config);
+        let limits = ServerLimits::with_max_connections(config.common.max_connections);
         let state = AppState::start(Arc::new(config), pool).await?;
         triggers_shared::metrics::init_ingest();
         let router = routes::router(state.clone());
@@ -41,6 +46,7 @@ impl Application {
             listener,
             router,
             state,
+            limits,
         })
     }
 
@@ -54,19 +60,33 @@ impl Application {
         &self.state
     }
 
-    /// Serve until `shutdown` resolves, then finish in-flight requests and flush the batcher.
+    /// Serve until `shutdown` resolves, then finish in-flight requests (bounded by the server's
+    /// drain timeout) and flush the batcher.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "ingest listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        let upkeep = service::spawn_upkeep(self.state.metrics.clone(), self.state.db.clone());
+        let served = service::serve(self.listener, self.router, &self.limits, shutdown)
             .await
-            .context("serving HTTP")?;
+            .context("serving HTTP");
+        upkeep.abort();
         self.state.shutdown().await;
         tracing::info!("ingest stopped");
-        Ok(())
+        served
+    }
+}
+
+/// Without an admin token anyone who reaches the port can create organisations: fine on
+/// loopback for development, worth a warning anywhere else.
+fn warn_if_open_without_admin_token(config: &IngestConfig) {
+    if config.admin_token.is_none() && !config.addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %config.addr,
+            "TRIGGERS_ADMIN_TOKEN is not set and ingest listens beyond loopback: \
+             anyone who can reach this port can create organisations"
+        );
     }
 }
 
@@ -74,29 +94,6 @@ impl Application {
 pub async fn run(config: IngestConfig) -> anyhow::Result<()> {
     Application::build(config)
         .await?
-        .run_until_stopped(shutdown_signal())
+        .run_until_stopped(service::shutdown_signal())
         .await
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

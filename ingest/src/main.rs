@@ -1,7 +1,7 @@
 //! `triggers-ingest`: the HTTP front door. `triggers-ingest migrate` applies migrations and exits.
 
 use anyhow::Context;
-use triggers_shared::{config::IngestConfig, db, telemetry};
+use triggers_shared::{config::IngestConfig, service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,9 +10,7 @@ async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => triggers_ingest::run(config).await,
         Some("migrate") => {
-            let pool = db::pool(&config.common)?;
-            db::wait_until_reachable(&pool, std::time::Duration::from_secs(30)).await?;
-            db::migrate(&pool).await?;
+            service::connect_and_migrate(&config.common).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use triggers_shared::config::IngestConfig;
+use triggers_shared::{config::IngestConfig, service::Ops};
 
 use crate::{auth::AuthCache, batcher::BatchWriter, ratelimit::RateLimiter};
 
@@ -34,5 +35,15 @@ impl AppState {
     /// Stop background tasks, flushing what is queued.
     pub async fn shutdown(&self) {
         self.batcher.shutdown().await;
+    }
+}
+
+/// The operations routes (`triggers_shared::service::http`) take what they need from here.
+impl FromRef<AppState> for Ops {
+    fn from_ref(state: &AppState) -> Self {
+        Ops {
+            db: state.db.clone(),
+            metrics: state.metrics.clone(),
+        }
     }
 }

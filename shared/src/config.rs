@@ -49,6 +49,8 @@ pub struct CommonConfig {
     pub database_url: Secret,
     pub db_pool_size: u32,
     pub log_format: LogFormat,
+    /// Open HTTP connections at most (ingest's port, the worker's admin port); more wait.
+    pub max_connections: usize,
 }
 
 impl CommonConfig {
@@ -63,10 +65,15 @@ impl CommonConfig {
         if db_pool_size == 0 {
             bail!("TRIGGERS_DB_POOL_SIZE must be at least 1");
         }
+        let max_connections: usize = env_or("TRIGGERS_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?;
+        if max_connections == 0 {
+            bail!("TRIGGERS_MAX_CONNECTIONS must be at least 1");
+        }
         Ok(Self {
             database_url: Secret::new(database_url),
             db_pool_size,
             log_format: env_or("TRIGGERS_LOG_FORMAT", LogFormat::Pretty)?,
+            max_connections,
         })
     }
 
@@ -76,9 +83,13 @@ impl CommonConfig {
             database_url: Secret::new(database_url),
             db_pool_size: 10,
             log_format: LogFormat::Pretty,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
+
+/// The default of `TRIGGERS_MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Settings of `triggers-ingest`.
 #[derive(Clone, Debug)]

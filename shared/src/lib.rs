@@ -1,5 +1,6 @@
 //! Code both Triggers binaries share: configuration, the database pool and its SQL, the queue's
-//! job type, API-key hashing, webhook signing, address policy, telemetry and metric names.
+//! job type, API-key hashing, webhook signing, address policy, telemetry, metric names and the
+//! service shell both binaries run in.
 
 pub mod apikey;
 pub mod config;
@@ -8,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod net;
+pub mod service;
 pub mod signing;
 pub mod telemetry;
 pub mod testing;

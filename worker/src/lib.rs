@@ -3,7 +3,8 @@
 //! [`Worker::build`] connects, applies migrations and binds the admin port;
 //! [`Worker::run_until_stopped`] consumes the queue, runs the janitor and the queue-depth gauge,
 //! and serves the admin port until the shutdown future resolves, then drains. Tests start it
-//! in-process the same way `main` does through [`run`].
+//! in-process the same way `main` does through [`run`]. The shell (database start-up, admin
+//! server and its limits, signals, metrics upkeep) is `triggers_shared::service`.
 
 pub mod admin;
 pub mod client;
@@ -24,6 +25,7 @@ use triggers_shared::{
     db,
     jobs::DELIVERY_QUEUE,
     metrics::{QUEUE_DEPTH, install_recorder},
+    service::{self, Ops, ServerLimits},
 };
 
 pub use janitor::run_janitor_once;
@@ -41,9 +43,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: WorkerConfig) -> anyhow::Result<Self> {
-        let pool = db::pool(&config.common)?;
-        db::wait_until_reachable(&pool, Duration::from_secs(30)).await?;
-        db::migrate(&pool).await?;
+        let pool = service::connect_and_migrate(&config.common).await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding the admin port {}", config.addr))?;
@@ -64,10 +64,6 @@ impl Worker {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Run until `shutdown` resolves; then stop claiming, drain in-flight deliveries (bounded
     /// by `drain_timeout`), and stop the admin port last.
     pub async fn run_until_stopped(
@@ -84,16 +80,19 @@ impl Worker {
         let stop = CancellationToken::new();
         let admin_stop = CancellationToken::new();
 
+        let upkeep = service::spawn_upkeep(metrics.clone(), pool.clone());
         let admin = {
-            let app = admin::router(admin::AdminState {
+            let app = admin::router(Ops {
                 db: pool.clone(),
                 metrics,
             });
+            let limits = ServerLimits::with_max_connections(config.common.max_connections);
             let admin_stop = admin_stop.clone();
             tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                    .await
+                service::serve(listener, app, &limits, async move {
+                    admin_stop.cancelled().await
+                })
+                .await
             })
         };
         let janitor = tokio::spawn(janitor::run(pool.clone(), config.clone(), stop.clone()));
@@ -119,6 +118,7 @@ impl Worker {
         let _ = depth.await;
         admin_stop.cancel();
         let served = admin.await;
+        upkeep.abort();
         pool.close().await;
         consumed.context("queue consumer panicked")?;
         served.context("admin server panicked")?.context("admin server")?;
@@ -149,28 +149,5 @@ async fn queue_depth(pool: PgPool, stop: CancellationToken) {
 pub async fn run(config: WorkerConfig) -> anyhow::Result<()> {
     let worker = Worker::build(config).await?;
     tracing::info!(admin = %worker.admin_addr(), "triggers-worker started");
-    worker.run_until_stopped(shutdown_signal()).await
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
+    worker.run_until_stopped(service::shutdown_signal()).await
 }

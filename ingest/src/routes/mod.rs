@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::{HeaderName, Method, Uri},
+    http::HeaderName,
     middleware::{self, Next},
     response::Response,
 };
@@ -23,7 +23,8 @@ use tower_http::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{AppState, error::ApiError, extract::MAX_BODY_BYTES, openapi};
+use triggers_shared::service;
+use crate::{AppState, extract::MAX_BODY_BYTES, openapi};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -42,8 +43,8 @@ pub fn router(state: AppState) -> Router {
     let (routes, api) = api_routes().split_for_parts();
     routes
         .merge(openapi::docs_router(api))
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(service::http::not_found)
+        .method_not_allowed_fallback(service::http::method_not_allowed)
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
@@ -70,14 +71,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
-}
-
-async fn unknown_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::RouteNotFound(format!("{method} {}", uri.path()))
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
