@@ -1,0 +1,334 @@
+//! The HTTP server's limits, black-box against the real `triggers-ingest` process: idle and
+//! byte-by-byte connections neither starve a normal client nor hold up SIGTERM, the connection
+//! cap holds, early answers close the connection so keep-alive clients do not reuse a dead one,
+//! and a public listen address without an admin token is warned about.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use triggers_shared::testing::TestDb;
+
+/// The drain bound of `ServerLimits` (the request timeout): SIGTERM must finish within it.
+const DRAIN_BOUND: Duration = Duration::from_secs(30);
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `triggers-ingest` as a process; its log lines are collected.
+struct Ingest {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ingest {
+    fn start(db_url: &str, addr: &str, port: u16, extra_env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_triggers-ingest"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", db_url)
+            .env("TRIGGERS_INGEST_ADDR", addr)
+            .env("TRIGGERS_DB_POOL_SIZE", "10")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn triggers-ingest");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        Self { child, port, log }
+    }
+
+    async fn start_on_loopback(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let ingest = Self::start(db_url, &format!("127.0.0.1:{port}"), port, extra_env);
+        ingest.wait_for_log("ingest listening").await;
+        ingest
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log_text().contains(needle) {
+            assert!(Instant::now() < deadline, "no `{needle}` in the log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Send SIGTERM and return how long the process took to exit.
+    async fn terminate(&mut self) -> Duration {
+        let start = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        loop {
+            if self.child.try_wait().expect("wait").is_some() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < DRAIN_BOUND + Duration::from_secs(15),
+                "ingest did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A connection that sends the start of a request one byte at a time, and what it saw.
+async fn trickle(port: u16, gap: Duration) -> Option<Duration> {
+    let opened = Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let head = b"POST /api/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n";
+    for byte in head.iter().cycle() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    // The server closed it: when, from the opening?
+    Some(opened.elapsed())
+}
+
+/// A client that must get through: `GET /health` answers within `patience`.
+async fn health_within(client: &reqwest::Client, ingest: &Ingest, patience: Duration) -> Value {
+    let started = Instant::now();
+    let res = tokio::time::timeout(patience, client.get(ingest.url("/health")).send())
+        .await
+        .unwrap_or_else(|_| panic!("no answer to GET /health within {patience:?}"))
+        .expect("request");
+    assert_eq!(res.status(), 200, "after {:?}", started.elapsed());
+    res.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_hold_up_sigterm() {
+    let db = TestDb::new().await.expect("db");
+    let mut ingest = Ingest::start_on_loopback(&db.url, &[]).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+    }
+    let trickling: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let body = health_within(&client, &ingest, Duration::from_secs(3)).await;
+        assert_eq!(body["status"], "healthy");
+    }
+
+    // The header-read timeout (10 s) drops connections that never finish their headers.
+    let mut closed_after = Vec::new();
+    for handle in trickling.into_iter().take(20) {
+        let after = tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("the server closes a trickling connection")
+            .expect("task")
+            .expect("connected");
+        closed_after.push(after);
+    }
+    for after in &closed_after {
+        assert!(
+            *after >= Duration::from_secs(9) && *after < Duration::from_secs(20),
+            "closed after {after:?}"
+        );
+    }
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf))
+        .await
+        .expect("an idle connection is closed by the header-read timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // New idle and trickling connections, then SIGTERM: the process exits within its bound.
+    let mut late_idle = Vec::new();
+    for _ in 0..1000 {
+        late_idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+    }
+    let _late_trickling: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    health_within(&client, &ingest, Duration::from_secs(3)).await;
+    let took = ingest.terminate().await;
+    eprintln!("SIGTERM with 2,000 idle or trickling connections open took {took:?}");
+    assert!(took < DRAIN_BOUND, "SIGTERM took {took:?}");
+    assert!(ingest.log_text().contains("ingest stopped"), "{}", ingest.log_text());
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let db = TestDb::new().await.expect("db");
+    let ingest =
+        Ingest::start_on_loopback(&db.url, &[("TRIGGERS_MAX_CONNECTIONS", "5")]).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = reqwest::Client::new();
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get(ingest.url("/health")).send(),
+    )
+    .await;
+    assert!(waiting.is_err(), "a sixth connection was served: {waiting:?}");
+
+    drop(idle);
+    health_within(&client, &ingest, Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_gets_a_json_408() {
+    let db = TestDb::new().await.expect("db");
+    let ingest = Ingest::start_on_loopback(&db.url, &[]).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect");
+    // Complete headers, then a body that never finishes.
+    stream
+        .write_all(b"POST /api/keys/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(45), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(29) && took < Duration::from_secs(40), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_reuses_its_connection_after_a_413_under_load() {
+    let db = TestDb::new().await.expect("db");
+    let ingest = Ingest::start_on_loopback(&db.url, &[]).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let res = client
+        .post(ingest.url("/api/keys/generate"))
+        .json(&json!({"organization_name": "big", "tier": "enterprise"}))
+        .send()
+        .await
+        .expect("generate");
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.expect("json");
+    let key = key["api_key"].as_str().expect("api_key").to_owned();
+
+    // Load: other clients keep the server busy meanwhile.
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let url = ingest.url("/health/ready");
+            tokio::spawn(async move {
+                let other = reqwest::Client::new();
+                for _ in 0..200 {
+                    let _ = other.get(&url).send().await;
+                }
+            })
+        })
+        .collect();
+
+    let big = vec![b' '; 5 * 1024 * 1024];
+    for round in 0..10 {
+        let res = client
+            .post(ingest.url("/api/events"))
+            .header("X-API-Key", &key)
+            .header("Content-Type", "application/json")
+            .body(big.clone())
+            .send()
+            .await;
+        // The 413 itself may be cut short by the close on a loaded machine; what must never
+        // happen is the next request failing on a reused, already closed connection.
+        if let Ok(res) = res {
+            assert_eq!(res.status(), 413, "round {round}");
+            assert_eq!(
+                res.headers().get("connection").and_then(|v| v.to_str().ok()),
+                Some("close"),
+                "round {round}"
+            );
+        }
+        let next = client
+            .get(ingest.url("/health"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next request failed: {e:?}"));
+        assert_eq!(next.status(), 200, "round {round}");
+    }
+    for task in load {
+        task.await.expect("load");
+    }
+}
+
+#[tokio::test]
+async fn a_public_listen_address_without_an_admin_token_is_warned_about() {
+    let db = TestDb::new().await.expect("db");
+    let open = Ingest::start(&db.url, "0.0.0.0:0", 0, &[]);
+    open.wait_for_log("ingest listening").await;
+    assert!(
+        open.log_text().contains("TRIGGERS_ADMIN_TOKEN is not set"),
+        "{}",
+        open.log_text()
+    );
+
+    let port = free_port();
+    let guarded = Ingest::start(
+        &db.url,
+        &format!("0.0.0.0:{port}"),
+        port,
+        &[("TRIGGERS_ADMIN_TOKEN", "a-long-enough-admin-token")],
+    );
+    guarded.wait_for_log("ingest listening").await;
+    let loopback = Ingest::start_on_loopback(&db.url, &[]).await;
+    for quiet in [&guarded, &loopback] {
+        assert!(
+            !quiet.log_text().contains("TRIGGERS_ADMIN_TOKEN is not set"),
+            "{}",
+            quiet.log_text()
+        );
+    }
+}
