@@ -13,7 +13,6 @@ use axum::{
     http::{HeaderMap, header, request::Parts},
 };
 use sha2::{Digest, Sha256};
-use triggers_shared::models::Tier;
 use uuid::Uuid;
 
 pub use cache::AuthCache;
@@ -28,8 +27,6 @@ pub const INVALIDATION_CHANNEL: &str = "triggers_auth_invalidate";
 #[derive(Clone, Debug)]
 pub struct Org {
     pub id: Uuid,
-    pub name: String,
-    pub tier: Tier,
     pub rate_limit_per_minute: i32,
 }
 

@@ -24,7 +24,7 @@ impl AppState {
     pub async fn start(config: Arc<IngestConfig>, db: PgPool) -> anyhow::Result<Self> {
         Ok(Self {
             metrics: triggers_shared::metrics::install_recorder(),
-            auth: AuthCache::start(&db, &config).await?,
+            auth: AuthCache::start(&config).await?,
             limiter: RateLimiter::new(db.clone()),
             batcher: BatchWriter::start_with_window(db.clone(), config.dedup_window),
             db,

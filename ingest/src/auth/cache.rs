@@ -33,7 +33,6 @@ use triggers_shared::{
     config::{IngestConfig, Secret},
     db,
     metrics::AUTH_CACHE_TOTAL,
-    models::Tier,
 };
 use uuid::Uuid;
 
@@ -84,7 +83,7 @@ impl AuthCache {
     /// Create the cache and start its invalidation listener. The first subscription is made
     /// here, so the cache is live when the app starts serving; if the database refuses it, the
     /// listener keeps retrying in the background and keys are verified uncached meanwhile.
-    pub async fn start(_db: &PgPool, config: &IngestConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: &IngestConfig) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         let inner = Arc::new(Inner {
@@ -143,8 +142,6 @@ impl AuthCache {
         record("verified");
         let org = Org {
             id: row.organization_id,
-            name: row.organization_name,
-            tier: Tier::parse(&row.tier).unwrap_or_default(),
             rate_limit_per_minute: row.rate_limit_per_minute,
         };
         let mut lifetime = self.inner.ttl;

@@ -17,8 +17,6 @@ pub struct KeyWithOrg {
     pub key_id: Uuid,
     pub key_hash: String,
     pub organization_id: Uuid,
-    pub organization_name: String,
-    pub tier: String,
     pub rate_limit_per_minute: i32,
     /// Milliseconds until the key expires, measured by the database clock (so a cache can
     /// honour the expiry without trusting its own clock against the database's); `None` when
@@ -32,8 +30,7 @@ pub async fn find_active_by_prefix(
     prefix: &str,
 ) -> sqlx::Result<Option<KeyWithOrg>> {
     sqlx::query_as::<_, KeyWithOrg>(
-        "SELECT k.id AS key_id, k.key_hash, o.id AS organization_id, o.name AS organization_name,
-                o.tier, o.rate_limit_per_minute,
+        "SELECT k.id AS key_id, k.key_hash, o.id AS organization_id, o.rate_limit_per_minute,
                 (extract(epoch FROM k.expires_at - now()) * 1000)::bigint AS expires_in_ms
          FROM api_keys k JOIN organizations o ON o.id = k.organization_id
          WHERE k.prefix = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())",
