@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use crate::metrics::DB_POOL_CONNECTIONS;
 
 /// How often upkeep runs.
-pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Run upkeep every [`UPKEEP_INTERVAL`] until the returned task is aborted.
 pub fn spawn_upkeep(metrics: PrometheusHandle, pool: PgPool) -> tokio::task::JoinHandle<()> {
@@ -25,7 +25,7 @@ pub fn spawn_upkeep(metrics: PrometheusHandle, pool: PgPool) -> tokio::task::Joi
 }
 
 /// Set `DB_POOL_CONNECTIONS{state}` from the pool's current counts.
-pub fn sample_pool(pool: &PgPool) {
+fn sample_pool(pool: &PgPool) {
     let open = pool.size() as usize;
     let idle = pool.num_idle().min(open);
     metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((open - idle) as f64);

@@ -9,7 +9,7 @@ use crate::error::{ApiError, FieldError};
 /// The most bytes the compact serialization of a payload may take.
 pub const MAX_PAYLOAD_BYTES: usize = 262_144;
 /// The most characters of `type` and `dedup_id`.
-pub const MAX_NAME_CHARS: usize = 255;
+pub(crate) const MAX_NAME_CHARS: usize = 255;
 
 /// An event type: 1-255 characters of `[A-Za-z0-9._:-]`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq)]
