@@ -148,7 +148,10 @@ async fn metrics_show_build_info_and_the_database_pool() {
             assert!(text.contains(r#"triggers_db_pool_connections{state="idle"}"#));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no pool connections reported:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pool connections reported:\n{text}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -81,7 +81,11 @@ impl Ingest {
     async fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.log_text().contains(needle) {
-            assert!(Instant::now() < deadline, "no `{needle}` in the log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no `{needle}` in the log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -147,7 +151,11 @@ async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_ho
 
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+        idle.push(
+            TcpStream::connect(("127.0.0.1", ingest.port))
+                .await
+                .expect("connect"),
+        );
     }
     let trickling: Vec<_> = (0..1000)
         .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
@@ -185,7 +193,11 @@ async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_ho
     // New idle and trickling connections, then SIGTERM: the process exits within its bound.
     let mut late_idle = Vec::new();
     for _ in 0..1000 {
-        late_idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+        late_idle.push(
+            TcpStream::connect(("127.0.0.1", ingest.port))
+                .await
+                .expect("connect"),
+        );
     }
     let _late_trickling: Vec<_> = (0..1000)
         .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
@@ -195,26 +207,30 @@ async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_ho
     let took = ingest.terminate().await;
     eprintln!("SIGTERM with 2,000 idle or trickling connections open took {took:?}");
     assert!(took < DRAIN_BOUND, "SIGTERM took {took:?}");
-    assert!(ingest.log_text().contains("ingest stopped"), "{}", ingest.log_text());
+    assert!(
+        ingest.log_text().contains("ingest stopped"),
+        "{}",
+        ingest.log_text()
+    );
 }
 
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let db = TestDb::new().await.expect("db");
-    let ingest =
-        Ingest::start_on_loopback(&db.url, &[("TRIGGERS_MAX_CONNECTIONS", "5")]).await;
+    let ingest = Ingest::start_on_loopback(&db.url, &[("TRIGGERS_MAX_CONNECTIONS", "5")]).await;
     let mut idle = Vec::new();
     for _ in 0..5 {
-        idle.push(TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect"));
+        idle.push(
+            TcpStream::connect(("127.0.0.1", ingest.port))
+                .await
+                .expect("connect"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let client = reqwest::Client::new();
-    let waiting = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get(ingest.url("/health")).send(),
-    )
-    .await;
+    let waiting =
+        tokio::time::timeout(Duration::from_secs(2), client.get(ingest.url("/health")).send()).await;
     assert!(waiting.is_err(), "a sixth connection was served: {waiting:?}");
 
     drop(idle);
@@ -225,7 +241,9 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 async fn a_request_that_takes_too_long_gets_a_json_408() {
     let db = TestDb::new().await.expect("db");
     let ingest = Ingest::start_on_loopback(&db.url, &[]).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", ingest.port)).await.expect("connect");
+    let mut stream = TcpStream::connect(("127.0.0.1", ingest.port))
+        .await
+        .expect("connect");
     // Complete headers, then a body that never finishes.
     stream
         .write_all(b"POST /api/keys/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
@@ -237,9 +255,15 @@ async fn a_request_that_takes_too_long_gets_a_json_408() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(29) && took < Duration::from_secs(40), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(40),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]

@@ -89,9 +89,12 @@ impl Worker {
             let limits = ServerLimits::with_max_connections(config.common.max_connections);
             let admin_stop = admin_stop.clone();
             tokio::spawn(async move {
-                service::serve(listener, app, &limits, async move {
-                    admin_stop.cancelled().await
-                })
+                service::serve(
+                    listener,
+                    app,
+                    &limits,
+                    async move { admin_stop.cancelled().await },
+                )
                 .await
             })
         };

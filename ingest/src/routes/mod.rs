@@ -23,8 +23,8 @@ use tower_http::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use triggers_shared::service;
 use crate::{AppState, extract::MAX_BODY_BYTES, openapi};
+use triggers_shared::service;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -97,7 +97,10 @@ pub async fn health_ready(State(ops): State<Ops>) -> (StatusCode, Json<ReadyOut>
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], ops.metrics.render())
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        ops.metrics.render(),
+    )
 }
 
 /// An error answer in API.md's shape: `{"error": "<sentence>", "code": "<stable_code>"}`.

@@ -105,8 +105,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(
-http.serve_connection(TokioIo::new(stream), service.clone()));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
         connections.spawn(async move {
             // A client that vanishes or times out ends its connection with an error: not ours.
             let _ = connection.await;
@@ -146,9 +145,7 @@ async fn json_timeout(response: Response) -> Response {
 /// Add `Connection: close` to an answer given before the request body was read to its end.
 async fn close_if_body_unread(request: Request, next: Next) -> Response {
     // A request without a body (most GETs) has nothing left to read from the start.
-    let read = Arc::new(AtomicBool::new(
-        http_body::Body::is_end_stream(request.body()),
-    ));
+    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(request.body())));
     let request = request.map(|body| {
         Body::new(WatchedBody {
             read: read.clone(),
