@@ -297,6 +297,17 @@ async fn a_keep_alive_client_reuses_its_connection_after_a_413_under_load() {
         })
         .collect();
 
+    // A request whose body was read keeps its connection.
+    let res = client
+        .post(ingest.url("/api/events"))
+        .header("X-API-Key", &key)
+        .json(&json!({"type": "order.created", "payload": {"n": 1}}))
+        .send()
+        .await
+        .expect("event");
+    assert_eq!(res.status(), 202);
+    assert_eq!(res.headers().get("connection"), None, "{:?}", res.headers());
+
     let big = vec![b' '; 5 * 1024 * 1024];
     for round in 0..10 {
         let res = client
