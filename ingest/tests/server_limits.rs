@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    task::JoinHandle,
 };
 use triggers_shared::testing::TestDb;
 
@@ -133,6 +134,19 @@ async fn trickle(port: u16, gap: Duration) -> Option<Duration> {
     Some(opened.elapsed())
 }
 
+/// `n` connections that send nothing and `n` that send headers a byte every 200 ms.
+async fn open_slow_connections(port: u16, n: usize) -> (Vec<TcpStream>, Vec<JoinHandle<Option<Duration>>>) {
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    let trickling = (0..n)
+        .map(|_| tokio::spawn(trickle(port, Duration::from_millis(200))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (idle, trickling)
+}
+
 /// A client that must get through: `GET /health` answers within `patience`.
 async fn health_within(client: &reqwest::Client, ingest: &Ingest, patience: Duration) -> Value {
     let started = Instant::now();
@@ -149,18 +163,7 @@ async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_ho
     let db = TestDb::new().await.expect("db");
     let mut ingest = Ingest::start_on_loopback(&db.url, &[]).await;
 
-    let mut idle = Vec::new();
-    for _ in 0..1000 {
-        idle.push(
-            TcpStream::connect(("127.0.0.1", ingest.port))
-                .await
-                .expect("connect"),
-        );
-    }
-    let trickling: Vec<_> = (0..1000)
-        .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut idle, trickling) = open_slow_connections(ingest.port, 1000).await;
 
     let client = reqwest::Client::new();
     for _ in 0..20 {
@@ -191,18 +194,7 @@ async fn two_thousand_idle_or_trickling_connections_neither_stop_a_client_nor_ho
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 
     // New idle and trickling connections, then SIGTERM: the process exits within its bound.
-    let mut late_idle = Vec::new();
-    for _ in 0..1000 {
-        late_idle.push(
-            TcpStream::connect(("127.0.0.1", ingest.port))
-                .await
-                .expect("connect"),
-        );
-    }
-    let _late_trickling: Vec<_> = (0..1000)
-        .map(|_| tokio::spawn(trickle(ingest.port, Duration::from_millis(200))))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _late = open_slow_connections(ingest.port, 1000).await;
     health_within(&client, &ingest, Duration::from_secs(3)).await;
     let took = ingest.terminate().await;
     eprintln!("SIGTERM with 2,000 idle or trickling connections open took {took:?}");
