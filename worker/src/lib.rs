@@ -30,6 +30,10 @@ use triggers_shared::{
 
 pub use janitor::run_janitor_once;
 
+/// On shutdown, how long the admin port's open requests may take once deliveries have drained
+/// (its requests are health checks and scrapes: short).
+const ADMIN_DRAIN: Duration = Duration::from_secs(5);
+
 /// How often the queue-depth gauge is refreshed.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -86,7 +90,10 @@ impl Worker {
                 db: pool.clone(),
                 metrics,
             });
-            let limits = ServerLimits::with_max_connections(config.common.max_connections);
+            let limits = ServerLimits {
+                drain_timeout: ADMIN_DRAIN,
+                ..ServerLimits::with_max_connections(config.common.max_connections)
+            };
             let admin_stop = admin_stop.clone();
             tokio::spawn(async move {
                 service::serve(

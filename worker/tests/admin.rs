@@ -73,3 +73,35 @@ async fn the_admin_port_answers_unknown_routes_and_wrong_methods_with_json() {
     assert_eq!(body["status"], "ready");
     worker.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn stopping_is_not_held_up_by_idle_or_trickling_admin_connections() {
+    let db = test_db().await;
+    let worker = TestWorker::spawn(&db.url, |_| {}).await;
+    let mut idle = Vec::new();
+    let mut trickling = Vec::new();
+    for _ in 0..200 {
+        idle.push(
+            tokio::net::TcpStream::connect(worker.admin)
+                .await
+                .expect("connect"),
+        );
+        let mut slow = tokio::net::TcpStream::connect(worker.admin)
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /metr")
+            .await
+            .expect("write");
+        trickling.push(slow);
+    }
+    let res = reqwest::get(format!("http://{}/health", worker.admin))
+        .await
+        .expect("a normal client gets through");
+    assert_eq!(res.status(), 200);
+
+    let started = Instant::now();
+    worker.stop().await.expect("stop");
+    // Nothing to drain in the queue: only the admin port's bound (5 s) may be spent.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(8), "stopping took {took:?}");
+}
