@@ -367,7 +367,10 @@ async fn queue_stats(pool: &PgPool, as_json: bool) -> anyhow::Result<()> {
     println!("running    {}", stats.running);
     println!("oldest due {:.1}s", stats.oldest_due_age_seconds);
     println!();
-    println!("{:<36}  {:>8}  {:>10}", "organization_id", "waiting", "oldest due");
+    println!(
+        "{:<36}  {:>8}  {:>10}",
+        "organization_id", "waiting", "oldest due"
+    );
     for org in &stats.top_organizations {
         println!(
             "{:<36}  {:>8}  {:>9.1}s",
