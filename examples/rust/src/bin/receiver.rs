@@ -26,10 +26,22 @@ struct Receiver {
 
 /// The `webhook-id` of an authentic, fresh delivery, or why it is refused.
 fn check(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<String, &'static str> {
-    let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).ok_or("missing header");
-    let (id, timestamp, signatures) = (header("webhook-id")?, header("webhook-timestamp")?, header("webhook-signature")?);
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or("missing header")
+    };
+    let (id, timestamp, signatures) = (
+        header("webhook-id")?,
+        header("webhook-timestamp")?,
+        header("webhook-signature")?,
+    );
     let sent: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|_| "clock")?.as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| "clock")?
+        .as_secs() as i64;
     if (now - sent).abs() > TOLERANCE_SECS {
         return Err("timestamp outside tolerance");
     }
@@ -42,7 +54,11 @@ fn check(key: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<String, &'stati
         .filter_map(|s| s.strip_prefix("v1,"))
         .filter_map(|s| STANDARD.decode(s).ok())
         .any(|sig| mac.clone().verify_slice(&sig).is_ok()); // constant-time comparison
-    if valid { Ok(id.to_string()) } else { Err("bad signature") }
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err("bad signature")
+    }
 }
 
 async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -54,7 +70,11 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Byte
         }
     };
     let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let first_time = rx.seen.lock().map(|mut seen| seen.insert(id.clone())).unwrap_or(true);
+    let first_time = rx
+        .seen
+        .lock()
+        .map(|mut seen| seen.insert(id.clone()))
+        .unwrap_or(true);
     if first_time {
         println!("verified {id} {}", event["type"].as_str().unwrap_or("?"));
     }
@@ -66,8 +86,14 @@ async fn main() -> anyhow::Result<()> {
     let secret = std::env::var("WEBHOOK_SECRET")?;
     let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(&secret))?;
     let port = std::env::var("PORT").unwrap_or_else(|_| "4000".into());
-    let state = Arc::new(Receiver { key, seen: Mutex::default() });
-    let app = Router::new().route("/{*path}", post(receive)).route("/", post(receive)).with_state(state);
+    let state = Arc::new(Receiver {
+        key,
+        seen: Mutex::default(),
+    });
+    let app = Router::new()
+        .route("/{*path}", post(receive))
+        .route("/", post(receive))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     eprintln!("receiver listening on http://127.0.0.1:{port}/");
     axum::serve(listener, app).await?;

@@ -20,7 +20,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Exponential backoff with full jitter: a random wait up to 0.5 s, 1 s, 2 s, ... (capped).
 fn backoff(try_number: u32) -> Duration {
-    let ceiling = Duration::from_millis(500).saturating_mul(1 << try_number.min(7)).min(MAX_WAIT);
+    let ceiling = Duration::from_millis(500)
+        .saturating_mul(1 << try_number.min(7))
+        .min(MAX_WAIT);
     ceiling.mul_f64(rand::rng().random_range(0.0..1.0))
 }
 
@@ -40,11 +42,15 @@ async fn main() -> anyhow::Result<()> {
     let base = std::env::var("TRIGGERS_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let key = std::env::var("TRIGGERS_API_KEY").context("set TRIGGERS_API_KEY")?;
     let mut args = std::env::args().skip(1);
-    let event_type = args.next().context("usage: example-sender TYPE PAYLOAD_JSON [DEDUP_ID]")?;
+    let event_type = args
+        .next()
+        .context("usage: example-sender TYPE PAYLOAD_JSON [DEDUP_ID]")?;
     let payload: Value = serde_json::from_str(&args.next().unwrap_or_else(|| "{}".into()))?;
     let dedup_id = args.next().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let body = json!({"type": event_type, "payload": payload, "dedup_id": dedup_id});
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
 
     for try_number in 1..=MAX_TRIES {
         let sent = client
