@@ -3,7 +3,9 @@
 # on spare ports, then
 #   1. every command of the README quickstart (its ```sh blocks between the quickstart markers),
 #   2. the Rust, Python and Node example receivers, each receiving a real signed delivery sent
-#      with the Rust example sender, and each refusing a forged and a stale request.
+#      with the Rust example sender, and each refusing a forged and a stale request,
+#   3. both /metrics scraped after that traffic: every metric name that the Grafana dashboard and
+#      the Prometheus rules use must be exported by ingest or the worker.
 # `deploy/local/test.sh` runs it after the cargo tests; it needs the workspace's binaries built.
 # Python and npm packages are installed under target/examples-env (pinned versions).
 set -euo pipefail
@@ -135,4 +137,30 @@ for lang in rust python node; do
   kill -TERM -- "-${pids[-1]}" 2>/dev/null || true
   log "$lang receiver: verified a real delivery, refused forged and stale requests"
 done
-echo "integration-test: 2 passed, 0 failed"
+
+# --- 3. every metric the dashboard and the alerts use is exported ---
+curl -sf "$ingest/metrics" >"$work/ingest.metrics" || fail "scraping ingest /metrics"
+curl -sf "http://127.0.0.1:$worker_port/metrics" >"$work/worker.metrics" || fail "scraping worker /metrics"
+python3 - "$work/ingest.metrics" "$work/worker.metrics" deploy/grafana/triggers.json deploy/prometheus/rules.yaml <<'PY' \
+  || fail "metrics used by the dashboard or the alerts are not exported"
+import re, sys
+base = lambda name: re.sub(r"_(bucket|sum|count)$", "", name)
+exported = {}
+for path, service in zip(sys.argv[1:3], ["ingest", "worker"]):
+    for line in open(path, encoding="utf-8"):
+        if line.strip() and not line.startswith("#"):
+            exported.setdefault(base(re.split(r"[{ ]", line, 1)[0]), set()).add(service)
+used = {}
+for path in sys.argv[3:]:
+    for name in re.findall(r"\btriggers_[a-z0-9_]+", open(path, encoding="utf-8").read()):
+        used.setdefault(base(name), set()).add(path.rsplit("/", 1)[-1])
+missing = {name: files for name, files in used.items() if name not in exported}
+for name in sorted(exported):
+    if name.startswith("triggers_"):
+        print(f"  exported: {name} ({', '.join(sorted(exported[name]))})", file=sys.stderr)
+for name, files in sorted(missing.items()):
+    print(f"  MISSING: {name} (used in {', '.join(sorted(files))})", file=sys.stderr)
+sys.exit(1 if missing or len(used) < 10 else 0)
+PY
+log "metrics: every name used by triggers.json and rules.yaml is exported"
+echo "integration-test: 3 passed, 0 failed"
