@@ -59,7 +59,7 @@ enum Command {
 enum OrgCommand {
     /// Create an organisation with its first API key. The key is printed once: store it now.
     Create {
-        /// Display name (1 to 200 characters).
+        /// Display name (1 to 255 characters).
         #[arg(long)]
         name: String,
         /// Rate-limit tier.
@@ -186,9 +186,9 @@ async fn fresh_key() -> anyhow::Result<apikey::GeneratedKey> {
 }
 
 async fn create_org(pool: &PgPool, name: &str, tier: Tier) -> anyhow::Result<()> {
-    let chars = name.chars().count();
-    if name.trim().is_empty() || chars > 200 || name.chars().any(char::is_control) {
-        bail!("--name must be 1 to 200 characters, not only whitespace, without control characters");
+    // The same rule as `POST /api/keys/generate`.
+    if let Some(problem) = triggers_ingest::routes::keys::name_problem(name) {
+        bail!("--name {problem}");
     }
     let org_id = Uuid::now_v7();
     for attempt in 1..=KEY_ATTEMPTS {
