@@ -15,7 +15,10 @@ log() { echo "integration-test: $*" >&2; }
 fail() { log "FAILED: $*"; exit 1; }
 
 for tool in curl jq; do
-  command -v "$tool" >/dev/null || { log "installing $tool"; apt-get install -y -qq "$tool" >/dev/null; }
+  if ! command -v "$tool" >/dev/null; then
+    log "installing $tool"
+    apt-get install -y -qq "$tool" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+  fi
 done
 
 env_dir=$root/target/examples-env
