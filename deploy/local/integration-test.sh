@@ -85,6 +85,8 @@ if len(run) < 5:
 script = "\n".join(run)
 script = script.replace("127.0.0.1:8080", "127.0.0.1:" + ingest).replace("127.0.0.1:9091", "127.0.0.1:" + worker)
 script = script.replace("127.0.0.1:4000", "127.0.0.1:" + receiver).replace("PORT=4000", "PORT=" + receiver)
+# run.sh runs here with the dev profile (the suite's build), so its binaries are in target/debug.
+script = script.replace("target/release/", "target/debug/")
 print(script)
 PY
 (
