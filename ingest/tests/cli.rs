@@ -155,7 +155,11 @@ async fn org_create_prints_a_working_key_once_and_refuses_an_unknown_tier() {
     assert!(stderr(&refused).contains("possible values: free, pro, business, enterprise"));
     let blank = run(Some(&app.db_url), &["org", "create", "--name", "   "]).await;
     assert!(!blank.status.success());
-    assert!(stderr(&blank).contains("--name must not be only whitespace"), "{}", stderr(&blank));
+    assert!(
+        stderr(&blank).contains("--name must not be only whitespace"),
+        "{}",
+        stderr(&blank)
+    );
     app.stop().await;
 }
 
