@@ -167,6 +167,7 @@ pub async fn main() -> anyhow::Result<()> {
 async fn connect() -> anyhow::Result<PgPool> {
     let config = CommonConfig::from_env().context("invalid configuration")?;
     telemetry::init(config.log_format);
+    // One command, one statement at a time: no need for the serving pool's size.
     let pool = db::pool(&CommonConfig {
         db_pool_size: 2,
         ..config
