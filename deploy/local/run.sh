@@ -36,9 +36,16 @@ cat >&2 <<MSG
     curl -s -X POST $base/api/keys/generate -H 'Content-Type: application/json' \\
          -d '{"organization_name": "Acme", "tier": "free"}'
 
+  Point its webhook at your receiver (the answer holds the signing secret, whsec_...):
+    curl -s -X POST $base/api/webhook/config -H 'Content-Type: application/json' -H "X-API-Key: \$KEY" \\
+         -d '{"webhook_url": "http://127.0.0.1:4000/"}'
+
   Then send an event:
     curl -s -X POST $base/api/events -H 'Content-Type: application/json' -H "X-API-Key: \$KEY" \\
          -d '{"type": "user.created", "payload": {"id": 1}}'
+
+  The README's Quickstart runs a receiver that verifies each delivery's signature
+  (examples/ has it in Rust, Python and Node).
 
 MSG
 "$bin/triggers-ingest"

@@ -25,3 +25,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# The README quickstart and the example receivers against a real instance (whole suite only).
+if [[ $# -eq 0 ]]; then
+  deploy/local/integration-test.sh
+fi

@@ -336,7 +336,7 @@ impl RotateKeyIn {
 
 /// Why an organisation name is refused, if it is. Control characters are refused because
 /// they are invisible in every place the name is shown (and Postgres cannot store NUL).
-fn name_problem(name: &str) -> Option<String> {
+pub fn name_problem(name: &str) -> Option<String> {
     let chars = name.chars().count();
     if chars == 0 || chars > MAX_NAME_CHARS {
         return Some(format!(
