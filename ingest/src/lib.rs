@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod validate;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

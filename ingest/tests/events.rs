@@ -10,7 +10,10 @@ use common::TestApp;
 use fixtures::*;
 use serde_json::{Value, json};
 use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
-use triggers_shared::testing::TestDb;
+use triggers_shared::{
+    models::{DedupId, EventType, Payload},
+    testing::TestDb,
+};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -690,9 +693,9 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
     NewEvent {
         id: Uuid::now_v7(),
         organization_id: org,
-        event_type: "direct".into(),
-        dedup_id: dedup_id.map(str::to_owned),
-        payload: "{}".into(),
+        event_type: EventType::parse("direct").expect("event type"),
+        dedup_id: dedup_id.map(|d| DedupId::parse(d).expect("dedup id")),
+        payload: Payload::try_from("{}".to_owned()).expect("payload"),
     }
 }
 
