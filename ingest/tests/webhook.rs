@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{TestApp, field_names};
-use reqwest::{StatusCode, header};
+use common::{TestApp, error_of, field_names};
+use reqwest::header;
 use serde_json::{Value, json};
 use triggers_shared::signing;
 
@@ -37,12 +37,6 @@ async fn rotate_secret(app: &TestApp, key: &str) -> reqwest::Response {
         .send()
         .await
         .expect("POST /api/webhook/secret/rotate")
-}
-
-async fn error_of(res: reqwest::Response) -> (StatusCode, Value) {
-    let status = res.status();
-    let body: Value = res.json().await.expect("error body is JSON");
-    (status, body)
 }
 
 async fn stored(app: &TestApp, org_id: &str) -> (Option<String>, Option<String>) {
