@@ -107,7 +107,7 @@ fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error>
 
 fn json_error(e: &serde_json::Error) -> ApiError {
     match e.classify() {
-        Category::Data => ApiError::Validation(vec![FieldError::new("body", strip_position(&e))]),
+        Category::Data => ApiError::Validation(vec![FieldError::new("body", strip_position(e))]),
         Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson(e.to_string()),
     }
 }

@@ -109,8 +109,14 @@ mod tests {
         let Err(ApiError::Validation(details)) = problems.finish() else {
             panic!("expected a validation error");
         };
-        let listed: Vec<_> = details.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
-        assert_eq!(listed, [("a", "is required"), ("b", "must be a string, not a number")]);
+        let listed: Vec<_> = details
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("a", "is required"), ("b", "must be a string, not a number")]
+        );
     }
 
     #[test]

@@ -37,7 +37,14 @@ fn status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
 }
 
@@ -60,7 +67,9 @@ async fn read_pages(client: reqwest::Client, base: String, key: String) -> usize
             Some(LARGE_PAYLOAD_ITEMS as usize)
         );
         events += items.len();
-        let cursor = page["next_cursor"].as_str().expect("300 large payloads need more pages");
+        let cursor = page["next_cursor"]
+            .as_str()
+            .expect("300 large payloads need more pages");
         path = format!("/api/inbox?limit=1000&cursor={cursor}");
     }
     events
@@ -97,7 +106,10 @@ async fn eight_concurrent_inbox_pages_over_300_large_payloads_keep_ingest_under_
         .await
         .is_ok_and(|r| r.status() == 200)
     {
-        assert!(started.elapsed() < Duration::from_secs(30), "ingest never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ingest never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let idle_kb = status_kb(pid, "VmHWM:");
@@ -107,7 +119,10 @@ async fn eight_concurrent_inbox_pages_over_300_large_payloads_keep_ingest_under_
         .collect();
     for reader in readers {
         let events = reader.await.expect("reader");
-        assert!(events > 2 && events < EVENTS as usize, "{events} events in {PAGES} pages");
+        assert!(
+            events > 2 && events < EVENTS as usize,
+            "{events} events in {PAGES} pages"
+        );
     }
 
     let peak_kb = status_kb(pid, "VmHWM:");

@@ -375,10 +375,10 @@ async fn refusals_never_reveal_an_address_and_ipv6_tunnels_to_ipv4_are_refused()
     for (url, address) in [
         ("http://10.96.0.1/hook", "10.96.0.1"),
         ("http://localhost.:9/hook", "127.0.0.1"),
-        ("http://[2002:a60:1::1]/hook", "2002:"),          // 6to4 of 10.96.0.1
-        ("http://[2001:0:a60:1::1]/hook", "2001:"),        // Teredo
-        ("http://[64:ff9b:1::a60:1]/hook", "64:ff9b"),     // NAT64 local-use
-        ("http://[2002:808:808::1]/hook", "2002:"),        // 6to4 even of a public address
+        ("http://[2002:a60:1::1]/hook", "2002:"), // 6to4 of 10.96.0.1
+        ("http://[2001:0:a60:1::1]/hook", "2001:"), // Teredo
+        ("http://[64:ff9b:1::a60:1]/hook", "64:ff9b"), // NAT64 local-use
+        ("http://[2002:808:808::1]/hook", "2002:"), // 6to4 even of a public address
         ("http://no-such-host.invalid/hook", "invalid"),
     ] {
         let (status, err) = error_of(set_config(&strict, &key, json!({"webhook_url": url})).await).await;

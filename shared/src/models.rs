@@ -172,7 +172,8 @@ fn scan_json_text(text: &str) -> JsonTextScan {
         if in_string {
             match b {
                 b'\\' => {
-                    if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice()) {
+                    if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice())
+                    {
                         has_nul = true;
                     }
                     // The escaped character is never a quote that ends the string.
@@ -349,7 +350,10 @@ mod tests {
             payload(r#"{"x": [{"y": "a\u0000b"}]}"#).err(),
             Some(PayloadProblem::ContainsNul)
         );
-        assert_eq!(payload(r#"{"a\u0000": 1}"#).err(), Some(PayloadProblem::ContainsNul));
+        assert_eq!(
+            payload(r#"{"a\u0000": 1}"#).err(),
+            Some(PayloadProblem::ContainsNul)
+        );
         assert!(payload(r#"{"x": "a\\u0000b", "q": "\"}"}"#).is_ok());
     }
 

@@ -93,8 +93,7 @@ impl Parse for InboxQuery {
                 .ok_or_else(|| "must be one of pending, delivered, failed, dead_letter".to_owned())
         });
         let limit = problems.optional("limit", self.limit, |v| {
-            integer_in(&v, 1, MAX_LIMIT)
-                .ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
+            integer_in(&v, 1, MAX_LIMIT).ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
         });
         let offset = problems.optional("offset", self.offset, |v| {
             integer_in(&v, 0, MAX_OFFSET).ok_or_else(|| {
@@ -174,8 +173,8 @@ impl Parse for AckBatchIn {
     fn parse(self) -> Result<Vec<String>, ApiError> {
         let mut problems = Problems::default();
         let items = problems.required("event_ids", self.event_ids.as_deref(), |raw| {
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|_| "must be an array of event ids".to_owned())?;
+            let items: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|_| "must be an array of event ids".to_owned())?;
             if items.is_empty() || items.len() > MAX_ACK_BATCH {
                 return Err(format!("must hold 1 to {MAX_ACK_BATCH} ids"));
             }

@@ -116,13 +116,17 @@ impl Parse for RotateKeyIn {
 
     fn parse(self) -> Result<Duration, ApiError> {
         let mut problems = Problems::default();
-        let grace = problems.optional("grace_period_seconds", self.grace_period_seconds.as_deref(), |raw| {
-            serde_json::from_str::<u64>(raw.get())
-                .ok()
-                .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
-                .map(Duration::from_secs)
-                .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
-        });
+        let grace = problems.optional(
+            "grace_period_seconds",
+            self.grace_period_seconds.as_deref(),
+            |raw| {
+                serde_json::from_str::<u64>(raw.get())
+                    .ok()
+                    .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
+            },
+        );
         problems.finish()?;
         Ok(grace.unwrap_or_default())
     }

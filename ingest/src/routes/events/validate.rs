@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn an_oversized_payload_is_413_even_when_other_fields_are_bad() {
-        let body = format!(r#"{{"type": 5, "payload": {{"s": "{}"}}}}"#, "x".repeat(MAX_PAYLOAD_BYTES));
+        let body = format!(
+            r#"{{"type": 5, "payload": {{"s": "{}"}}}}"#,
+            "x".repeat(MAX_PAYLOAD_BYTES)
+        );
         assert!(matches!(parse(&body), Err(ApiError::PayloadTooLarge { .. })));
     }
 
