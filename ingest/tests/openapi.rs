@@ -148,7 +148,9 @@ async fn the_document_describes_the_types_that_are_really_parsed_and_the_inbox_b
     assert_eq!(required, ["payload", "type"], "{}", schemas["EventIn"]);
     let tiers = schemas["Tier"]["enum"].as_array().expect("Tier enum");
     assert_eq!(tiers.len(), 4, "{}", schemas["Tier"]);
-    let statuses = schemas["EventStatus"]["enum"].as_array().expect("EventStatus enum");
+    let statuses = schemas["EventStatus"]["enum"]
+        .as_array()
+        .expect("EventStatus enum");
     assert_eq!(statuses.len(), 3, "{}", schemas["EventStatus"]);
 
     let params = doc["paths"]["/api/inbox"]["get"]["parameters"]
