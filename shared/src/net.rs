@@ -10,7 +10,8 @@ pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
 
 /// What a refused target is told: never the address it resolved to, nor whether it resolved at
 /// all (either would let a client map the internal network through our resolver).
-pub const NOT_ALLOWED: &str = "webhook_url must point to a public address; this target is not allowed";
+pub const NOT_ALLOWED: &str =
+    "webhook_url must point to a public address: internal and unresolvable targets are not allowed";
 
 /// A webhook URL whose shape is checked ([`parse_webhook_url`]), in its normalised form: what
 /// is stored is exactly what was checked and what the worker calls. Where it points is checked
