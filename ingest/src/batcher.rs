@@ -26,6 +26,7 @@ use triggers_shared::{
     db::{self, events::NewEvents},
     jobs::{self, DeliveryJob},
     metrics as m,
+    models::{DedupId, EventType, Payload},
 };
 use uuid::Uuid;
 
@@ -44,14 +45,14 @@ pub const BATCH_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bound on a request's wait (queueing plus its batch).
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A validated event to store. `payload` is its compact JSON text.
+/// A validated event to store. `payload` is its JSON text, as the client sent it.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub id: Uuid,
     pub organization_id: Uuid,
-    pub event_type: String,
-    pub dedup_id: Option<String>,
-    pub payload: String,
+    pub event_type: EventType,
+    pub dedup_id: Option<DedupId>,
+    pub payload: Payload,
 }
 
 /// What happened to a submitted event.
@@ -318,7 +319,7 @@ async fn write_batch(db: &PgPool, window: Duration, events: &[NewEvent]) -> Resu
     let orgs: Vec<Uuid> = claimants.iter().map(|&i| events[i].organization_id).collect();
     let dedups: Vec<String> = claimants
         .iter()
-        .map(|&i| events[i].dedup_id.clone().unwrap_or_default())
+        .map(|&i| events[i].dedup_id.as_deref().unwrap_or_default().to_owned())
         .collect();
     let ids: Vec<Uuid> = claimants.iter().map(|&i| events[i].id).collect();
     let claimed: HashSet<(Uuid, String)> =
@@ -360,9 +361,9 @@ async fn write_batch(db: &PgPool, window: Duration, events: &[NewEvent]) -> Resu
         }
         rows.ids.push(e.id);
         rows.organization_ids.push(e.organization_id);
-        rows.types.push(e.event_type.clone());
-        rows.dedup_ids.push(e.dedup_id.clone());
-        rows.payloads.push(e.payload.clone());
+        rows.types.push(e.event_type.as_str().to_owned());
+        rows.dedup_ids.push(e.dedup_id.as_deref().map(str::to_owned));
+        rows.payloads.push(e.payload.get().to_owned());
     }
 
     let inserted: HashMap<Uuid, DateTime<Utc>> = db::events::insert_many(&mut tx, &rows)

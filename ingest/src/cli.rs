@@ -15,7 +15,7 @@ use triggers_shared::{
     config::{CommonConfig, IngestConfig},
     db::{self, api_keys, organizations},
     jobs::{self, DELIVERY_QUEUE, DeliveryJob},
-    models::Tier,
+    models::{OrganizationName, Tier},
     service, telemetry,
 };
 use uuid::Uuid;
@@ -187,14 +187,15 @@ async fn fresh_key() -> anyhow::Result<apikey::GeneratedKey> {
 
 async fn create_org(pool: &PgPool, name: &str, tier: Tier) -> anyhow::Result<()> {
     // The same rule as `POST /api/keys/generate`.
-    if let Some(problem) = triggers_ingest::routes::keys::name_problem(name) {
-        bail!("--name {problem}");
-    }
+    let name = match OrganizationName::parse(name) {
+        Ok(name) => name,
+        Err(problem) => bail!("--name {problem}"),
+    };
     let org_id = Uuid::now_v7();
     for attempt in 1..=KEY_ATTEMPTS {
         let key = fresh_key().await?;
         let mut tx = pool.begin().await?;
-        let org = organizations::insert(&mut tx, org_id, name, tier).await?;
+        let org = organizations::insert(&mut tx, org_id, name.as_str(), tier).await?;
         match api_keys::insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await {
             Err(e) if db::is_unique_violation(&e) && attempt < KEY_ATTEMPTS => continue,
             inserted => inserted?,

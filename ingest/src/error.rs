@@ -61,8 +61,9 @@ pub enum ApiError {
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
     RateLimited { limit: u32, retry_after: u64 },
-    #[error("{0}")]
-    WebhookUrlNotAllowed(String),
+    /// Never says which address was found: that would map the internal network.
+    #[error("{}", triggers_shared::net::NOT_ALLOWED)]
+    WebhookUrlNotAllowed,
     #[error("no webhook is configured")]
     WebhookNotConfigured,
     /// A redelivery was asked for, but there is nowhere to deliver to (409: the request conflicts
@@ -82,7 +83,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
-            Validation(_) | WebhookUrlNotAllowed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Validation(_) | WebhookUrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,7 +109,7 @@ impl ApiError {
             EventNotFound => "event_not_found",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
-            WebhookUrlNotAllowed(_) => "webhook_url_not_allowed",
+            WebhookUrlNotAllowed => "webhook_url_not_allowed",
             WebhookNotConfigured | RedeliveryWithoutWebhook => "webhook_not_configured",
             Unavailable => "unavailable",
             Internal(_) => "internal_error",

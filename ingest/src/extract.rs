@@ -1,5 +1,7 @@
 //! Extractors whose rejections are our [`ApiError`]: JSON bodies (415/413/400/422) and query
-//! strings (422). Handlers only ever see well-formed input.
+//! strings (422). Handlers only ever see well-formed input: a body that is a JSON object, a
+//! query string without NUL. Turning that into validated values is `XIn::parse`
+//! ([`crate::validate`]).
 
 use axum::{
     body::Bytes,
@@ -9,7 +11,10 @@ use axum::{
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
-use crate::error::{ApiError, FieldError};
+use crate::{
+    error::{ApiError, FieldError},
+    validate::Problems,
+};
 
 /// The cap on a whole request body. The event payload limit (256 KiB) is checked separately.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -80,15 +85,31 @@ fn is_json(req: &Request) -> bool {
         .unwrap_or(false)
 }
 
-/// Parse a JSON document: syntax errors (and invalid UTF-8, excessive nesting) are `400
-/// invalid_json`; well-formed JSON of the wrong shape is `422 validation_failed`.
+/// Parse a JSON object: syntax errors (and invalid UTF-8, excessive nesting) are `400
+/// invalid_json`; well-formed JSON of the wrong shape is `422 validation_failed`. Any other JSON
+/// value is refused before `T` sees it: a derived `Deserialize` would also read a struct from
+/// an array (`["Acme", "pro"]`), which no client means.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return match from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(ApiError::invalid("body", "must be a JSON object")),
+            Err(e) => Err(json_error(&e)),
+        };
+    }
+    from_slice(bytes).map_err(|e| json_error(&e))
+}
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = T::deserialize(&mut de).and_then(|value| de.end().map(|()| value));
-    parsed.map_err(|e| match e.classify() {
-        Category::Data => ApiError::Validation(vec![FieldError::new("body", strip_position(&e))]),
+    T::deserialize(&mut de).and_then(|value| de.end().map(|()| value))
+}
+
+fn json_error(e: &serde_json::Error) -> ApiError {
+    match e.classify() {
+        Category::Data => ApiError::Validation(vec![FieldError::new("body", strip_position(e))]),
         Category::Syntax | Category::Eof | Category::Io => ApiError::InvalidJson(e.to_string()),
-    })
+    }
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -99,13 +120,22 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// A query string; a malformed one is `422 validation_failed`.
+/// A query string; a malformed one is `422 validation_failed`, and so is any parameter (name or
+/// value) holding NUL, which no text column can store.
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut problems = Problems::default();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if name.contains('\0') || value.contains('\0') {
+                problems.add(name.replace('\0', "\\u0000"), "must not contain NUL characters");
+            }
+        }
+        problems.finish()?;
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::invalid("query", e.body_text()))

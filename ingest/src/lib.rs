@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod validate;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -10,7 +10,10 @@ use common::TestApp;
 use fixtures::*;
 use serde_json::{Value, json};
 use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
-use triggers_shared::testing::TestDb;
+use triggers_shared::{
+    models::{DedupId, EventType, Payload},
+    testing::TestDb,
+};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -690,9 +693,9 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
     NewEvent {
         id: Uuid::now_v7(),
         organization_id: org,
-        event_type: "direct".into(),
-        dedup_id: dedup_id.map(str::to_owned),
-        payload: "{}".into(),
+        event_type: EventType::parse("direct").expect("event type"),
+        dedup_id: dedup_id.map(|d| DedupId::parse(d).expect("dedup id")),
+        payload: Payload::try_from("{}".to_owned()).expect("payload"),
     }
 }
 
@@ -792,4 +795,36 @@ async fn concurrent_events_are_written_in_shared_transactions() {
     assert!(transactions <= 10, "{transactions} transactions for 300 events");
     assert_eq!(job_count(&test_db.pool).await, 300, "one job per event");
     writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_payload_is_kept_as_json_text_so_numbers_keep_every_digit() {
+    let app = TestApp::spawn().await;
+    let (key, _) = create_org_sql(&app.db, "pro").await;
+    // Decoded into a tree these would become f64s (1.2345678901234568e29) or fail outright.
+    let body = r#"{"type": "t", "payload": {"big": 123456789012345678901234567890, "exact": 0.1000000000000000000001}}"#;
+    let res = post_raw(&app, &key, Some("application/json"), body.as_bytes().to_vec()).await;
+    assert_eq!(res.status(), 202);
+    let created: Value = res.json().await.expect("json");
+    let id = created["id"].as_str().expect("id");
+    let res = app
+        .client
+        .get(app.url(&format!("/api/events/{id}")))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("body");
+    assert!(text.contains("123456789012345678901234567890"), "{text}");
+    assert!(text.contains("0.1000000000000000000001"), "{text}");
+    let res = app
+        .client
+        .get(app.url("/api/inbox"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("inbox");
+    let text = res.text().await.expect("body");
+    assert!(text.contains("123456789012345678901234567890"), "{text}");
 }

@@ -282,3 +282,93 @@ async fn batch_ack_lists_acknowledged_and_not_found_ids() {
         assert_eq!(body["code"], "validation_failed");
     }
 }
+
+#[tokio::test]
+async fn a_nul_in_any_query_parameter_is_422_not_500() {
+    let app = TestApp::spawn().await;
+    let (key, _) = create_org_sql(&app.db, "pro").await;
+    for (query, field) in [
+        ("type=a%00b", "type"),
+        ("status=pending%00", "status"),
+        ("cursor=%00", "cursor"),
+        ("limit=1&unknown=%00", "unknown"),
+    ] {
+        let (status, body) = get_json(&app, &key, &format!("/api/inbox?{query}")).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["code"], "validation_failed", "{query}: {body}");
+        assert_eq!(body["details"][0]["field"], field, "{query}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn offset_is_bounded_at_10000_and_the_cursor_pages_deeper() {
+    let app = TestApp::spawn().await;
+    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (status, body) = get_json(&app, &key, "/api/inbox?offset=10001").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["details"][0]["field"], "offset", "{body}");
+    let (status, page) = get_json(&app, &key, "/api/inbox?offset=10000").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["pagination"]["offset"], 10_000);
+}
+
+#[tokio::test]
+async fn include_total_false_answers_a_null_total_and_anything_else_is_422() {
+    let app = TestApp::spawn().await;
+    let (key, _) = create_org_sql(&app.db, "pro").await;
+    seed(&app, &key, 3, "t").await;
+    let (status, page) = get_json(&app, &key, "/api/inbox?limit=2&include_total=false").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        page["pagination"],
+        json!({"limit": 2, "offset": 0, "total": null, "has_more": true})
+    );
+    let (_, page) = get_json(&app, &key, "/api/inbox?include_total=true").await;
+    assert_eq!(page["pagination"]["total"], 3);
+    let (status, body) = get_json(&app, &key, "/api/inbox?include_total=yes").await;
+    assert_eq!(status, 422);
+    assert_eq!(body["details"][0]["field"], "include_total", "{body}");
+}
+
+#[tokio::test]
+async fn a_page_of_large_payloads_ends_at_8_mib_and_the_cursor_serves_the_rest_once() {
+    let app = TestApp::spawn().await;
+    let (key, org_id) = create_org_sql(&app.db, "pro").await;
+    // 40 payloads of ~384 KB as Postgres prints them: ~15 MB, two or three pages.
+    insert_large_events(&app.db, org_id, 40).await;
+
+    let mut seen = Vec::new();
+    let mut path = "/api/inbox?limit=1000".to_owned();
+    let mut pages = 0;
+    loop {
+        let res = app
+            .client
+            .get(app.url(&path))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .expect("inbox");
+        assert_eq!(res.status(), 200);
+        let bytes = res.bytes().await.expect("body");
+        assert!(bytes.len() < 9 * 1024 * 1024, "a page of {} bytes", bytes.len());
+        let page: Value = serde_json::from_slice(&bytes).expect("json");
+        pages += 1;
+        let events = page["events"].as_array().expect("events");
+        assert!(!events.is_empty());
+        assert_eq!(
+            events[0]["payload"]["data"].as_array().map(Vec::len),
+            Some(LARGE_PAYLOAD_ITEMS as usize)
+        );
+        seen.extend(ids_of(&page));
+        if page["pagination"]["has_more"] == false {
+            assert!(page["next_cursor"].is_null());
+            break;
+        }
+        assert!(events.len() < 40, "the first page was not cut by bytes");
+        let cursor = page["next_cursor"].as_str().expect("next_cursor");
+        path = format!("/api/inbox?limit=1000&cursor={cursor}");
+    }
+    assert!(pages >= 2, "{pages} pages");
+    assert_eq!(seen.len(), 40);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 40);
+}

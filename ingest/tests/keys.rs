@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use common::{TestApp, field_names};
-use reqwest::{StatusCode, header};
+use common::{TestApp, error_of, field_names};
+use reqwest::header;
 use serde_json::{Value, json};
 use triggers_shared::{apikey, config::Secret};
 
@@ -70,12 +70,6 @@ fn timestamp(body: &Value, field: &str) -> DateTime<Utc> {
 fn secret_of(key: &str) -> &str {
     let prefix = apikey::prefix_of(key).expect("a well-formed key");
     &key[prefix.len() + 1..]
-}
-
-async fn error_of(res: reqwest::Response) -> (StatusCode, Value) {
-    let status = res.status();
-    let body: Value = res.json().await.expect("error body is JSON");
-    (status, body)
 }
 
 #[tokio::test]

@@ -132,3 +132,36 @@ async fn the_docs_page_is_served_from_the_binary() {
     assert_eq!(res.status(), 200);
     assert!(res.text().await.expect("js").len() > 100_000);
 }
+
+#[tokio::test]
+async fn the_document_describes_the_types_that_are_really_parsed_and_the_inbox_bounds() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    let mut required: Vec<&str> = schemas["EventIn"]["required"]
+        .as_array()
+        .expect("EventIn.required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["payload", "type"], "{}", schemas["EventIn"]);
+    let tiers = schemas["Tier"]["enum"].as_array().expect("Tier enum");
+    assert_eq!(tiers.len(), 4, "{}", schemas["Tier"]);
+    let statuses = schemas["EventStatus"]["enum"]
+        .as_array()
+        .expect("EventStatus enum");
+    assert_eq!(statuses.len(), 3, "{}", schemas["EventStatus"]);
+
+    let params = doc["paths"]["/api/inbox"]["get"]["parameters"]
+        .as_array()
+        .expect("inbox parameters");
+    let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+    for name in ["status", "limit", "offset", "cursor", "type", "include_total"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let offset = params.iter().find(|p| p["name"] == "offset").expect("offset");
+    assert_eq!(offset["schema"]["maximum"], 10_000, "{offset}");
+    let total = doc["components"]["schemas"]["Pagination"]["properties"]["total"].to_string();
+    assert!(total.contains("null"), "total must be nullable: {total}");
+}

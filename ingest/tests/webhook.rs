@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{TestApp, field_names};
-use reqwest::{StatusCode, header};
+use common::{TestApp, error_of, field_names};
+use reqwest::header;
 use serde_json::{Value, json};
 use triggers_shared::signing;
 
@@ -37,12 +37,6 @@ async fn rotate_secret(app: &TestApp, key: &str) -> reqwest::Response {
         .send()
         .await
         .expect("POST /api/webhook/secret/rotate")
-}
-
-async fn error_of(res: reqwest::Response) -> (StatusCode, Value) {
-    let status = res.status();
-    let body: Value = res.json().await.expect("error body is JSON");
-    (status, body)
 }
 
 async fn stored(app: &TestApp, org_id: &str) -> (Option<String>, Option<String>) {
@@ -371,4 +365,42 @@ async fn webhook_routes_require_a_key() {
             "{err}"
         );
     }
+}
+
+#[tokio::test]
+async fn refusals_never_reveal_an_address_and_ipv6_tunnels_to_ipv4_are_refused() {
+    let open = TestApp::spawn().await;
+    let strict = TestApp::spawn_on(&open.db_url, |c| c.allow_private_webhooks = false).await;
+    let (key, org_id) = strict.create_org("Tunnels", "free").await;
+    for (url, address) in [
+        ("http://10.96.0.1/hook", "10.96.0.1"),
+        ("http://localhost.:9/hook", "127.0.0.1"),
+        ("http://[2002:a60:1::1]/hook", "2002:"), // 6to4 of 10.96.0.1
+        ("http://[2001:0:a60:1::1]/hook", "2001:"), // Teredo
+        ("http://[64:ff9b:1::a60:1]/hook", "64:ff9b"), // NAT64 local-use
+        ("http://[2002:808:808::1]/hook", "2002:"), // 6to4 even of a public address
+        ("http://no-such-host.invalid/hook", "invalid"),
+    ] {
+        let (status, err) = error_of(set_config(&strict, &key, json!({"webhook_url": url})).await).await;
+        assert_eq!(status, 422, "{url}: {err}");
+        assert_eq!(err["code"], "webhook_url_not_allowed", "{url}: {err}");
+        let message = err["error"].as_str().expect("error");
+        assert!(!message.contains(address), "{url}: {message}");
+        assert!(message.contains("not allowed"), "{url}: {message}");
+    }
+    assert_eq!(stored(&strict, &org_id).await, (None, None));
+}
+
+#[tokio::test]
+async fn a_url_that_normalisation_makes_longer_than_2048_characters_is_422() {
+    let app = TestApp::spawn().await;
+    let (key, org_id) = app.create_org("Spaces", "free").await;
+    // 1,900 characters as sent; each space becomes `%20` once normalised (~5,700).
+    let url = format!("http://127.0.0.1:9/{}x", " ".repeat(1_880));
+    assert!(url.len() <= 2048);
+    let (status, err) = error_of(set_config(&app, &key, json!({"webhook_url": url})).await).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["code"], "validation_failed", "{err}");
+    assert_eq!(err["details"][0]["field"], "webhook_url", "{err}");
+    assert_eq!(stored(&app, &org_id).await, (None, None));
 }

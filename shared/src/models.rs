@@ -1,11 +1,18 @@
-//! Rows as the database stores them, and the domain enums they carry.
+//! Rows as the database stores them, the domain enums they carry, and (in `values`) the
+//! validated values of an event and of an organisation.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod values;
+
+pub use values::{
+    DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,
+};
+
 /// An organisation's plan; it sets the ingest rate limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     #[default]
@@ -47,8 +54,9 @@ impl Tier {
 }
 
 /// Where an event stands. `failed` is the dead-letter queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum EventStatus {
     Pending,
     Delivered,
@@ -61,6 +69,16 @@ impl EventStatus {
             EventStatus::Pending => "pending",
             EventStatus::Delivered => "delivered",
             EventStatus::Failed => "failed",
+        }
+    }
+
+    /// A status as the API spells it; `dead_letter` is a synonym of `failed`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(EventStatus::Pending),
+            "delivered" => Some(EventStatus::Delivered),
+            "failed" | "dead_letter" => Some(EventStatus::Failed),
+            _ => None,
         }
     }
 }
@@ -85,8 +103,10 @@ pub struct Event {
     #[sqlx(rename = "type")]
     pub event_type: String,
     pub dedup_id: Option<String>,
-    pub payload: serde_json::Value,
-    pub status: String,
+    /// Selected as `payload::text`: served as stored, never decoded.
+    #[sqlx(try_from = "String")]
+    pub payload: Payload,
+    pub status: EventStatus,
     pub attempts: i32,
     pub response_status: Option<i32>,
     pub last_error: Option<String>,

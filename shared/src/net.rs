@@ -8,23 +8,53 @@ use url::Url;
 /// The longest webhook URL we accept.
 pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
 
+/// What a refused target is told: never the address it resolved to, nor whether it resolved at
+/// all (either would let a client map the internal network through our resolver).
+pub const NOT_ALLOWED: &str =
+    "webhook_url must point to a public address: internal and unresolvable targets are not allowed";
+
+/// A webhook URL whose shape is checked ([`parse_webhook_url`]), in its normalised form: what
+/// is stored is exactly what was checked and what the worker calls. Where it points is checked
+/// separately ([`resolve_allowed`]), since that needs DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl(Url);
+
+impl WebhookUrl {
+    pub fn parse(raw: &str) -> Result<Self, UrlRejection> {
+        parse_webhook_url(raw).map(Self)
+    }
+
+    pub fn as_url(&self) -> &Url {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
 /// Why a webhook URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlRejection {
     /// Malformed, wrong scheme, user-info, too long: a validation failure.
     #[error("{0}")]
     Invalid(String),
-    /// The host is or resolves to an internal address.
-    #[error("{0}")]
-    NotAllowed(String),
+    /// The host is internal, resolves to an internal address, or does not resolve: the
+    /// message is always [`NOT_ALLOWED`].
+    #[error("{NOT_ALLOWED}")]
+    NotAllowed,
 }
 
-/// Parse and check the shape of a webhook URL (no DNS).
+/// Parse and check the shape of a webhook URL (no DNS). The length limit holds for the text as
+/// given and for its normalised form (which percent-encoding can make three times longer).
 pub fn parse_webhook_url(raw: &str) -> Result<Url, UrlRejection> {
+    let too_long = || {
+        UrlRejection::Invalid(format!(
+            "webhook_url must be at most {MAX_WEBHOOK_URL_LEN} characters, also once normalised"
+        ))
+    };
     if raw.len() > MAX_WEBHOOK_URL_LEN {
-        return Err(UrlRejection::Invalid(format!(
-            "webhook_url must be at most {MAX_WEBHOOK_URL_LEN} characters"
-        )));
+        return Err(too_long());
     }
     let url =
         Url::parse(raw).map_err(|e| UrlRejection::Invalid(format!("webhook_url is not a valid URL: {e}")))?;
@@ -38,6 +68,9 @@ pub fn parse_webhook_url(raw: &str) -> Result<Url, UrlRejection> {
     }
     if url.host().is_none() {
         return Err(UrlRejection::Invalid("webhook_url must have a host".into()));
+    }
+    if url.as_str().len() > MAX_WEBHOOK_URL_LEN {
+        return Err(too_long());
     }
     Ok(url)
 }
@@ -57,34 +90,25 @@ pub async fn resolve_allowed(url: &Url, allow_private: bool) -> Result<Vec<Socke
             || lower.ends_with(".internal")
             || lower.ends_with(".local")
         {
-            return Err(UrlRejection::NotAllowed(format!(
-                "webhook host `{host}` is internal"
-            )));
+            return Err(UrlRejection::NotAllowed);
         }
     }
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|_| UrlRejection::NotAllowed(format!("webhook host `{host}` does not resolve")))?
+            .map_err(|_| UrlRejection::NotAllowed)?
             .collect(),
     };
-    if addrs.is_empty() {
-        return Err(UrlRejection::NotAllowed(format!(
-            "webhook host `{host}` does not resolve"
-        )));
-    }
-    if !allow_private && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-        return Err(UrlRejection::NotAllowed(format!(
-            "webhook host `{host}` resolves to an internal address ({})",
-            bad.ip()
-        )));
+    if addrs.is_empty() || (!allow_private && addrs.iter().any(|a| !is_public(a.ip()))) {
+        return Err(UrlRejection::NotAllowed);
     }
     Ok(addrs)
 }
 
 /// Is `ip` a public unicast address (not loopback, private, link-local, CGNAT, multicast,
-/// unspecified, documentation, benchmarking, reserved, or an IPv6 local range)?
+/// unspecified, documentation, benchmarking, reserved, an IPv6 local range, or an IPv6 prefix
+/// that tunnels to IPv4 (6to4, Teredo, NAT64), where the real target hides in the address)?
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -122,7 +146,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64
+        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64: 64:ff9b::/96 and local-use 64:ff9b:1::/48
+        || first == 0x2002 // 6to4 2002::/16
+        || first == 0x2001 && ip.segments()[1] == 0 // Teredo 2001::/32
         || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
 }
 
@@ -148,6 +174,11 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "ff02::1",
+            "2002:a00:1::1",
+            "2002:808:808::1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(!is_public(ip), "{ip} should be internal");
@@ -166,18 +197,33 @@ mod tests {
         assert!(parse_webhook_url(&format!("https://example.com/{}", "a".repeat(2100))).is_err());
     }
 
+    #[test]
+    fn a_url_that_percent_encoding_makes_too_long_is_refused() {
+        let raw = format!("https://example.com/{}x", " ".repeat(1000));
+        assert!(raw.len() <= MAX_WEBHOOK_URL_LEN);
+        assert!(matches!(parse_webhook_url(&raw), Err(UrlRejection::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn refusals_never_name_the_resolved_address() {
+        let url = parse_webhook_url("http://10.96.0.1/x").expect("url");
+        let err = resolve_allowed(&url, false).await.expect_err("refused");
+        assert_eq!(err, UrlRejection::NotAllowed);
+        assert!(!err.to_string().contains("10.96"), "{err}");
+    }
+
     #[tokio::test]
     async fn loopback_is_refused_unless_allowed() {
         let url = parse_webhook_url("http://127.0.0.1:9/x").expect("url");
         assert!(matches!(
             resolve_allowed(&url, false).await,
-            Err(UrlRejection::NotAllowed(_))
+            Err(UrlRejection::NotAllowed)
         ));
         assert!(resolve_allowed(&url, true).await.is_ok());
         let url = parse_webhook_url("http://localhost:9/x").expect("url");
         assert!(matches!(
             resolve_allowed(&url, false).await,
-            Err(UrlRejection::NotAllowed(_))
+            Err(UrlRejection::NotAllowed)
         ));
     }
 }

@@ -16,17 +16,16 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use triggers_shared::{
     db,
     jobs::{self, DeliveryJob},
     metrics as m,
-    models::{DeliveryAttempt, Event},
+    models::{DedupId, DeliveryAttempt, Event, EventStatus, EventType, Payload},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-pub use validate::{MAX_PAYLOAD_BYTES, validate};
+pub use validate::{EventIn, ValidEvent};
 
 use crate::{
     AppState,
@@ -35,6 +34,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::ApiJson,
     ratelimit::Decision,
+    validate::Parse,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,27 +45,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeliver_events))
 }
 
-/// The body of `POST /api/events` (documentation; the handler validates a raw JSON value so it
-/// can report every bad field at once).
-#[derive(Deserialize, utoipa::ToSchema)]
-pub struct EventIn {
-    /// 1-255 characters matching `^[A-Za-z0-9][A-Za-z0-9._:-]*$`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Any JSON object; its compact serialization may take at most 262,144 bytes.
-    #[schema(value_type = Object)]
-    pub payload: Value,
-    /// 1-255 characters. The same id within 24 hours for the same organisation is a duplicate.
-    pub dedup_id: Option<String>,
-}
-
 /// The answer to an accepted event: it is committed with its delivery job.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventAcceptedOut {
     pub id: Uuid,
     #[serde(rename = "type")]
-    pub event_type: String,
-    pub dedup_id: Option<String>,
+    #[schema(value_type = String)]
+    pub event_type: EventType,
+    #[schema(value_type = Option<String>)]
+    pub dedup_id: Option<DedupId>,
     /// Always `accepted`.
     pub status: &'static str,
     pub created_at: DateTime<Utc>,
@@ -78,10 +66,12 @@ pub struct EventOut {
     #[serde(rename = "type")]
     pub event_type: String,
     pub dedup_id: Option<String>,
+    /// The JSON object as stored (Postgres prints it: key order and spacing may differ from
+    /// what was sent).
     #[schema(value_type = Object)]
-    pub payload: Value,
-    /// `pending`, `delivered` or `failed` (dead letter).
-    pub status: String,
+    pub payload: Payload,
+    /// `failed` is the dead letter.
+    pub status: EventStatus,
     pub attempts: i32,
     pub response_status: Option<i32>,
     pub last_error: Option<String>,
@@ -165,8 +155,10 @@ pub struct RedeliverAllOut {
 /// Ingest an event.
 ///
 /// The `202` is sent only after the event, its dedup key and (when a webhook is configured) its
-/// delivery job are committed. Unknown body fields are ignored. A payload over the size limit is
-/// `413` even if other fields are invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
+/// delivery job are committed. Unknown body fields are ignored; `null` counts as absent; a key
+/// given twice is `422`. The payload is never decoded into a tree: it is checked as JSON text and
+/// stored from that text. A payload over the size limit is `413` even if other fields are
+/// invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
 /// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
 /// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
 #[utoipa::path(
@@ -225,13 +217,13 @@ fn rejected(e: ApiError) -> Response {
 }
 
 async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Response, ApiError> {
-    let ApiJson(body) = ApiJson::<Value>::from_request(request, state).await?;
-    let valid = validate(body)?;
+    let ApiJson(body) = ApiJson::<EventIn>::from_request(request, state).await?;
+    let valid = body.parse()?;
     let event = NewEvent {
         id: Uuid::now_v7(),
         organization_id: org.id,
-        event_type: valid.event_type.into_inner(),
-        dedup_id: valid.dedup_id.map(|d| d.into_inner()),
+        event_type: valid.event_type,
+        dedup_id: valid.dedup_id,
         payload: valid.payload,
     };
     let (event_type, dedup_id) = (event.event_type.clone(), event.dedup_id.clone());
@@ -255,7 +247,7 @@ async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Respons
             Ok(response)
         }
         Outcome::Duplicate { event_id } => Err(ApiError::DuplicateEvent {
-            dedup_id: dedup_id.unwrap_or_default(),
+            dedup_id: dedup_id.as_deref().unwrap_or_default().to_owned(),
             event_id,
         }),
     }

@@ -10,10 +10,13 @@ use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use triggers_shared::db::{
-    self,
-    events::{InboxFilter, Keyset},
+use serde_json::value::RawValue;
+use triggers_shared::{
+    db::{
+        self,
+        events::{InboxFilter, Keyset, PageBounds},
+    },
+    models::EventStatus,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -22,12 +25,19 @@ use super::events::{EventId, EventOut};
 use crate::{
     AppState,
     auth::Org,
-    error::{ApiError, ErrorBody, FieldError},
+    error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery},
+    validate::{Parse, Problems, json_string, non_empty},
 };
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
+/// The deepest `offset`: Postgres reads and discards every skipped row, so deeper pages go by
+/// `cursor` (a keyset, as cheap at any depth).
+pub const MAX_OFFSET: i64 = 10_000;
+/// A page ends early once its payloads reach this much JSON text, so a page of large payloads
+/// stays a few MiB in memory whatever `limit` says (at least one event is always served).
+pub const MAX_PAGE_PAYLOAD_BYTES: i64 = 8 * 1024 * 1024;
 /// The most ids one batch acknowledgement may carry.
 pub const MAX_ACK_BATCH: usize = 1000;
 
@@ -38,31 +48,97 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ack_events))
 }
 
-/// Query parameters of `GET /api/inbox`. Taken as text and parsed here, so every bad parameter
-/// is reported in one `422`.
+/// Query parameters of `GET /api/inbox`, as read (text); [`InboxQuery::parse`] checks them
+/// all, so every bad parameter is reported in one `422`. An empty value counts as absent.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InboxQuery {
     /// `pending`, `delivered`, `failed` (or its synonym `dead_letter`). Absent: all.
-    pub status: Option<String>,
-    /// 1-1000, default 100.
-    pub limit: Option<String>,
-    /// Default 0.
-    pub offset: Option<String>,
+    #[param(value_type = Option<EventStatus>)]
+    status: Option<String>,
+    /// 1-1000, default 100. A page also ends early once its payloads reach 8 MiB of JSON text
+    /// (then `has_more` is true).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// 0-10000, default 0. Page deeper with `cursor`.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 10000)]
+    offset: Option<String>,
     /// `next_cursor` of a previous page.
-    pub cursor: Option<String>,
-    /// Only events of this type.
+    cursor: Option<String>,
+    /// Only events of this type (matched literally).
     #[serde(rename = "type")]
     #[param(rename = "type")]
-    pub event_type: Option<String>,
+    event_type: Option<String>,
+    /// `false` skips counting the matching events: `pagination.total` is then `null`. Default
+    /// `true`.
+    #[param(value_type = Option<bool>)]
+    include_total: Option<String>,
+}
+
+/// A valid inbox request.
+#[derive(Debug, Clone)]
+pub struct InboxRequest {
+    pub filter: InboxFilter,
+    pub bounds: PageBounds,
+    pub include_total: bool,
+}
+
+impl Parse for InboxQuery {
+    type Valid = InboxRequest;
+
+    fn parse(self) -> Result<InboxRequest, ApiError> {
+        let mut problems = Problems::default();
+        let status = problems.optional("status", non_empty(self.status), |s| {
+            EventStatus::parse(&s)
+                .ok_or_else(|| "must be one of pending, delivered, failed, dead_letter".to_owned())
+        });
+        let limit = problems.optional("limit", self.limit, |v| {
+            integer_in(&v, 1, MAX_LIMIT).ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
+        });
+        let offset = problems.optional("offset", self.offset, |v| {
+            integer_in(&v, 0, MAX_OFFSET).ok_or_else(|| {
+                format!("must be an integer from 0 to {MAX_OFFSET} (page deeper with `cursor`)")
+            })
+        });
+        let after = problems.optional("cursor", non_empty(self.cursor), |c| {
+            decode_cursor(&c).ok_or_else(|| "is not a cursor this API issued".to_owned())
+        });
+        let include_total = problems.optional("include_total", non_empty(self.include_total), |v| {
+            match v.as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("must be true or false".to_owned()),
+            }
+        });
+        problems.finish()?;
+        Ok(InboxRequest {
+            filter: InboxFilter {
+                status,
+                event_type: non_empty(self.event_type),
+            },
+            bounds: PageBounds {
+                after,
+                offset: offset.unwrap_or(0),
+                limit: limit.unwrap_or(DEFAULT_LIMIT),
+                max_payload_bytes: MAX_PAGE_PAYLOAD_BYTES,
+            },
+            include_total: include_total.unwrap_or(true),
+        })
+    }
+}
+
+fn integer_in(text: &str, min: i64, max: i64) -> Option<i64> {
+    text.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Pagination {
     pub limit: i64,
     pub offset: i64,
-    /// Events matching the filters (regardless of cursor and offset).
-    pub total: i64,
+    /// Events matching the filters (regardless of cursor and offset); `null` with
+    /// `include_total=false`.
+    pub total: Option<i64>,
+    /// More events follow: the page ended at `limit`, or early at 8 MiB of payloads.
     pub has_more: bool,
 }
 
@@ -77,16 +153,47 @@ pub struct InboxOut {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AckOut {
     pub id: Uuid,
-    pub status: String,
+    pub status: EventStatus,
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub message: &'static str,
 }
 
+/// The body of `POST /api/ack`. Ids that are not UUIDs are answered in `not_found`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AckBatchIn {
     /// 1-1000 event ids.
-    #[schema(value_type = Vec<String>)]
-    pub event_ids: Value,
+    #[schema(value_type = Vec<String>, required = true, min_items = 1, max_items = 1000)]
+    event_ids: Option<Box<RawValue>>,
+}
+
+impl Parse for AckBatchIn {
+    /// The ids as given, each once, in first-seen order.
+    type Valid = Vec<String>;
+
+    fn parse(self) -> Result<Vec<String>, ApiError> {
+        let mut problems = Problems::default();
+        let items = problems.required("event_ids", self.event_ids.as_deref(), |raw| {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(raw.get()).map_err(|_| "must be an array of event ids".to_owned())?;
+            if items.is_empty() || items.len() > MAX_ACK_BATCH {
+                return Err(format!("must hold 1 to {MAX_ACK_BATCH} ids"));
+            }
+            Ok(items)
+        });
+        let Some(items) = items else {
+            return Err(problems.into_error());
+        };
+        let mut given = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if let Some(id) = problems.check(&format!("event_ids[{i}]"), json_string(item)) {
+                given.push(id);
+            }
+        }
+        problems.finish()?;
+        let mut seen = std::collections::HashSet::new();
+        given.retain(|s| seen.insert(s.clone()));
+        Ok(given)
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -119,7 +226,11 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
 /// Page with `offset`, or with `cursor` = the previous page's `next_cursor` (present only while
 /// `has_more` is true). Cursor paging is stable: every event that existed when paging began is
 /// returned exactly once, in order, however many events arrive meanwhile. `total` counts the
-/// events matching `status` and `type`, regardless of cursor and offset.
+/// events matching `status` and `type`, regardless of cursor and offset (`include_total=false`
+/// skips the count: `total` is then `null`). `offset` goes up to 10,000; page deeper with
+/// `cursor`. A page holds at most `limit` events and ends early once their payloads reach
+/// 8 MiB of JSON text (at least one event is always served): `has_more` and `next_cursor` then
+/// lead on. Payloads are served as stored.
 #[utoipa::path(
     get, path = "/api/inbox", tag = "inbox",
     params(InboxQuery),
@@ -127,76 +238,28 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
     responses(
         (status = 200, body = InboxOut),
         (status = 401, body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad status, limit, offset or cursor", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad status, limit, offset, cursor or include_total, or a parameter holding NUL", body = ErrorBody),
     )
 )]
 pub async fn list_inbox(
     State(state): State<AppState>,
     org: Org,
-    ApiQuery(q): ApiQuery<InboxQuery>,
+    ApiQuery(query): ApiQuery<InboxQuery>,
 ) -> Result<Json<InboxOut>, ApiError> {
-    let mut errors = Vec::new();
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some("pending") => Some("pending"),
-        Some("delivered") => Some("delivered"),
-        Some("failed" | "dead_letter") => Some("failed"),
-        Some(_) => {
-            errors.push(FieldError::new(
-                "status",
-                "must be one of pending, delivered, failed, dead_letter",
-            ));
-            None
-        }
-    };
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                errors.push(FieldError::new(
-                    "limit",
-                    format!("must be an integer from 1 to {MAX_LIMIT}"),
-                ));
-                DEFAULT_LIMIT
-            }
-        },
-    };
-    let offset = match q.offset.as_deref() {
-        None => 0,
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= 0 => n,
-            _ => {
-                errors.push(FieldError::new("offset", "must be a non-negative integer"));
-                0
-            }
-        },
-    };
-    let after = match q.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => match decode_cursor(c) {
-            Some(k) => Some(k),
-            None => {
-                errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
-                None
-            }
-        },
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let filter = InboxFilter {
-        status: status.map(str::to_owned),
-        event_type: q.event_type.filter(|t| !t.is_empty()),
-    };
-
+    let InboxRequest {
+        filter,
+        bounds,
+        include_total,
+    } = query.parse()?;
     let mut conn = state.db.acquire().await?;
-    let mut rows = db::events::list(&mut conn, org.id, &filter, after, limit + 1, offset).await?;
-    let total = db::events::count(&mut conn, org.id, &filter).await?;
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = if has_more {
-        rows.last().map(|e| {
+    let page = db::events::list(&mut conn, org.id, &filter, bounds).await?;
+    let total = if include_total {
+        Some(db::events::count(&mut conn, org.id, &filter).await?)
+    } else {
+        None
+    };
+    let next_cursor = if page.has_more {
+        page.events.last().map(|e| {
             encode_cursor(Keyset {
                 created_at: e.created_at,
                 id: e.id,
@@ -206,12 +269,12 @@ pub async fn list_inbox(
         None
     };
     Ok(Json(InboxOut {
-        events: rows.into_iter().map(EventOut::from).collect(),
+        events: page.events.into_iter().map(EventOut::from).collect(),
         pagination: Pagination {
-            limit,
-            offset,
+            limit: bounds.limit,
+            offset: bounds.offset,
             total,
-            has_more,
+            has_more: page.has_more,
         },
         next_cursor,
     }))
@@ -267,29 +330,7 @@ pub async fn ack_events(
     org: Org,
     ApiJson(body): ApiJson<AckBatchIn>,
 ) -> Result<Json<AckBatchOut>, ApiError> {
-    let Value::Array(items) = body.event_ids else {
-        return Err(ApiError::invalid("event_ids", "must be an array of event ids"));
-    };
-    if items.is_empty() || items.len() > MAX_ACK_BATCH {
-        return Err(ApiError::invalid(
-            "event_ids",
-            format!("must hold 1 to {MAX_ACK_BATCH} ids"),
-        ));
-    }
-    let mut given: Vec<String> = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        match item {
-            Value::String(s) => given.push(s),
-            _ => errors.push(FieldError::new(format!("event_ids[{i}]"), "must be a string")),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    // Repeated ids are answered once, in first-seen order.
-    let mut seen = std::collections::HashSet::new();
-    given.retain(|s| seen.insert(s.clone()));
+    let given = body.parse()?;
     let parsed: Vec<Uuid> = given.iter().filter_map(|s| Uuid::try_parse(s).ok()).collect();
 
     let mut conn = state.db.acquire().await?;

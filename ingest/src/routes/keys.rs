@@ -11,11 +11,11 @@ use std::time::Duration;
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use triggers_shared::{
     apikey::{self, GeneratedKey},
     db::{self, api_keys, organizations},
-    models::Tier,
+    models::{OrganizationName, Tier},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -23,15 +23,15 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::{Admin, INVALIDATION_CHANNEL, Org},
-    error::{ApiError, ErrorBody, FieldError},
+    error::{ApiError, ErrorBody},
     extract::{ApiJson, OptionalApiJson},
+    validate::{Parse, Problems, json_kind, json_string},
 };
 
 /// Shown with every new key.
 pub const KEY_WARNING: &str = "Store this API key securely; it will not be shown again.";
 /// The longest grace period a rotation may give the previous key (7 days).
 pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
-const MAX_NAME_CHARS: usize = 255;
 /// Attempts at finding an unused key prefix (48 random bits: a second attempt is already rare).
 const KEY_ATTEMPTS: usize = 3;
 
@@ -42,27 +42,37 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_key))
 }
 
-/// A plan, as the API spells it.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TierName {
-    Free,
-    Pro,
-    Business,
-    Enterprise,
-}
-
-/// Body of `POST /api/keys/generate`. Read as a JSON object whose fields are then checked one
-/// by one, so a bad request lists every problem in `details`.
+/// Body of `POST /api/keys/generate`, as read: each field raw JSON until [`GenerateKeyIn::parse`]
+/// checks it, so a bad request lists every problem in `details`. `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(from = "JsonObject")]
 pub struct GenerateKeyIn {
     /// 1-255 characters, not only whitespace, no control characters; stored as given.
-    #[schema(value_type = String, min_length = 1, max_length = 255, example = "Acme Inc")]
-    organization_name: Option<Value>,
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, example = "Acme Inc")]
+    organization_name: Option<Box<RawValue>>,
     /// Default `free`.
-    #[schema(value_type = Option<TierName>)]
-    tier: Option<Value>,
+    #[schema(value_type = Option<Tier>)]
+    tier: Option<Box<RawValue>>,
+}
+
+impl Parse for GenerateKeyIn {
+    type Valid = (OrganizationName, Tier);
+
+    fn parse(self) -> Result<(OrganizationName, Tier), ApiError> {
+        let mut problems = Problems::default();
+        let name = problems.required("organization_name", self.organization_name.as_deref(), |raw| {
+            OrganizationName::parse(&json_string(raw)?)
+        });
+        let tier = problems.optional("tier", self.tier.as_deref(), |raw| {
+            const TIERS: &str = "must be one of free, pro, business, enterprise";
+            let text = json_string(raw).map_err(|_| format!("{TIERS} (a string), not {}", json_kind(raw)))?;
+            Tier::parse(&text).ok_or_else(|| TIERS.to_owned())
+        });
+        let Some(name) = name else {
+            return Err(problems.into_error());
+        };
+        problems.finish()?;
+        Ok((name, tier.unwrap_or_default()))
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -71,8 +81,7 @@ pub struct GenerateKeyOut {
     pub organization_name: String,
     /// The key (`trg_live_...`). Shown only here.
     pub api_key: String,
-    #[schema(value_type = TierName)]
-    pub tier: &'static str,
+    pub tier: Tier,
     pub rate_limit_per_minute: i32,
     pub created_at: DateTime<Utc>,
     pub warning: &'static str,
@@ -82,7 +91,7 @@ pub struct GenerateKeyOut {
 pub struct KeysOut {
     pub organization_id: Uuid,
     pub organization_name: String,
-    #[schema(value_type = TierName)]
+    #[schema(value_type = Tier)]
     pub tier: String,
     pub rate_limit_per_minute: i32,
     /// `null` when no webhook is configured.
@@ -95,28 +104,31 @@ pub struct KeysOut {
 
 /// Optional body of `POST /api/keys/rotate`.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(from = "JsonObject")]
 pub struct RotateKeyIn {
     /// How long the previous key keeps working, in seconds (0-604800, default 0: it stops at
     /// once, on every instance).
     #[schema(value_type = Option<u32>, minimum = 0, maximum = 604800)]
-    grace_period_seconds: Option<Value>,
+    grace_period_seconds: Option<Box<RawValue>>,
 }
 
-impl From<JsonObject> for GenerateKeyIn {
-    fn from(mut body: JsonObject) -> Self {
-        Self {
-            organization_name: take(&mut body, "organization_name"),
-            tier: take(&mut body, "tier"),
-        }
-    }
-}
+impl Parse for RotateKeyIn {
+    type Valid = Duration;
 
-impl From<JsonObject> for RotateKeyIn {
-    fn from(mut body: JsonObject) -> Self {
-        Self {
-            grace_period_seconds: take(&mut body, "grace_period_seconds"),
-        }
+    fn parse(self) -> Result<Duration, ApiError> {
+        let mut problems = Problems::default();
+        let grace = problems.optional(
+            "grace_period_seconds",
+            self.grace_period_seconds.as_deref(),
+            |raw| {
+                serde_json::from_str::<u64>(raw.get())
+                    .ok()
+                    .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
+            },
+        );
+        problems.finish()?;
+        Ok(grace.unwrap_or_default())
     }
 }
 
@@ -153,12 +165,12 @@ pub async fn generate_key(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<GenerateKeyIn>,
 ) -> Result<(StatusCode, Json<GenerateKeyOut>), ApiError> {
-    let (name, tier) = body.validate()?;
+    let (name, tier) = body.parse()?;
     let org_id = Uuid::now_v7();
     for attempt in 1..=KEY_ATTEMPTS {
         let key = fresh_key().await?;
         let mut tx = state.db.begin().await?;
-        let org = organizations::insert(&mut tx, org_id, &name, tier).await?;
+        let org = organizations::insert(&mut tx, org_id, name.as_str(), tier).await?;
         match api_keys::insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await {
             Err(e) if db::is_unique_violation(&e) && attempt < KEY_ATTEMPTS => continue,
             inserted => inserted?,
@@ -171,7 +183,7 @@ pub async fn generate_key(
                 organization_id: org.id,
                 organization_name: org.name,
                 api_key: key.key,
-                tier: tier.as_str(),
+                tier,
                 rate_limit_per_minute: org.rate_limit_per_minute,
                 created_at: org.created_at,
                 warning: KEY_WARNING,
@@ -231,7 +243,7 @@ pub async fn rotate_key(
     State(state): State<AppState>,
     OptionalApiJson(body): OptionalApiJson<RotateKeyIn>,
 ) -> Result<Json<RotateKeyOut>, ApiError> {
-    let grace = body.map(RotateKeyIn::validate).transpose()?.unwrap_or_default();
+    let grace = body.map(RotateKeyIn::parse).transpose()?.unwrap_or_default();
     for attempt in 1..=KEY_ATTEMPTS {
         let key = fresh_key().await?;
         let mut tx = state.db.begin().await?;
@@ -269,106 +281,4 @@ async fn fresh_key() -> Result<GeneratedKey, ApiError> {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)
-}
-
-impl GenerateKeyIn {
-    fn validate(self) -> Result<(String, Tier), ApiError> {
-        let mut problems = Vec::new();
-        let name = match self.organization_name {
-            None => {
-                problems.push(FieldError::new("organization_name", "is required"));
-                None
-            }
-            Some(Value::String(name)) => match name_problem(&name) {
-                None => Some(name),
-                Some(problem) => {
-                    problems.push(FieldError::new("organization_name", problem));
-                    None
-                }
-            },
-            Some(other) => {
-                problems.push(FieldError::new(
-                    "organization_name",
-                    format!("must be a string, not {}", json_kind(&other)),
-                ));
-                None
-            }
-        };
-        const TIERS: &str = "must be one of free, pro, business, enterprise";
-        let tier = match self.tier {
-            None => Some(Tier::default()),
-            Some(Value::String(tier)) => {
-                let parsed = Tier::parse(&tier);
-                if parsed.is_none() {
-                    problems.push(FieldError::new("tier", TIERS));
-                }
-                parsed
-            }
-            Some(other) => {
-                problems.push(FieldError::new(
-                    "tier",
-                    format!("{TIERS} (a string), not {}", json_kind(&other)),
-                ));
-                None
-            }
-        };
-        match (name, tier) {
-            (Some(name), Some(tier)) if problems.is_empty() => Ok((name, tier)),
-            _ => Err(ApiError::Validation(problems)),
-        }
-    }
-}
-
-impl RotateKeyIn {
-    fn validate(self) -> Result<Duration, ApiError> {
-        let problem = format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}");
-        match self.grace_period_seconds {
-            None => Ok(Duration::ZERO),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
-                .map(Duration::from_secs)
-                .ok_or_else(|| ApiError::invalid("grace_period_seconds", problem)),
-            Some(_) => Err(ApiError::invalid("grace_period_seconds", problem)),
-        }
-    }
-}
-
-/// Why an organisation name is refused, if it is. Control characters are refused because
-/// they are invisible in every place the name is shown (and Postgres cannot store NUL).
-pub fn name_problem(name: &str) -> Option<String> {
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS {
-        return Some(format!(
-            "must be 1 to {MAX_NAME_CHARS} characters long (got {chars})"
-        ));
-    }
-    if name.trim().is_empty() {
-        return Some("must not be only whitespace".into());
-    }
-    if name.chars().any(char::is_control) {
-        return Some("must not contain control characters".into());
-    }
-    None
-}
-
-/// A request body read as a JSON object: deriving `Deserialize` on a struct would also accept a
-/// JSON array (`["Acme", "pro"]`), which no client means.
-pub(crate) type JsonObject = serde_json::Map<String, Value>;
-
-/// A field of a body; `null` counts as absent.
-pub(crate) fn take(body: &mut JsonObject, field: &str) -> Option<Value> {
-    body.remove(field).filter(|v| !v.is_null())
-}
-
-/// The JSON type of a value, for error messages.
-pub(crate) fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

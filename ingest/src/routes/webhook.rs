@@ -1,8 +1,9 @@
 //! Routes of the `webhook` resource: an organisation's webhook URL and its signing secret.
 //!
-//! A URL is checked twice here: its shape (`net::parse_webhook_url`: http(s), no user-info, at
-//! most 2,048 characters) and where it points (`net::resolve_allowed`: no internal addresses
-//! unless the operator allows them). The worker checks the resolved address again at delivery.
+//! A URL is checked twice here: its shape (`net::WebhookUrl`: http(s), no user-info, at most
+//! 2,048 characters as given and once normalised) and where it points (`net::resolve_allowed`:
+//! no internal addresses unless the operator allows them; the refusal never names an address).
+//! The worker checks the resolved address again at delivery.
 //!
 //! Choices where API.md is silent:
 //! - The URL is stored normalised (as `url::Url` prints it, e.g. `https://example.com/` for
@@ -16,14 +17,13 @@ use std::time::Duration;
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use triggers_shared::{
     db::organizations,
     models::Organization,
-    net::{self, UrlRejection},
+    net::{self, UrlRejection, WebhookUrl},
     signing,
 };
-use url::Url;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -32,7 +32,7 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
-    routes::keys::{JsonObject, json_kind, take},
+    validate::{Parse, Problems, json_string},
 };
 
 /// How long resolving a webhook host may take before the URL is refused.
@@ -48,20 +48,28 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_webhook_secret))
 }
 
-/// Body of `POST /api/webhook/config`.
+/// Body of `POST /api/webhook/config`, as read; [`WebhookConfigIn::parse`] checks the URL's
+/// shape, [`allowed`] where it points.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(from = "JsonObject")]
 pub struct WebhookConfigIn {
-    /// http or https, at most 2,048 characters, no user-info, not an internal address.
-    #[schema(value_type = String, max_length = 2048, example = "https://example.com/webhooks/triggers")]
-    webhook_url: Option<Value>,
+    /// http or https, at most 2,048 characters (also once normalised), no user-info, not an
+    /// internal address.
+    #[schema(value_type = String, required = true, max_length = 2048, example = "https://example.com/webhooks/triggers")]
+    webhook_url: Option<Box<RawValue>>,
 }
 
-impl From<JsonObject> for WebhookConfigIn {
-    fn from(mut body: JsonObject) -> Self {
-        Self {
-            webhook_url: take(&mut body, "webhook_url"),
-        }
+impl Parse for WebhookConfigIn {
+    type Valid = WebhookUrl;
+
+    fn parse(self) -> Result<WebhookUrl, ApiError> {
+        let mut problems = Problems::default();
+        let url = problems.required("webhook_url", self.webhook_url.as_deref(), |raw| {
+            WebhookUrl::parse(&json_string(raw)?).map_err(|rejection| rejection.to_string())
+        });
+        let Some(url) = url else {
+            return Err(problems.into_error());
+        };
+        Ok(url)
     }
 }
 
@@ -123,7 +131,8 @@ pub async fn set_webhook_config(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<WebhookConfigIn>,
 ) -> Result<Json<WebhookConfigOut>, ApiError> {
-    let url = body.validate(state.config.allow_private_webhooks).await?;
+    let url = body.parse()?;
+    allowed(&url, state.config.allow_private_webhooks).await?;
     let mut conn = state.db.acquire().await?;
     let row = organizations::set_webhook(&mut conn, org.id, url.as_str(), &signing::generate_secret())
         .await?
@@ -132,7 +141,7 @@ pub async fn set_webhook_config(
     let updated_at = updated_at(&row);
     Ok(Json(WebhookConfigOut {
         organization_id: row.id,
-        webhook_url: row.webhook_url.unwrap_or_else(|| url.to_string()),
+        webhook_url: row.webhook_url.unwrap_or_else(|| url.as_str().to_owned()),
         signing_secret: row.signing_secret.ok_or_else(|| missing("signing_secret"))?,
         updated_at,
         message: "Webhook configured. Verify deliveries with the signing secret (Standard Webhooks).",
@@ -216,32 +225,14 @@ pub async fn rotate_webhook_secret(
     }))
 }
 
-impl WebhookConfigIn {
-    /// The URL, checked for shape (`validation_failed`) and target (`webhook_url_not_allowed`).
-    async fn validate(self, allow_private: bool) -> Result<Url, ApiError> {
-        let raw = match self.webhook_url {
-            Some(Value::String(raw)) => raw,
-            None => return Err(ApiError::invalid("webhook_url", "is required")),
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    "webhook_url",
-                    format!("must be a string, not {}", json_kind(&other)),
-                ));
-            }
-        };
-        let url = net::parse_webhook_url(&raw).map_err(rejection)?;
-        tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(&url, allow_private))
-            .await
-            .map_err(|_| ApiError::WebhookUrlNotAllowed("webhook host did not resolve in time".into()))?
-            .map_err(rejection)?;
-        Ok(url)
-    }
-}
-
-fn rejection(rejection: UrlRejection) -> ApiError {
-    match rejection {
-        UrlRejection::Invalid(message) => ApiError::invalid("webhook_url", message),
-        UrlRejection::NotAllowed(message) => ApiError::WebhookUrlNotAllowed(message),
+/// Where the URL points must be public (unless the operator allows private targets): else
+/// `webhook_url_not_allowed`, whose message never names an address. A host that does not
+/// resolve in time is refused the same way.
+async fn allowed(url: &WebhookUrl, allow_private: bool) -> Result<(), ApiError> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(url.as_url(), allow_private)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(UrlRejection::Invalid(message))) => Err(ApiError::invalid("webhook_url", message)),
+        Ok(Err(UrlRejection::NotAllowed)) | Err(_) => Err(ApiError::WebhookUrlNotAllowed),
     }
 }
 

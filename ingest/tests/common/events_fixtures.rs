@@ -146,3 +146,26 @@ pub async fn post_json(app: &TestApp, key: &str, path: &str, body: Option<&Value
     let status = res.status().as_u16();
     (status, res.json().await.expect("json"))
 }
+
+/// Elements of the array in [`insert_large_events`]' payloads: `{"data":[0,1,...]}` is then
+/// 262,010 bytes of compact JSON, just under the 256 KiB payload limit.
+pub const LARGE_PAYLOAD_ITEMS: i64 = 131_000;
+
+/// Store `n` events of type `big` whose payloads are arrays of small numbers at the payload
+/// limit (the shape that costs most to decode), straight in SQL: seeding hundreds through
+/// HTTP would only slow the test down. Their `created_at` is distinct and increasing.
+pub async fn insert_large_events(pool: &PgPool, org_id: Uuid, n: i64) {
+    sqlx::query(
+        "INSERT INTO events (id, organization_id, type, payload, created_at)
+         SELECT gen_random_uuid(), $1, 'big', jsonb_build_object('data', a.arr),
+                now() + make_interval(secs => i / 1000.0)
+         FROM generate_series(1, $2) AS i,
+              (SELECT jsonb_agg(j % 10) AS arr FROM generate_series(1, $3) AS j) AS a",
+    )
+    .bind(org_id)
+    .bind(n)
+    .bind(LARGE_PAYLOAD_ITEMS)
+    .execute(pool)
+    .await
+    .expect("insert large events");
+}

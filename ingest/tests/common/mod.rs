@@ -86,6 +86,13 @@ impl TestApp {
     }
 }
 
+/// A response's status and its JSON body (every answer of the API, errors included, is JSON).
+pub async fn error_of(res: reqwest::Response) -> (reqwest::StatusCode, Value) {
+    let status = res.status();
+    let body: Value = res.json().await.expect("error body is JSON");
+    (status, body)
+}
+
 /// The keys of a JSON object, sorted: to assert a response's exact shape.
 pub fn field_names(body: &Value) -> Vec<&str> {
     let mut names: Vec<&str> = body

@@ -8,11 +8,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::models::Event;
+use crate::models::{Event, EventStatus};
 
-/// The columns of [`Event`], in one place so every query returns the same shape.
-const EVENT_COLUMNS: &str = "id, organization_id, type, dedup_id, payload, status, attempts, response_status, \
-     last_error, created_at, updated_at, delivered_at, acknowledged_at";
+/// The columns of [`Event`], in one place so every query returns the same shape. The payload is
+/// read as the JSON text Postgres prints, never decoded on our side.
+const EVENT_COLUMNS: &str = "id, organization_id, type, dedup_id, payload::text AS payload, status, attempts, \
+     response_status, last_error, created_at, updated_at, delivered_at, acknowledged_at";
 
 /// Claim dedup keys for new events: one multi-row insert. A key that exists and has not expired
 /// is left alone; an expired key is taken over. Returns the `(organization_id, dedup_id)` pairs
@@ -137,8 +138,9 @@ pub async fn find(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> s
 /// Filters of the inbox.
 #[derive(Debug, Clone, Default)]
 pub struct InboxFilter {
-    /// `pending`, `delivered` or `failed`; `None` is all.
-    pub status: Option<String>,
+    /// `None` is all.
+    pub status: Option<EventStatus>,
+    /// Matched literally (any text without NUL).
     pub event_type: Option<String>,
 }
 
@@ -149,36 +151,81 @@ pub struct Keyset {
     pub id: Uuid,
 }
 
-/// A page of the inbox, oldest first: `limit` rows after `after` (if any), skipping `offset`.
+/// Which rows of the inbox one page may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBounds {
+    /// Rows after this position (if any)...
+    pub after: Option<Keyset>,
+    /// ...skipping this many...
+    pub offset: i64,
+    /// ...at most this many...
+    pub limit: i64,
+    /// ...and no row may start once the payloads before it reach this many bytes of JSON text
+    /// (the first row is always included, so every page makes progress).
+    pub max_payload_bytes: i64,
+}
+
+/// One page of the inbox, oldest first.
+#[derive(Debug)]
+pub struct InboxPage {
+    pub events: Vec<Event>,
+    /// More rows match after the last one (the row or the byte bound ended the page).
+    pub has_more: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct PageRow {
+    #[sqlx(flatten)]
+    event: Event,
+    /// Rows the row bound let through, before the byte bound.
+    fetched: i64,
+}
+
+/// A page of the inbox. Both bounds are applied by Postgres, so a page never brings more
+/// than `limit` rows and about `max_payload_bytes` of payload into this process.
 pub async fn list(
     conn: &mut PgConnection,
     organization_id: Uuid,
     filter: &InboxFilter,
-    after: Option<Keyset>,
-    limit: i64,
-    offset: i64,
-) -> sqlx::Result<Vec<Event>> {
-    sqlx::query_as::<_, Event>(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events
-         WHERE organization_id = $1
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR type = $3)
-           AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5))
-         ORDER BY created_at, id
-         LIMIT $6 OFFSET $7"
+    bounds: PageBounds,
+) -> sqlx::Result<InboxPage> {
+    let rows = sqlx::query_as::<_, PageRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM (
+             SELECT p.*,
+                    sum(octet_length(p.payload)) OVER (ORDER BY p.created_at, p.id) AS running,
+                    count(*) OVER () AS fetched
+             FROM (
+                 SELECT {EVENT_COLUMNS} FROM events
+                 WHERE organization_id = $1
+                   AND ($2::text IS NULL OR status = $2)
+                   AND ($3::text IS NULL OR type = $3)
+                   AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5))
+                 ORDER BY created_at, id
+                 LIMIT $6 OFFSET $7
+             ) p
+         ) w
+         WHERE w.running - octet_length(w.payload) < $8
+         ORDER BY w.created_at, w.id"
     )))
     .bind(organization_id)
-    .bind(filter.status.as_deref())
+    .bind(filter.status.map(EventStatus::as_str))
     .bind(filter.event_type.as_deref())
-    .bind(after.map(|k| k.created_at))
-    .bind(after.map(|k| k.id))
-    .bind(limit)
-    .bind(offset)
+    .bind(bounds.after.map(|k| k.created_at))
+    .bind(bounds.after.map(|k| k.id))
+    .bind(bounds.limit + 1)
+    .bind(bounds.offset)
+    .bind(bounds.max_payload_bytes)
     .fetch_all(conn)
-    .await
+    .await?;
+    let fetched = rows.first().map_or(0, |r| r.fetched);
+    let mut events: Vec<Event> = rows.into_iter().map(|r| r.event).collect();
+    let has_more = (events.len() as i64) < fetched || events.len() as i64 > bounds.limit;
+    events.truncate(usize::try_from(bounds.limit).unwrap_or(0));
+    Ok(InboxPage { events, has_more })
 }
 
-/// How many events match the filter (ignoring any cursor).
+/// How many events match the filter (ignoring any cursor). An index-only count over the
+/// organisation's events: callers may skip it (`include_total=false`).
 pub async fn count(
     conn: &mut PgConnection,
     organization_id: Uuid,
@@ -191,7 +238,7 @@ pub async fn count(
            AND ($3::text IS NULL OR type = $3)",
     )
     .bind(organization_id)
-    .bind(filter.status.as_deref())
+    .bind(filter.status.map(EventStatus::as_str))
     .bind(filter.event_type.as_deref())
     .fetch_one(conn)
     .await
@@ -201,7 +248,7 @@ pub async fn count(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Acked {
     pub id: Uuid,
-    pub status: String,
+    pub status: EventStatus,
     pub acknowledged_at: Option<DateTime<Utc>>,
 }
 

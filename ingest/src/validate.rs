@@ -1,0 +1,134 @@
+//! The one way a request is read: its body or query string is deserialised into an `XIn` whose
+//! fields are raw (JSON text, or query text), then `XIn::parse` turns each field into a
+//! validated value, recording every problem in one [`Problems`] list, so a bad request is one
+//! `422 validation_failed` naming every bad field. Handlers only see the parsed values.
+
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, FieldError};
+
+/// The raw form of a request, and how it becomes validated values.
+pub trait Parse {
+    type Valid;
+    fn parse(self) -> Result<Self::Valid, ApiError>;
+}
+
+/// Every problem found in one request.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<FieldError>);
+
+impl Problems {
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    /// The value, or `None` with the problem recorded against `field`.
+    pub fn check<T>(&mut self, field: &str, parsed: Result<T, String>) -> Option<T> {
+        parsed.map_err(|message| self.add(field, message)).ok()
+    }
+
+    /// A field that must be present (JSON `null` counts as absent).
+    pub fn required<R, T>(
+        &mut self,
+        field: &str,
+        raw: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, String>,
+    ) -> Option<T> {
+        match raw {
+            None => {
+                self.add(field, "is required");
+                None
+            }
+            Some(raw) => self.check(field, parse(raw)),
+        }
+    }
+
+    /// A field that may be absent: `None` when it is, or when it is bad (then recorded).
+    pub fn optional<R, T>(
+        &mut self,
+        field: &str,
+        raw: Option<R>,
+        parse: impl FnOnce(R) -> Result<T, String>,
+    ) -> Option<T> {
+        raw.and_then(|raw| self.check(field, parse(raw)))
+    }
+
+    /// `Ok` when nothing was recorded; otherwise the `422` listing every problem in order.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+
+    /// The `422` for what was recorded (for a parse that found a required value missing, which
+    /// it recorded).
+    pub fn into_error(self) -> ApiError {
+        ApiError::Validation(self.0)
+    }
+}
+
+/// The JSON type of a raw value, for messages (`must be a string, not a number`).
+pub fn json_kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// A JSON string field.
+pub fn json_string(raw: &RawValue) -> Result<String, String> {
+    serde_json::from_str(raw.get()).map_err(|_| format!("must be a string, not {}", json_kind(raw)))
+}
+
+/// A query parameter: an empty value counts as absent.
+pub fn non_empty(param: Option<String>) -> Option<String> {
+    param.filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("valid JSON")
+    }
+
+    #[test]
+    fn every_problem_is_listed_in_the_order_it_was_found() {
+        let mut problems = Problems::default();
+        let a: Option<String> = problems.required("a", None::<&RawValue>, json_string);
+        let b = problems.optional("b", Some(&*raw("5")), json_string);
+        let c = problems.required("c", Some(&*raw(r#""ok""#)), json_string);
+        assert_eq!((a, b, c.as_deref()), (None, None, Some("ok")));
+        let Err(ApiError::Validation(details)) = problems.finish() else {
+            panic!("expected a validation error");
+        };
+        let listed: Vec<_> = details
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("a", "is required"), ("b", "must be a string, not a number")]
+        );
+    }
+
+    #[test]
+    fn json_kinds_are_named_from_the_text() {
+        for (text, kind) in [
+            ("[1]", "an array"),
+            ("{}", "an object"),
+            ("true", "a boolean"),
+            ("-1.5", "a number"),
+            ("\"x\"", "a string"),
+        ] {
+            assert_eq!(json_kind(&raw(text)), kind, "{text}");
+        }
+    }
+}

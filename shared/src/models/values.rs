@@ -1,0 +1,250 @@
+//! The validated values of an event (`EventType`, `DedupId`, `Payload`) and of an organisation
+//! (`OrganizationName`): built once by `parse` at the edge (ingest), they travel unchanged to
+//! the batcher and the database.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// The most characters of an event type, a dedup id and an organisation name.
+pub const MAX_NAME_CHARS: usize = 255;
+/// The most bytes a payload's JSON text may take once insignificant whitespace is removed.
+pub const MAX_PAYLOAD_BYTES: usize = 262_144;
+
+/// An event type: 1-255 characters of `[A-Za-z0-9._:-]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EventType(String);
+
+/// Read-only access to the validated text (`Option<EventType>::as_deref()` is an `Option<&str>`).
+impl std::ops::Deref for EventType {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EventType {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_NAME_CHARS {
+            return Err(format!("must be 1 to {MAX_NAME_CHARS} characters"));
+        }
+        let mut bytes = s.bytes();
+        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+        let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if !(first_ok && rest_ok) {
+            return Err("must match ^[A-Za-z0-9][A-Za-z0-9._:-]*$".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A client's deduplication id: 1-255 characters, no NUL (Postgres text cannot hold it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct DedupId(String);
+
+/// Read-only access to the validated text (`Option<DedupId>::as_deref()` is an `Option<&str>`).
+impl std::ops::Deref for DedupId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl DedupId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(format!("must be 1 to {MAX_NAME_CHARS} characters"));
+        }
+        if s.contains('\0') {
+            return Err("must not contain NUL characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An organisation's name: 1-255 characters, not only whitespace, no control characters
+/// (invisible wherever the name is shown, and Postgres cannot store NUL). Stored as given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct OrganizationName(String);
+
+impl OrganizationName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let chars = s.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(format!(
+                "must be 1 to {MAX_NAME_CHARS} characters long (got {chars})"
+            ));
+        }
+        if s.trim().is_empty() {
+            return Err("must not be only whitespace".into());
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An event payload: the JSON text of an object, kept as text end to end (never decoded into a
+/// tree: a tree of small numbers takes ~16 times the text's memory). Postgres parses it once
+/// (`$n::jsonb`) and serves it back as text (`payload::text`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+/// Why a payload is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadProblem {
+    NotAnObject,
+    /// Over [`MAX_PAYLOAD_BYTES`]: a `413`, reported before any other problem.
+    TooLarge,
+    /// jsonb cannot hold `\u0000` in a string or key.
+    ContainsNul,
+}
+
+impl Payload {
+    /// Check a client's JSON value (already valid JSON): an object, at most
+    /// [`MAX_PAYLOAD_BYTES`] without insignificant whitespace, no `\u0000`.
+    pub fn parse(raw: Box<RawValue>) -> Result<Self, PayloadProblem> {
+        let text = raw.get();
+        if !text.starts_with('{') {
+            return Err(PayloadProblem::NotAnObject);
+        }
+        let scan = scan_json_text(text);
+        if scan.compact_len > MAX_PAYLOAD_BYTES {
+            return Err(PayloadProblem::TooLarge);
+        }
+        if scan.has_nul {
+            return Err(PayloadProblem::ContainsNul);
+        }
+        Ok(Self(raw))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+/// A payload as Postgres prints it (`payload::text`): already checked when it was stored, so
+/// only its JSON syntax is confirmed.
+impl TryFrom<String> for Payload {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        RawValue::from_string(text).map(Self)
+    }
+}
+
+struct JsonTextScan {
+    compact_len: usize,
+    has_nul: bool,
+}
+
+/// One pass over valid JSON text: its length without whitespace outside strings, and whether
+/// a string (or key) holds an escaped NUL. Literal control characters cannot occur inside
+/// strings of valid JSON, so `\u0000` is the only way to spell NUL.
+fn scan_json_text(text: &str) -> JsonTextScan {
+    let bytes = text.as_bytes();
+    let (mut compact_len, mut has_nul) = (0, false);
+    let (mut in_string, mut i) = (false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => {
+                    if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice())
+                    {
+                        has_nul = true;
+                    }
+                    // The escaped character is never a quote that ends the string.
+                    compact_len += 2;
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            compact_len += 1;
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = b == b'"';
+            compact_len += 1;
+        }
+        i += 1;
+    }
+    JsonTextScan { compact_len, has_nul }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(text: &str) -> Result<Payload, PayloadProblem> {
+        Payload::parse(RawValue::from_string(text.to_owned()).expect("valid JSON"))
+    }
+
+    #[test]
+    fn event_types_follow_the_pattern() {
+        for ok in ["a", "user.created", "A1:b_c-d.e", "9"] {
+            assert!(EventType::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a b", "a/b", "é", "a;DROP"] {
+            assert!(EventType::parse(bad).is_err(), "{bad}");
+        }
+        assert!(EventType::parse(&"a".repeat(255)).is_ok());
+        assert!(EventType::parse(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn the_payload_limit_ignores_whitespace_outside_strings_only() {
+        let inner = "x".repeat(MAX_PAYLOAD_BYTES - 8);
+        assert!(payload(&format!("{{ \"s\" :\n \"{inner}\" }}")).is_ok());
+        let over = "x".repeat(MAX_PAYLOAD_BYTES - 7);
+        assert_eq!(
+            payload(&format!("{{\"s\":\"{over}\"}}")).err(),
+            Some(PayloadProblem::TooLarge)
+        );
+        let spaces = " ".repeat(MAX_PAYLOAD_BYTES - 7);
+        assert_eq!(
+            payload(&format!("{{\"s\":\"{spaces}\"}}")).err(),
+            Some(PayloadProblem::TooLarge)
+        );
+    }
+
+    #[test]
+    fn an_escaped_nul_anywhere_is_refused_but_an_escaped_backslash_is_not() {
+        assert_eq!(
+            payload(r#"{"x": [{"y": "a\u0000b"}]}"#).err(),
+            Some(PayloadProblem::ContainsNul)
+        );
+        assert_eq!(
+            payload(r#"{"a\u0000": 1}"#).err(),
+            Some(PayloadProblem::ContainsNul)
+        );
+        assert!(payload(r#"{"x": "a\\u0000b", "q": "\"}"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_payload_must_be_an_object() {
+        for text in ["[]", "1", "\"s\"", "null", "true"] {
+            assert_eq!(payload(text).err(), Some(PayloadProblem::NotAnObject), "{text}");
+        }
+    }
+}
