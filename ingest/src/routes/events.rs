@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use triggers_shared::{
     db,
-    jobs::{self, DeliveryJob},
+    jobs::{self, DeliveryJob, QueueError},
     metrics as m,
     models::{DeliveryAttempt, Event},
 };
@@ -309,14 +309,16 @@ pub async fn get_event(
 /// Deliver one of your events again (any status, e.g. a dead-lettered or acknowledged one).
 ///
 /// The event goes back to `pending` (its acknowledgement, if any, is cleared) and a new delivery
-/// job is enqueued in the same transaction. Without a configured webhook there is nowhere to
-/// deliver to: `409 webhook_not_configured`.
+/// job is enqueued in the same transaction. While a delivery of the event is still pending (a job
+/// due, running or scheduled for a retry) no second one is started: the answer is the same `202`
+/// with the message `delivery already pending`, so repeating the call is safe. Without a
+/// configured webhook there is nowhere to deliver to: `409 webhook_not_configured`.
 #[utoipa::path(
     post, path = "/api/events/{id}/redeliver", tag = "events",
     params(("id" = String, Path, description = "Event id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 202, body = RedeliveryOut),
+        (status = 202, description = "Enqueued, or a delivery was already pending", body = RedeliveryOut),
         (status = 401, body = ErrorBody),
         (status = 404, description = "`event_not_found`", body = ErrorBody),
         (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
@@ -328,26 +330,44 @@ pub async fn redeliver_event(
     EventId(id): EventId,
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
+    // The update locks the event's row until commit, so concurrent redeliveries of one event
+    // run one after the other and each sees the job the previous one committed.
     if !db::events::reset_for_redelivery(&mut tx, org.id, id).await? {
         return Err(ApiError::EventNotFound);
     }
     if !db::events::has_webhook(&mut tx, org.id).await? {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    jobs::enqueue(
-        &mut tx,
-        &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
-    )
-    .await?;
+    let pending = db::queue::has_live_job(&mut tx, id).await?;
+    if !pending {
+        jobs::enqueue(
+            &mut tx,
+            &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
+        )
+        .await
+        .map_err(queue_error)?;
+    }
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(RedeliveryOut {
             id,
             status: "pending",
-            message: "redelivery enqueued",
+            message: if pending {
+                "delivery already pending"
+            } else {
+                "redelivery enqueued"
+            },
         }),
     ))
+}
+
+/// A queue write's failure as the API reports it (an unreachable database is a `503`).
+fn queue_error(err: QueueError) -> ApiError {
+    match err {
+        QueueError::Database(e) => e.into(),
+        other => ApiError::internal(other),
+    }
 }
 
 /// Events re-enqueued per transaction by a bulk redelivery.
@@ -357,6 +377,8 @@ const REDELIVER_CHUNK: i64 = 1000;
 ///
 /// Body `{"status": "failed"}` (`dead_letter` is accepted as a synonym; anything else is `422`).
 /// Events are re-enqueued in chunks, each chunk in its own transaction; the answer is the total.
+/// Replayed events are `pending`, no longer `failed`, so repeating the call while they are being
+/// delivered finds nothing to replay (`count` 0) and starts no second delivery.
 #[utoipa::path(
     post, path = "/api/events/redeliver", tag = "events",
     request_body = RedeliverAllIn,
@@ -391,11 +413,14 @@ pub async fn redeliver_events(
         if ids.is_empty() {
             break;
         }
+        // A dead letter with a live job (a redelivery racing this one) gets no second job.
+        let live = db::queue::with_live_job(&mut tx, &ids).await?;
         let jobs: Vec<_> = ids
             .iter()
+            .filter(|id| !live.contains(id))
             .map(|id| (DeliveryJob::first(*id, org.id), std::time::Duration::ZERO))
             .collect();
-        jobs::enqueue(&mut tx, &jobs).await?;
+        jobs::enqueue(&mut tx, &jobs).await.map_err(queue_error)?;
         tx.commit().await?;
         count += ids.len() as i64;
         if (ids.len() as i64) < REDELIVER_CHUNK {
