@@ -70,7 +70,9 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
         if !janitor::try_lock(&mut conn, janitor::JANITOR_LOCK_KEY).await? {
             return anyhow::Ok(None);
         }
-        Ok(Some(clean(&mut conn, config).await?))
+        let report = clean(&mut conn, config).await;
+        janitor::unlock(&mut conn, janitor::JANITOR_LOCK_KEY).await?;
+        Ok(Some(report?))
     }
     .await;
     let _ = conn.close().await;

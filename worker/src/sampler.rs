@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        janitor::{SAMPLER_LOCK_KEY, try_lock},
+        janitor::{SAMPLER_LOCK_KEY, try_lock, unlock},
         queue::{self, JobCounts},
     },
     metrics::{EVENTS_WITHOUT_JOB, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},
@@ -88,7 +88,8 @@ impl Sampler {
 
     /// Give up the lead (closing the connection releases the lock).
     pub async fn close(mut self) {
-        if let Some(conn) = self.leader.take() {
+        if let Some(mut conn) = self.leader.take() {
+            let _ = unlock(&mut conn, SAMPLER_LOCK_KEY).await;
             let _ = conn.close().await;
         }
     }

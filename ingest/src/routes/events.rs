@@ -413,11 +413,8 @@ pub async fn redeliver_events(
         if ids.is_empty() {
             break;
         }
-        // A dead letter with a live job (a redelivery racing this one) gets no second job.
-        let live = db::queue::with_live_job(&mut tx, &ids).await?;
         let jobs: Vec<_> = ids
             .iter()
-            .filter(|id| !live.contains(id))
             .map(|id| (DeliveryJob::first(*id, org.id), std::time::Duration::ZERO))
             .collect();
         jobs::enqueue(&mut tx, &jobs).await.map_err(queue_error)?;

@@ -24,6 +24,15 @@ pub async fn try_lock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
         .await
 }
 
+/// Release the lock `key` taken by [`try_lock`] on this session. (Closing the connection releases
+/// it too, but only once the server's backend has exited, a moment after the client moved on.)
+pub async fn unlock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
 fn interval(d: Duration) -> PgInterval {
     PgInterval {
         months: 0,

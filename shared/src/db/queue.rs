@@ -123,21 +123,6 @@ pub async fn has_live_job(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Resu
     .await
 }
 
-/// Of `event_ids`, those that have a live delivery job.
-pub async fn with_live_job(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT DISTINCT (convert_from(job, 'UTF8')::jsonb ->> 'event_id')::uuid
-         FROM apalis.jobs
-         WHERE job_type = $1
-           AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))
-           AND (convert_from(job, 'UTF8')::jsonb ->> 'event_id')::uuid = ANY($2)",
-    )
-    .bind(DELIVERY_QUEUE)
-    .bind(event_ids)
-    .fetch_all(conn)
-    .await
-}
-
 /// Dead-letter up to `batch` pending events whose delivery job apalis gave up on (its handler
 /// failed `max_attempts` times: repeated database errors or a panic, never a webhook failure,
 /// which is scheduled as a new job) and that have no other live job (a redelivery). Returns the
@@ -367,40 +352,32 @@ pub mod testing {
 
     /// Force job `id` into `state`, finished `ago`.
     pub async fn force_state(conn: &mut PgConnection, id: &str, state: ForcedState, ago: Duration) {
-        let (status, attempts) = match state {
-            ForcedState::Done => ("Done", None),
-            ForcedState::Killed => ("Killed", None),
-            ForcedState::GivenUp => ("Failed", None),
-            ForcedState::Retryable => ("Failed", Some(1)),
-        };
-        let given_up = state == ForcedState::GivenUp;
-        sqlx::query(
-            "UPDATE apalis.jobs
-             SET status = $2,
-                 attempts = CASE WHEN $3 THEN max_attempts ELSE coalesce($4, attempts) END,
-                 done_at = now() - make_interval(secs => $5)
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status)
-        .bind(given_up)
-        .bind(attempts)
-        .bind(ago.as_secs_f64())
-        .execute(conn)
-        .await
-        .expect("force job state");
+        force(conn, "id", id, state, ago).await;
     }
 
     /// Force every job of `queue` into `state`, finished `ago`.
     pub async fn force_state_of_queue(conn: &mut PgConnection, queue: &str, state: ForcedState, ago: Duration) {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = $1")
-            .bind(queue)
-            .fetch_all(&mut *conn)
-            .await
-            .expect("job ids");
-        for id in ids {
-            force_state(conn, &id, state, ago).await;
-        }
+        force(conn, "job_type", queue, state, ago).await;
+    }
+
+    async fn force(conn: &mut PgConnection, column: &str, value: &str, state: ForcedState, ago: Duration) {
+        let (status, attempts) = match state {
+            ForcedState::Done => ("Done", "attempts"),
+            ForcedState::Killed => ("Killed", "attempts"),
+            ForcedState::GivenUp => ("Failed", "max_attempts"),
+            ForcedState::Retryable => ("Failed", "1"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE apalis.jobs SET status = $2, attempts = {attempts},
+                                    done_at = now() - make_interval(secs => $3)
+             WHERE {column} = $1"
+        )))
+        .bind(value)
+        .bind(status)
+        .bind(ago.as_secs_f64())
+        .execute(conn)
+        .await
+        .expect("force job state");
     }
 
     /// Make every due job of the delivery queue due since `ago` (as if it had waited that long).

@@ -26,11 +26,12 @@ use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
-    jobs::{self, DELIVERY_QUEUE, DeliveryJob},
+    jobs::{self, DeliveryJob},
     signing, telemetry,
     testing::TestDb,
 };
 use triggers_worker::Worker;
+pub use triggers_shared::db::queue;
 use uuid::Uuid;
 
 pub async fn test_db() -> TestDb {
@@ -185,14 +186,8 @@ pub async fn attempts(pool: &PgPool, id: Uuid) -> Vec<AttemptRow> {
 
 /// Jobs of the delivery queue not finished yet (due, scheduled, claimed or retryable).
 pub async fn unfinished_jobs(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1
-           AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))",
-    )
-    .bind(DELIVERY_QUEUE)
-    .fetch_one(pool)
-    .await
-    .expect("count jobs")
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::testing::count_live(&mut conn).await
 }
 
 pub async fn count_status(pool: &PgPool, org: Uuid, status: &str) -> i64 {
