@@ -309,9 +309,10 @@ pub async fn get_event(
 /// Deliver one of your events again (any status, e.g. a dead-lettered or acknowledged one).
 ///
 /// The event goes back to `pending` (its acknowledgement, if any, is cleared) and a new delivery
-/// job is enqueued in the same transaction. While a delivery of the event is still pending (a job
-/// due, running or scheduled for a retry) no second one is started: the answer is the same `202`
-/// with the message `delivery already pending`, so repeating the call is safe. Without a
+/// job is enqueued in the same transaction. While a delivery of the event is still pending (the
+/// event is `pending` and a job is due, running or scheduled for a retry) no second one is
+/// started: the answer is the same `202` with the message `delivery already pending`, so
+/// repeating the call is safe. Without a
 /// configured webhook there is nowhere to deliver to: `409 webhook_not_configured`.
 #[utoipa::path(
     post, path = "/api/events/{id}/redeliver", tag = "events",
@@ -331,14 +332,16 @@ pub async fn redeliver_event(
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
     // The update locks the event's row until commit, so concurrent redeliveries of one event
-    // run one after the other and each sees the job the previous one committed.
-    if !db::events::reset_for_redelivery(&mut tx, org.id, id).await? {
-        return Err(ApiError::EventNotFound);
-    }
+    // run one after the other and each sees what the previous one committed.
+    let was_pending = db::events::reset_for_redelivery(&mut tx, org.id, id)
+        .await?
+        .ok_or(ApiError::EventNotFound)?;
     if !db::events::has_webhook(&mut tx, org.id).await? {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    let pending = db::queue::has_live_job(&mut tx, id).await?;
+    // A delivery is under way only if the event is still pending: the job of a chain that just
+    // ended (delivered or dead-lettered) may not be marked finished yet, but sends nothing more.
+    let pending = was_pending && db::queue::has_live_job(&mut tx, id).await?;
     if !pending {
         jobs::enqueue(
             &mut tx,
