@@ -617,7 +617,13 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
     let mut conn = app.db.acquire().await.expect("conn");
     let event_id = id.parse().expect("uuid");
     let first = queue::testing::jobs_of_event(&mut conn, event_id).await;
-    queue::testing::force_state(&mut conn, &first[0], queue::testing::ForcedState::Done, Duration::ZERO).await;
+    queue::testing::force_state(
+        &mut conn,
+        &first[0],
+        queue::testing::ForcedState::Done,
+        Duration::ZERO,
+    )
+    .await;
 
     let path = format!("/api/events/{id}/redeliver");
     let answers = futures::future::join_all((0..30).map(|_| post_json(&app, &key, &path, None))).await;
@@ -632,7 +638,11 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
         }
     }
     assert_eq!(enqueued, 1, "{answers:?}");
-    assert_eq!(jobs_for_event(&app.db, &id).await, 2, "the finished job and one new one");
+    assert_eq!(
+        jobs_for_event(&app.db, &id).await,
+        2,
+        "the finished job and one new one"
+    );
     assert_eq!(queue::testing::count_live(&mut conn).await, 1);
 
     // The bulk replay: three more dead letters, thirty replays at once, three new deliveries.
@@ -641,7 +651,13 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
         let e = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
         let event_id = e["id"].as_str().expect("id").parse().expect("uuid");
         let job = queue::testing::jobs_of_event(&mut conn, event_id).await;
-        queue::testing::force_state(&mut conn, &job[0], queue::testing::ForcedState::Done, Duration::ZERO).await;
+        queue::testing::force_state(
+            &mut conn,
+            &job[0],
+            queue::testing::ForcedState::Done,
+            Duration::ZERO,
+        )
+        .await;
         dead.push(event_id);
     }
     sqlx::query("UPDATE events SET status = 'failed' WHERE id = ANY($1)")

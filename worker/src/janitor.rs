@@ -90,7 +90,10 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
         }
         metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(r.abandoned);
         if r.requeued > 0 {
-            tracing::warn!(events = r.requeued, "pending events had no delivery job; re-enqueued");
+            tracing::warn!(
+                events = r.requeued,
+                "pending events had no delivery job; re-enqueued"
+            );
         }
         if r != JanitorReport::default() {
             tracing::info!(?r, "janitor run");
@@ -104,7 +107,10 @@ async fn clean(conn: &mut PgConnection, config: &WorkerConfig) -> anyhow::Result
     let grace = config.stranded_event_grace;
     // Order matters: an event whose job apalis gave up on is dead-lettered before given-up jobs
     // are deleted (the job is how it is found), and stranded events are looked for after both.
-    let abandoned = in_batches(conn, |c| Box::pin(async { Ok(queue::dead_letter_given_up(c, BATCH).await?) })).await?;
+    let abandoned = in_batches(conn, |c| {
+        Box::pin(async { Ok(queue::dead_letter_given_up(c, BATCH).await?) })
+    })
+    .await?;
     let jobs = in_batches(conn, |c| {
         Box::pin(async { Ok(queue::delete_finished_jobs(c, FINISHED_JOB_GRACE, BATCH).await?) })
     })
@@ -119,8 +125,10 @@ async fn clean(conn: &mut PgConnection, config: &WorkerConfig) -> anyhow::Result
         })
     })
     .await?;
-    let dedup_keys =
-        in_batches(conn, |c| Box::pin(async { Ok(janitor::delete_expired_dedup_keys(c, BATCH).await?) })).await?;
+    let dedup_keys = in_batches(conn, |c| {
+        Box::pin(async { Ok(janitor::delete_expired_dedup_keys(c, BATCH).await?) })
+    })
+    .await?;
     let retention = config.event_retention;
     let events = in_batches(conn, |c| {
         Box::pin(async move { Ok(janitor::purge_delivered_events(c, retention, BATCH).await?) })

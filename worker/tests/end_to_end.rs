@@ -320,10 +320,14 @@ async fn thirty_redeliveries_of_a_dead_lettered_event_start_one_delivery_chain_n
         messages[1..].iter().all(|m| m == "delivery already pending"),
         "{messages:?}"
     );
-    eventually("the event is dead-lettered again", Duration::from_secs(30), || async {
-        let e = get().await;
-        e["status"] == "failed" && e["attempts"] == 4
-    })
+    eventually(
+        "the event is dead-lettered again",
+        Duration::from_secs(30),
+        || async {
+            let e = get().await;
+            e["status"] == "failed" && e["attempts"] == 4
+        },
+    )
     .await;
     // Time for any second chain to show itself (each attempt is a second apart).
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -55,7 +55,12 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     force(pool, &jobs[4], ForcedState::Retryable, TWO_MINUTES).await;
     // A job of another queue is never ours to delete.
     let mut conn = pool.acquire().await.expect("conn");
-    q::push_to(&mut conn, "someone_elses_queue", &DeliveryJob::first(Uuid::now_v7(), org)).await;
+    q::push_to(
+        &mut conn,
+        "someone_elses_queue",
+        &DeliveryJob::first(Uuid::now_v7(), org),
+    )
+    .await;
     q::force_state_of_queue(
         &mut conn,
         "someone_elses_queue",
@@ -327,7 +332,13 @@ async fn fifteen_hundred_events_whose_jobs_apalis_gave_up_on_are_all_dead_letter
     let (org, _) = create_org(pool, Some("http://127.0.0.1:9/hook")).await;
     let ids = create_events(pool, org, 1500).await;
     let mut conn = pool.acquire().await.expect("conn");
-    q::force_state_of_queue(&mut conn, queue::DELIVERY_QUEUE, ForcedState::GivenUp, TWO_MINUTES).await;
+    q::force_state_of_queue(
+        &mut conn,
+        queue::DELIVERY_QUEUE,
+        ForcedState::GivenUp,
+        TWO_MINUTES,
+    )
+    .await;
     drop(conn);
 
     let report = run_janitor_once(pool, &WorkerConfig::for_tests(&db.url))
@@ -393,9 +404,16 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
         );
     }
     for id in fresh.iter().chain(&inbox) {
-        assert!(q::jobs_of_event(&mut conn, *id).await.is_empty(), "{id} is left alone");
+        assert!(
+            q::jobs_of_event(&mut conn, *id).await.is_empty(),
+            "{id} is left alone"
+        );
     }
-    assert_eq!(q::jobs_of_event(&mut conn, healthy[0]).await.len(), 1, "no second job");
+    assert_eq!(
+        q::jobs_of_event(&mut conn, healthy[0]).await.len(),
+        1,
+        "no second job"
+    );
     assert_eq!(q::count_live(&mut conn).await, 1501);
 
     // Every repaired event is delivered for real.
@@ -408,9 +426,11 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
         .await
         .expect("point the webhook at the receiver");
     let worker = TestWorker::spawn(&db.url, |_| {}).await;
-    eventually("the repaired events are delivered", Duration::from_secs(60), || async {
-        count_status(pool, org, "delivered").await == 1501
-    })
+    eventually(
+        "the repaired events are delivered",
+        Duration::from_secs(60),
+        || async { count_status(pool, org, "delivered").await == 1501 },
+    )
     .await;
     worker.stop().await.expect("stop");
 }
@@ -546,7 +566,11 @@ async fn the_queue_gauges_show_due_scheduled_running_jobs_and_the_oldest_wait_fr
     let grace = Duration::from_secs(300);
     let mut leader = Sampler::new(pool.clone(), grace);
     let mut other = Sampler::new(pool.clone(), grace);
-    let reading = leader.tick().await.expect("sample").expect("the first sampler leads");
+    let reading = leader
+        .tick()
+        .await
+        .expect("sample")
+        .expect("the first sampler leads");
     assert_eq!(
         other.tick().await.expect("tick"),
         None,

@@ -79,7 +79,11 @@ pub async fn purge_delivered_events(
 
 /// Delete dead-lettered (`failed`) events unchanged for `retention`. Their attempt rows go with
 /// them (`ON DELETE CASCADE`).
-pub async fn purge_failed_events(conn: &mut PgConnection, retention: Duration, batch: i64) -> sqlx::Result<u64> {
+pub async fn purge_failed_events(
+    conn: &mut PgConnection,
+    retention: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
     let res = sqlx::query(
         "DELETE FROM events WHERE id IN (
              SELECT id FROM events
@@ -96,7 +100,11 @@ pub async fn purge_failed_events(conn: &mut PgConnection, retention: Duration, b
 
 /// Delete API keys revoked, or expired, more than `retention` ago. (They no longer authenticate
 /// anything; they are kept a while only to answer "which key was that?".)
-pub async fn purge_dead_api_keys(conn: &mut PgConnection, retention: Duration, batch: i64) -> sqlx::Result<u64> {
+pub async fn purge_dead_api_keys(
+    conn: &mut PgConnection,
+    retention: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
     let res = sqlx::query(
         "DELETE FROM api_keys WHERE id IN (
              SELECT id FROM api_keys
@@ -114,7 +122,11 @@ pub async fn purge_dead_api_keys(conn: &mut PgConnection, retention: Duration, b
 /// Delete rate-limit windows that started more than `older_than` ago. A lease reads only the
 /// current and the previous minute, and drops its own organisation's older windows as it opens a
 /// new one; this catches organisations that stopped sending.
-pub async fn purge_rate_limit_windows(conn: &mut PgConnection, older_than: Duration, batch: i64) -> sqlx::Result<u64> {
+pub async fn purge_rate_limit_windows(
+    conn: &mut PgConnection,
+    older_than: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
     let res = sqlx::query(
         "DELETE FROM rate_limit_windows WHERE ctid IN (
              SELECT ctid FROM rate_limit_windows

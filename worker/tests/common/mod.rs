@@ -24,6 +24,7 @@ use axum::{
 };
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
+pub use triggers_shared::db::queue;
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
     jobs::{self, DeliveryJob},
@@ -31,7 +32,6 @@ use triggers_shared::{
     testing::TestDb,
 };
 use triggers_worker::Worker;
-pub use triggers_shared::db::queue;
 use uuid::Uuid;
 
 pub async fn test_db() -> TestDb {
