@@ -97,6 +97,38 @@ async fn post_json(client: &reqwest::Client, url: String, key: Option<&str>, bod
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Create an organisation through the API and point its webhook at `url`: its key and signing
+/// secret.
+async fn org_with_webhook(
+    client: &reqwest::Client,
+    ingest: &Ingest,
+    name: &str,
+    url: &str,
+) -> (String, String) {
+    let (status, org) = post_json(
+        client,
+        ingest.url("/api/keys/generate"),
+        None,
+        json!({"organization_name": name, "tier": "pro"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    let key = org["api_key"].as_str().expect("api_key").to_string();
+    let (status, hook) = post_json(
+        client,
+        ingest.url("/api/webhook/config"),
+        Some(&key),
+        json!({"webhook_url": url}),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    let secret = hook["signing_secret"]
+        .as_str()
+        .expect("signing_secret")
+        .to_string();
+    (key, secret)
+}
+
 #[tokio::test]
 async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     let db = test_db().await;
@@ -105,27 +137,7 @@ async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     let _worker = Killed(spawn_worker_process(&db.url, &[]));
     let client = reqwest::Client::new();
 
-    let (status, org) = post_json(
-        &client,
-        ingest.url("/api/keys/generate"),
-        None,
-        json!({"organization_name": "E2E", "tier": "pro"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{org}");
-    let key = org["api_key"].as_str().expect("api_key").to_string();
-    let (status, hook) = post_json(
-        &client,
-        ingest.url("/api/webhook/config"),
-        Some(&key),
-        json!({"webhook_url": receiver.url}),
-    )
-    .await;
-    assert_eq!(status, 200, "{hook}");
-    let secret = hook["signing_secret"]
-        .as_str()
-        .expect("signing_secret")
-        .to_string();
+    let (key, secret) = org_with_webhook(&client, &ingest, "E2E", &receiver.url).await;
 
     let payload = json!({"order": 42, "note": "café ☕", "nested": {"ok": true}});
     let (status, accepted) = post_json(
@@ -259,23 +271,7 @@ async fn thirty_redeliveries_of_a_dead_lettered_event_start_one_delivery_chain_n
     // Two attempts in all, one second apart.
     let _worker = Killed(spawn_worker_process(&db.url, &[]));
     let client = reqwest::Client::new();
-    let (status, org) = post_json(
-        &client,
-        ingest.url("/api/keys/generate"),
-        None,
-        json!({"organization_name": "Redeliver", "tier": "pro"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{org}");
-    let key = org["api_key"].as_str().expect("api_key").to_string();
-    let (status, hook) = post_json(
-        &client,
-        ingest.url("/api/webhook/config"),
-        Some(&key),
-        json!({"webhook_url": receiver.url}),
-    )
-    .await;
-    assert_eq!(status, 200, "{hook}");
+    let (key, _) = org_with_webhook(&client, &ingest, "Redeliver", &receiver.url).await;
     let (status, accepted) = post_json(
         &client,
         ingest.url("/api/events"),
