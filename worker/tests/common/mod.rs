@@ -190,6 +190,24 @@ pub async fn unfinished_jobs(pool: &PgPool) -> i64 {
     queue::testing::count_live(&mut conn).await
 }
 
+/// Two minutes: finished longer ago than the janitor keeps finished jobs.
+pub const TWO_MINUTES: Duration = Duration::from_secs(120);
+
+pub async fn job_ids(pool: &PgPool) -> Vec<String> {
+    queue::testing::job_ids(&mut pool.acquire().await.expect("conn")).await
+}
+
+/// The one job of event `id`.
+pub async fn job_of(pool: &PgPool, id: Uuid) -> String {
+    let jobs = queue::testing::jobs_of_event(&mut pool.acquire().await.expect("conn"), id).await;
+    assert_eq!(jobs.len(), 1, "event {id} should have one job: {jobs:?}");
+    jobs[0].clone()
+}
+
+pub async fn force_job(pool: &PgPool, job: &str, state: queue::testing::ForcedState, ago: Duration) {
+    queue::testing::force_state(&mut pool.acquire().await.expect("conn"), job, state, ago).await;
+}
+
 pub async fn count_status(pool: &PgPool, org: Uuid, status: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events WHERE organization_id = $1 AND status = $2")
         .bind(org)
