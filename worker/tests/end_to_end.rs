@@ -97,6 +97,19 @@ async fn post_json(client: &reqwest::Client, url: String, key: Option<&str>, bod
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /api/events/{id}`'s body.
+async fn get_event(client: &reqwest::Client, ingest: &Ingest, key: &str, id: &str) -> Value {
+    client
+        .get(ingest.url(&format!("/api/events/{id}")))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("get event")
+        .json::<Value>()
+        .await
+        .expect("json")
+}
+
 /// Create an organisation through the API and point its webhook at `url`: its key and signing
 /// secret.
 async fn org_with_webhook(
@@ -173,17 +186,7 @@ async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     assert_eq!(body["data"], payload);
     assert_eq!(body["timestamp"], accepted["created_at"]);
 
-    let get = || async {
-        client
-            .get(ingest.url(&format!("/api/events/{id}")))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .expect("get event")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
+    let get = || get_event(&client, &ingest, &key, &id);
     eventually(
         "the event is recorded as delivered",
         Duration::from_secs(10),
@@ -281,17 +284,7 @@ async fn thirty_redeliveries_of_a_dead_lettered_event_start_one_delivery_chain_n
     .await;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().expect("id").to_string();
-    let get = || async {
-        client
-            .get(ingest.url(&format!("/api/events/{id}")))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .expect("get event")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
+    let get = || get_event(&client, &ingest, &key, &id);
     eventually("the event is dead-lettered", Duration::from_secs(30), || async {
         get().await["status"] == "failed"
     })
