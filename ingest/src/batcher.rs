@@ -260,7 +260,7 @@ async fn write_with_retry(
                 return Err(Failure::Internal);
             }
             Ok(Err(BatchError::Enqueue(e))) => {
-                if e.downcast_ref::<sqlx::Error>().is_some_and(db::is_unavailable) {
+                if e.is_unavailable() {
                     tracing::warn!(error = %e, "event batch: database unavailable while enqueueing");
                     return Err(Failure::Unavailable);
                 }
@@ -285,7 +285,7 @@ enum BatchError {
     /// No connection or no transaction: the database is unreachable.
     Begin(sqlx::Error),
     Query(sqlx::Error),
-    Enqueue(anyhow::Error),
+    Enqueue(triggers_shared::jobs::QueueError),
 }
 
 impl From<sqlx::Error> for BatchError {

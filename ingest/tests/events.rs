@@ -11,6 +11,7 @@ use fixtures::*;
 use serde_json::{Value, json};
 use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
 use triggers_shared::{
+    db::queue,
     models::{DedupId, EventType, Payload},
     testing::TestDb,
 };
@@ -602,6 +603,84 @@ async fn bulk_redeliver_replays_every_failed_event_and_counts_them() {
         assert_eq!(status, 422, "{bad}");
         assert_eq!(body["code"], "validation_failed");
     }
+}
+
+#[tokio::test]
+async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
+    let app = TestApp::spawn().await;
+    let (key, org) = create_org_sql(&app.db, "pro").await;
+    set_webhook(&app.db, org).await;
+    let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    // Dead-lettered, as the worker leaves it: failed, its job done.
+    sqlx::query("UPDATE events SET status = 'failed' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.db)
+        .await
+        .expect("fail it");
+    let mut conn = app.db.acquire().await.expect("conn");
+    let event_id = id.parse().expect("uuid");
+    let first = queue::testing::jobs_of_event(&mut conn, event_id).await;
+    queue::testing::force_state(
+        &mut conn,
+        &first[0],
+        queue::testing::ForcedState::Done,
+        Duration::ZERO,
+    )
+    .await;
+
+    let path = format!("/api/events/{id}/redeliver");
+    let answers = futures::future::join_all((0..30).map(|_| post_json(&app, &key, &path, None))).await;
+    let mut enqueued = 0;
+    for (status, body) in &answers {
+        assert_eq!(*status, 202, "{body}");
+        assert_eq!(body["status"], "pending");
+        match body["message"].as_str() {
+            Some("redelivery enqueued") => enqueued += 1,
+            Some("delivery already pending") => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+    assert_eq!(enqueued, 1, "{answers:?}");
+    assert_eq!(
+        jobs_for_event(&app.db, &id).await,
+        2,
+        "the finished job and one new one"
+    );
+    assert_eq!(queue::testing::count_live(&mut conn).await, 1);
+
+    // The bulk replay: three more dead letters, thirty replays at once, three new deliveries.
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let e = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
+        let event_id = e["id"].as_str().expect("id").parse().expect("uuid");
+        let job = queue::testing::jobs_of_event(&mut conn, event_id).await;
+        queue::testing::force_state(
+            &mut conn,
+            &job[0],
+            queue::testing::ForcedState::Done,
+            Duration::ZERO,
+        )
+        .await;
+        dead.push(event_id);
+    }
+    sqlx::query("UPDATE events SET status = 'failed' WHERE id = ANY($1)")
+        .bind(&dead)
+        .execute(&app.db)
+        .await
+        .expect("fail them");
+    let body = json!({"status": "failed"});
+    let answers = futures::future::join_all(
+        (0..30).map(|_| post_json(&app, &key, "/api/events/redeliver", Some(&body))),
+    )
+    .await;
+    let mut replayed = 0;
+    for (status, body) in &answers {
+        assert_eq!(*status, 202, "{body}");
+        replayed += body["count"].as_i64().expect("count");
+    }
+    assert_eq!(replayed, 3, "{answers:?}");
+    assert_eq!(queue::testing::count_live(&mut conn).await, 4);
 }
 
 #[tokio::test]

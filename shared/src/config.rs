@@ -158,6 +158,17 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long in-flight deliveries may take to finish before they are abandoned
     /// (another worker then re-queues them after the heartbeat timeout).
     pub drain_timeout: Duration,
+    /// Dead-lettered (`failed`) events, with their attempts, are deleted after this long unchanged.
+    pub failed_event_retention: Duration,
+    /// Revoked or expired API keys are deleted this long after they stopped working.
+    pub dead_key_retention: Duration,
+    /// Rate-limit windows older than this are deleted (at least 2 minutes: leases read the last two).
+    pub rate_limit_window_retention: Duration,
+    /// A pending event without a live job is repaired only once unchanged this long, so the
+    /// janitor never races a transaction still committing its job.
+    pub stranded_event_grace: Duration,
+    /// How often the queue gauges are sampled (by one worker of the fleet at a time).
+    pub queue_sample_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -187,6 +198,14 @@ impl WorkerConfig {
         if batch_size == 0 {
             bail!("TRIGGERS_WORKER_BATCH_SIZE must be at least 1");
         }
+        let window_retention: u64 = env_or("TRIGGERS_RATE_LIMIT_WINDOW_RETENTION_SECS", 3600)?;
+        if window_retention < 120 {
+            bail!("TRIGGERS_RATE_LIMIT_WINDOW_RETENTION_SECS must be at least 120");
+        }
+        let sample_secs: u64 = env_or("TRIGGERS_QUEUE_SAMPLE_SECS", 10)?;
+        if sample_secs == 0 {
+            bail!("TRIGGERS_QUEUE_SAMPLE_SECS must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env()?,
             addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
@@ -202,6 +221,11 @@ impl WorkerConfig {
             max_retry_after: Duration::from_secs(env_or("TRIGGERS_MAX_RETRY_AFTER_SECS", 3600)?),
             worker_name: unique_worker_name(),
             drain_timeout: Duration::from_secs(env_or("TRIGGERS_WORKER_DRAIN_SECS", timeout + 10)?),
+            failed_event_retention: days(env_or("TRIGGERS_FAILED_EVENT_RETENTION_DAYS", 30)?),
+            dead_key_retention: days(env_or("TRIGGERS_DEAD_KEY_RETENTION_DAYS", 30)?),
+            rate_limit_window_retention: Duration::from_secs(window_retention),
+            stranded_event_grace: Duration::from_secs(env_or("TRIGGERS_STRANDED_EVENT_GRACE_SECS", 300)?),
+            queue_sample_interval: Duration::from_secs(sample_secs),
         })
     }
 
@@ -222,8 +246,17 @@ impl WorkerConfig {
             max_retry_after: Duration::from_secs(60),
             worker_name: unique_worker_name(),
             drain_timeout: Duration::from_secs(10),
+            failed_event_retention: days(30),
+            dead_key_retention: days(30),
+            rate_limit_window_retention: Duration::from_secs(3600),
+            stranded_event_grace: Duration::from_secs(300),
+            queue_sample_interval: Duration::from_secs(10),
         }
     }
+}
+
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 24 * 3600)
 }
 
 /// The default delays before each retry.

@@ -9,11 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use apalis::prelude::TaskBuilder;
 use apalis_postgres::PgTask;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
-pub const DELIVERY_QUEUE: &str = "triggers_deliveries";
+/// Enqueueing lives with the rest of the queue's SQL.
+pub use crate::db::queue::{DELIVERY_QUEUE, QueueError, enqueue};
 
 /// How often apalis itself may retry a task whose handler failed (a database error in the
 /// handler, not a webhook failure: those are scheduled as new tasks).
@@ -49,18 +48,4 @@ impl DeliveryJob {
         }
         Ok(builder.build())
     }
-}
-
-/// Enqueue delivery jobs with one multi-row INSERT on `conn` (use a transaction's connection so
-/// the jobs commit with the rows that caused them).
-pub async fn enqueue(conn: &mut PgConnection, jobs: &[(DeliveryJob, Duration)]) -> anyhow::Result<()> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    let tasks = jobs
-        .iter()
-        .map(|(job, delay)| job.to_task(*delay))
-        .collect::<Result<Vec<_>, _>>()?;
-    apalis_postgres::queries::push_tasks(conn, DELIVERY_QUEUE, tasks).await?;
-    Ok(())
 }

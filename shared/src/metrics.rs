@@ -147,7 +147,14 @@ pub fn init_worker() {
     }
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(0.0);
     metrics::gauge!(EVENTS_WITHOUT_JOB).set(0.0);
-    for table in ["apalis.jobs", "dedup_keys", "events", "apalis.workers"] {
+    for table in [
+        "apalis.jobs",
+        "dedup_keys",
+        "events",
+        "apalis.workers",
+        "api_keys",
+        "rate_limit_windows",
+    ] {
         metrics::counter!(JANITOR_DELETED_TOTAL, "table" => table).absolute(0);
     }
 }

@@ -1,20 +1,23 @@
-//! The janitor: deletes finished queue rows and expired dedup keys, and purges delivered events
-//! past the retention period. Every worker runs it on a timer; a Postgres advisory lock on a
-//! dedicated connection makes sure at most one run happens at a time across the fleet.
+//! The janitor: keeps every pending event deliverable and the tables bounded. Each run it
+//! dead-letters events whose job apalis gave up on, deletes finished jobs (a given-up job only
+//! once its event was handled), gives stranded events (pending, webhook configured, no live job)
+//! a new job, deletes expired dedup keys, and applies retention to delivered events, dead letters,
+//! dead API keys, rate-limit windows and departed workers. Every worker runs it on a timer; a
+//! Postgres advisory lock on a dedicated connection makes sure at most one run happens at a time
+//! across the fleet.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use anyhow::Context;
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
-    db::janitor,
-    jobs::DELIVERY_QUEUE,
+    db::{janitor, queue},
     metrics::{EVENTS_DEAD_LETTERED_TOTAL, JANITOR_DELETED_TOTAL},
 };
 
-/// Rows deleted per statement: small, so no statement holds many locks for long.
+/// Rows changed per statement: small, so no statement holds many locks for long.
 pub const BATCH: i64 = 1000;
 
 /// Finished job rows are kept this long (enough to inspect a just-finished job).
@@ -23,15 +26,39 @@ pub const FINISHED_JOB_GRACE: Duration = Duration::from_secs(60);
 /// Worker registrations unseen this long (and holding no job) are deleted.
 pub const STALE_WORKER_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// What one run deleted.
+/// What one run did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JanitorReport {
     pub jobs: u64,
     pub dedup_keys: u64,
+    /// Delivered events past their retention.
     pub events: u64,
     pub workers: u64,
     /// Pending events whose job apalis gave up on, now `failed`.
     pub abandoned: u64,
+    /// Pending events that had no live job, given a new one.
+    pub requeued: u64,
+    /// Dead-lettered events past their retention.
+    pub dead_letters: u64,
+    pub api_keys: u64,
+    pub rate_limit_windows: u64,
+}
+
+type Step<'c> = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send + 'c>>;
+
+/// Run `step` until it changes fewer than [`BATCH`] rows; the rows changed in all.
+async fn in_batches<F>(conn: &mut PgConnection, mut step: F) -> anyhow::Result<u64>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> Step<'c>,
+{
+    let mut total = 0;
+    loop {
+        let n = step(&mut *conn).await?;
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }
 
 /// One janitor run. `Ok(None)` when another run (anywhere in the fleet) holds the lock.
@@ -40,53 +67,100 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
     // happened in between (an error, a cancelled future).
     let mut conn = pool.acquire().await.context("janitor connection")?.detach();
     let result = async {
-        if !janitor::try_lock(&mut conn).await? {
+        if !janitor::try_lock(&mut conn, janitor::JANITOR_LOCK_KEY).await? {
             return anyhow::Ok(None);
         }
-        // Before their jobs are deleted: an event whose job apalis gave up on is dead-lettered.
-        let mut report = JanitorReport {
-            abandoned: janitor::dead_letter_abandoned_jobs(&mut conn, DELIVERY_QUEUE, BATCH).await?,
-            ..JanitorReport::default()
-        };
-        loop {
-            let n =
-                janitor::delete_finished_jobs(&mut conn, DELIVERY_QUEUE, FINISHED_JOB_GRACE, BATCH).await?;
-            report.jobs += n;
-            if n < BATCH as u64 {
-                break;
-            }
-        }
-        loop {
-            let n = janitor::delete_expired_dedup_keys(&mut conn, BATCH).await?;
-            report.dedup_keys += n;
-            if n < BATCH as u64 {
-                break;
-            }
-        }
-        loop {
-            let n = janitor::purge_delivered_events(&mut conn, config.event_retention, BATCH).await?;
-            report.events += n;
-            if n < BATCH as u64 {
-                break;
-            }
-        }
-        report.workers = janitor::delete_stale_workers(&mut conn, DELIVERY_QUEUE, STALE_WORKER_AGE).await?;
-        Ok(Some(report))
+        let report = clean(&mut conn, config).await;
+        janitor::unlock(&mut conn, janitor::JANITOR_LOCK_KEY).await?;
+        Ok(Some(report?))
     }
     .await;
     let _ = conn.close().await;
     let report = result?;
     if let Some(r) = report {
-        metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "apalis.jobs").increment(r.jobs);
-        metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "dedup_keys").increment(r.dedup_keys);
-        metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "events").increment(r.events);
-        metrics::counter!(JANITOR_DELETED_TOTAL, "table" => "apalis.workers").increment(r.workers);
+        for (table, n) in [
+            ("apalis.jobs", r.jobs),
+            ("dedup_keys", r.dedup_keys),
+            ("events", r.events + r.dead_letters),
+            ("apalis.workers", r.workers),
+            ("api_keys", r.api_keys),
+            ("rate_limit_windows", r.rate_limit_windows),
+        ] {
+            metrics::counter!(JANITOR_DELETED_TOTAL, "table" => table).increment(n);
+        }
         metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(r.abandoned);
+        if r.requeued > 0 {
+            tracing::warn!(
+                events = r.requeued,
+                "pending events had no delivery job; re-enqueued"
+            );
+        }
         if r != JanitorReport::default() {
             tracing::info!(?r, "janitor run");
         }
     }
     Ok(report)
+}
+
+/// The statements of one run, on the lock holder's connection.
+async fn clean(conn: &mut PgConnection, config: &WorkerConfig) -> anyhow::Result<JanitorReport> {
+    let grace = config.stranded_event_grace;
+    // Order matters: an event whose job apalis gave up on is dead-lettered before given-up jobs
+    // are deleted (the job is how it is found), and stranded events are looked for after both.
+    let abandoned = in_batches(conn, |c| {
+        Box::pin(async { Ok(queue::dead_letter_given_up(c, BATCH).await?) })
+    })
+    .await?;
+    let jobs = in_batches(conn, |c| {
+        Box::pin(async { Ok(queue::delete_finished_jobs(c, FINISHED_JOB_GRACE, BATCH).await?) })
+    })
+    .await?;
+    let requeued = in_batches(conn, |c| {
+        Box::pin(async move {
+            // The events stay locked until their jobs commit.
+            let mut tx = c.begin().await?;
+            let n = queue::requeue_events_without_job(&mut tx, grace, BATCH).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    })
+    .await?;
+    let dedup_keys = in_batches(conn, |c| {
+        Box::pin(async { Ok(janitor::delete_expired_dedup_keys(c, BATCH).await?) })
+    })
+    .await?;
+    let retention = config.event_retention;
+    let events = in_batches(conn, |c| {
+        Box::pin(async move { Ok(janitor::purge_delivered_events(c, retention, BATCH).await?) })
+    })
+    .await?;
+    let retention = config.failed_event_retention;
+    let dead_letters = in_batches(conn, |c| {
+        Box::pin(async move { Ok(janitor::purge_failed_events(c, retention, BATCH).await?) })
+    })
+    .await?;
+    let retention = config.dead_key_retention;
+    let api_keys = in_batches(conn, |c| {
+        Box::pin(async move { Ok(janitor::purge_dead_api_keys(c, retention, BATCH).await?) })
+    })
+    .await?;
+    let retention = config.rate_limit_window_retention;
+    let rate_limit_windows = in_batches(conn, |c| {
+        Box::pin(async move { Ok(janitor::purge_rate_limit_windows(c, retention, BATCH).await?) })
+    })
+    .await?;
+    let workers = queue::delete_stale_workers(conn, STALE_WORKER_AGE).await?;
+    Ok(JanitorReport {
+        jobs,
+        dedup_keys,
+        events,
+        workers,
+        abandoned,
+        requeued,
+        dead_letters,
+        api_keys,
+        rate_limit_windows,
+    })
 }
 
 /// Run the janitor every `config.janitor_interval` until `stop`.

@@ -1,7 +1,7 @@
 //! The delivery worker: claims delivery jobs from the apalis queue and POSTs signed webhooks.
 //!
 //! [`Worker::build`] connects, applies migrations and binds the admin port;
-//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor and the queue-depth gauge,
+//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor and the queue sampler,
 //! and serves the admin port until the shutdown future resolves, then drains. Tests start it
 //! in-process the same way `main` does through [`run`]. The shell (database start-up, admin
 //! server and its limits, signals, metrics upkeep) is `triggers_shared::service`.
@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod janitor;
 pub mod queue;
 pub mod retry;
+pub mod sampler;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -22,9 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
-    db,
-    jobs::DELIVERY_QUEUE,
-    metrics::{QUEUE_DEPTH, install_recorder},
+    metrics::install_recorder,
     service::{self, Ops, ServerLimits},
 };
 
@@ -33,9 +32,6 @@ pub use janitor::run_janitor_once;
 /// On shutdown, how long the admin port's open requests may take once deliveries have drained
 /// (its requests are health checks and scrapes: short).
 const ADMIN_DRAIN: Duration = Duration::from_secs(5);
-
-/// How often the queue-depth gauge is refreshed.
-const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A worker ready to run: database migrated, admin port bound.
 pub struct Worker {
@@ -106,7 +102,7 @@ impl Worker {
             })
         };
         let janitor = tokio::spawn(janitor::run(pool.clone(), config.clone(), stop.clone()));
-        let depth = tokio::spawn(queue_depth(pool.clone(), stop.clone()));
+        let sampler = tokio::spawn(sampler::run(pool.clone(), config.clone(), stop.clone()));
         let consumer = tokio::spawn(queue::consume(
             pool.clone(),
             config.clone(),
@@ -125,7 +121,7 @@ impl Worker {
         let consumed = consumer.await;
         stop.cancel();
         let _ = janitor.await;
-        let _ = depth.await;
+        let _ = sampler.await;
         admin_stop.cancel();
         let served = admin.await;
         upkeep.abort();
@@ -133,25 +129,6 @@ impl Worker {
         consumed.context("queue consumer panicked")?;
         served.context("admin server panicked")?.context("admin server")?;
         Ok(())
-    }
-}
-
-/// Refresh the queue-depth gauge until `stop`.
-async fn queue_depth(pool: PgPool, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let depth = async {
-            let mut conn = pool.acquire().await?;
-            db::deliveries::queue_depth(&mut conn, DELIVERY_QUEUE).await
-        };
-        match depth.await {
-            Ok(n) => metrics::gauge!(QUEUE_DEPTH).set(n as f64),
-            Err(e) => tracing::debug!(error = %e, "queue depth unavailable"),
-        }
     }
 }
 

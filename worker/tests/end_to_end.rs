@@ -97,6 +97,51 @@ async fn post_json(client: &reqwest::Client, url: String, key: Option<&str>, bod
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET /api/events/{id}`'s body.
+async fn get_event(client: &reqwest::Client, ingest: &Ingest, key: &str, id: &str) -> Value {
+    client
+        .get(ingest.url(&format!("/api/events/{id}")))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("get event")
+        .json::<Value>()
+        .await
+        .expect("json")
+}
+
+/// Create an organisation through the API and point its webhook at `url`: its key and signing
+/// secret.
+async fn org_with_webhook(
+    client: &reqwest::Client,
+    ingest: &Ingest,
+    name: &str,
+    url: &str,
+) -> (String, String) {
+    let (status, org) = post_json(
+        client,
+        ingest.url("/api/keys/generate"),
+        None,
+        json!({"organization_name": name, "tier": "pro"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{org}");
+    let key = org["api_key"].as_str().expect("api_key").to_string();
+    let (status, hook) = post_json(
+        client,
+        ingest.url("/api/webhook/config"),
+        Some(&key),
+        json!({"webhook_url": url}),
+    )
+    .await;
+    assert_eq!(status, 200, "{hook}");
+    let secret = hook["signing_secret"]
+        .as_str()
+        .expect("signing_secret")
+        .to_string();
+    (key, secret)
+}
+
 #[tokio::test]
 async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     let db = test_db().await;
@@ -105,27 +150,7 @@ async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     let _worker = Killed(spawn_worker_process(&db.url, &[]));
     let client = reqwest::Client::new();
 
-    let (status, org) = post_json(
-        &client,
-        ingest.url("/api/keys/generate"),
-        None,
-        json!({"organization_name": "E2E", "tier": "pro"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{org}");
-    let key = org["api_key"].as_str().expect("api_key").to_string();
-    let (status, hook) = post_json(
-        &client,
-        ingest.url("/api/webhook/config"),
-        Some(&key),
-        json!({"webhook_url": receiver.url}),
-    )
-    .await;
-    assert_eq!(status, 200, "{hook}");
-    let secret = hook["signing_secret"]
-        .as_str()
-        .expect("signing_secret")
-        .to_string();
+    let (key, secret) = org_with_webhook(&client, &ingest, "E2E", &receiver.url).await;
 
     let payload = json!({"order": 42, "note": "café ☕", "nested": {"ok": true}});
     let (status, accepted) = post_json(
@@ -161,17 +186,7 @@ async fn an_event_posted_to_ingest_is_delivered_signed_by_the_worker() {
     assert_eq!(body["data"], payload);
     assert_eq!(body["timestamp"], accepted["created_at"]);
 
-    let get = || async {
-        client
-            .get(ingest.url(&format!("/api/events/{id}")))
-            .header("X-API-Key", &key)
-            .send()
-            .await
-            .expect("get event")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
+    let get = || get_event(&client, &ingest, &key, &id);
     eventually(
         "the event is recorded as delivered",
         Duration::from_secs(10),
@@ -249,4 +264,62 @@ async fn accepted_events_survive_killing_every_process_and_are_still_delivered()
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn thirty_redeliveries_of_a_dead_lettered_event_start_one_delivery_chain_not_thirty() {
+    let db = test_db().await;
+    let receiver = Receiver::answering(500).await;
+    let ingest = Ingest::start(&db.url).await;
+    // Two attempts in all, one second apart.
+    let _worker = Killed(spawn_worker_process(&db.url, &[]));
+    let client = reqwest::Client::new();
+    let (key, _) = org_with_webhook(&client, &ingest, "Redeliver", &receiver.url).await;
+    let (status, accepted) = post_json(
+        &client,
+        ingest.url("/api/events"),
+        Some(&key),
+        json!({"type": "order.created", "payload": {}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().expect("id").to_string();
+    let get = || get_event(&client, &ingest, &key, &id);
+    eventually("the event is dead-lettered", Duration::from_secs(30), || async {
+        get().await["status"] == "failed"
+    })
+    .await;
+    assert_eq!(receiver.count(), 2);
+
+    let mut messages = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = post_json(
+            &client,
+            ingest.url(&format!("/api/events/{id}/redeliver")),
+            Some(&key),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "pending");
+        messages.push(body["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(messages[0], "redelivery enqueued");
+    assert!(
+        messages[1..].iter().all(|m| m == "delivery already pending"),
+        "{messages:?}"
+    );
+    eventually(
+        "the event is dead-lettered again",
+        Duration::from_secs(30),
+        || async {
+            let e = get().await;
+            e["status"] == "failed" && e["attempts"] == 4
+        },
+    )
+    .await;
+    // Time for any second chain to show itself (each attempt is a second apart).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.count(), 4, "one chain of two attempts, not thirty");
+    assert_eq!(get().await["attempts"], 4);
 }

@@ -85,11 +85,7 @@ async fn two_workers_deliver_a_thousand_events_without_losing_one() {
         unfinished_jobs(&db.pool).await == 0
     })
     .await;
-    let claimers: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE status = 'Done'")
-            .fetch_one(&db.pool)
-            .await
-            .expect("count");
+    let claimers = queue::testing::count_finishing_workers(&mut db.pool.acquire().await.expect("conn")).await;
     assert_eq!(claimers, 2, "both workers should have delivered some events");
     first.stop().await.expect("first stops");
     second.stop().await.expect("second stops");

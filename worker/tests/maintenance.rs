@@ -5,23 +5,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use queue::testing::{self as q, ForcedState};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use triggers_shared::{
     config::WorkerConfig,
     db::janitor::JANITOR_LOCK_KEY,
-    jobs::{self, DELIVERY_QUEUE, DeliveryJob},
+    jobs::{self, DeliveryJob},
 };
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
-
-async fn job_ids(pool: &sqlx::PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = $1 ORDER BY id")
-        .bind(DELIVERY_QUEUE)
-        .fetch_all(pool)
-        .await
-        .expect("job ids")
-}
 
 #[tokio::test]
 async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_events_and_dead_workers_only() {
@@ -30,53 +23,34 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     let (org, _) = create_org(pool, None).await;
     // Six events; their jobs get the states below.
     let ids = create_events(pool, org, 6).await;
-    let jobs = job_ids(pool).await;
-    assert_eq!(jobs.len(), 6);
-    let set_job = |id: &str, sql: &'static str| {
-        let id = id.to_string();
-        async move {
-            sqlx::query(sql).bind(id).execute(pool).await.expect("update job");
-        }
-    };
-    // Deleted: done, killed, and failed for good, all finished two minutes ago.
-    set_job(
-        &jobs[0],
-        "UPDATE apalis.jobs SET status = 'Done', done_at = now() - interval '2 minutes' WHERE id = $1",
-    )
-    .await;
-    set_job(
-        &jobs[1],
-        "UPDATE apalis.jobs SET status = 'Killed', done_at = now() - interval '2 minutes' WHERE id = $1",
-    )
-    .await;
-    set_job(
-        &jobs[2],
-        "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts, done_at = now() - interval '2 minutes' WHERE id = $1",
-    )
-    .await;
+    assert_eq!(job_ids(pool).await.len(), 6);
+    let mut jobs = Vec::new();
+    for id in &ids {
+        jobs.push(job_of(pool, *id).await);
+    }
+    // Deleted: done, killed, and failed for good, all finished two minutes ago (the events of
+    // the last two are handled below: delivered and acknowledged).
+    force_job(pool, &jobs[0], ForcedState::Done, TWO_MINUTES).await;
+    force_job(pool, &jobs[1], ForcedState::Killed, TWO_MINUTES).await;
+    force_job(pool, &jobs[2], ForcedState::GivenUp, TWO_MINUTES).await;
     // Kept: just finished, failed but retryable, and still pending.
-    set_job(
-        &jobs[3],
-        "UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1",
-    )
-    .await;
-    set_job(
-        &jobs[4],
-        "UPDATE apalis.jobs SET status = 'Failed', attempts = 1, done_at = now() - interval '2 minutes' WHERE id = $1",
-    )
-    .await;
+    force_job(pool, &jobs[3], ForcedState::Done, Duration::ZERO).await;
+    force_job(pool, &jobs[4], ForcedState::Retryable, TWO_MINUTES).await;
     // A job of another queue is never ours to delete.
     let mut conn = pool.acquire().await.expect("conn");
-    let other = DeliveryJob::first(Uuid::now_v7(), org)
-        .to_task(Duration::ZERO)
-        .expect("task");
-    apalis_postgres::queries::push_tasks(&mut *conn, "someone_elses_queue", vec![other])
-        .await
-        .expect("push");
-    sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() - interval '1 day' WHERE job_type = 'someone_elses_queue'")
-        .execute(pool)
-        .await
-        .expect("update");
+    q::push_to(
+        &mut conn,
+        "someone_elses_queue",
+        &DeliveryJob::first(Uuid::now_v7(), org),
+    )
+    .await;
+    q::force_state_of_queue(
+        &mut conn,
+        "someone_elses_queue",
+        ForcedState::Done,
+        Duration::from_secs(24 * 3600),
+    )
+    .await;
 
     // Dedup keys: one expired, one live.
     for (dedup, sql) in [
@@ -99,7 +73,8 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     }
 
     // Events: delivered 8 days ago (purged), delivered now, acknowledged 8 days ago without a
-    // delivery (purged), failed long ago, pending long ago (kept).
+    // delivery (purged), failed 20 days ago (kept: dead letters are kept 30 days), pending long
+    // ago (kept).
     let set_event = |id: Uuid, sql: &'static str| async move {
         sqlx::query(sql)
             .bind(id)
@@ -124,7 +99,7 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     .await;
     set_event(
         ids[3],
-        "UPDATE events SET status = 'failed', updated_at = now() - interval '30 days' WHERE id = $1",
+        "UPDATE events SET status = 'failed', updated_at = now() - interval '20 days' WHERE id = $1",
     )
     .await;
     set_event(ids[4], "UPDATE events SET created_at = now() - interval '30 days', updated_at = now() - interval '30 days' WHERE id = $1").await;
@@ -132,26 +107,14 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     // Worker registrations: long gone and idle (deleted), long gone but still holding a job
     // (kept: orphan recovery finds the job through it), and alive (kept).
     for (id, seen) in [
-        ("gone-idle", "2 days"),
-        ("gone-holding", "2 days"),
-        ("alive", "0 seconds"),
+        ("gone-idle", 2 * 24 * 3600),
+        ("gone-holding", 2 * 24 * 3600),
+        ("alive", 0),
     ] {
-        sqlx::query(
-            "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
-             VALUES ($1, $2, 'PgStorage', now() - $3::interval)",
-        )
-        .bind(id)
-        .bind(DELIVERY_QUEUE)
-        .bind(seen)
-        .execute(pool)
-        .await
-        .expect("worker row");
+        q::register_worker(&mut conn, id, Duration::from_secs(seen)).await;
     }
-    sqlx::query("UPDATE apalis.jobs SET status = 'Running', lock_by = 'gone-holding' WHERE id = $1")
-        .bind(&jobs[5])
-        .execute(pool)
-        .await
-        .expect("lock job");
+    q::hold_by(&mut conn, &jobs[5], "gone-holding").await;
+    drop(conn);
 
     let config = WorkerConfig::for_tests(&db.url); // retention 7 days
     let report = run_janitor_once(pool, &config)
@@ -162,19 +125,14 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
         (report.jobs, report.dedup_keys, report.events, report.workers),
         (3, 1, 2, 1)
     );
-    let workers: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .expect("workers");
-    assert_eq!(workers, ["alive", "gone-holding"]);
+    let mut conn = pool.acquire().await.expect("conn");
+    assert_eq!(q::worker_ids(&mut conn).await, ["alive", "gone-holding"]);
 
-    assert_eq!(job_ids(pool).await, jobs[3..].to_vec());
-    let other_left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'someone_elses_queue'")
-            .fetch_one(pool)
-            .await
-            .expect("count");
-    assert_eq!(other_left, 1);
+    let mut kept = jobs[3..].to_vec();
+    kept.sort();
+    assert_eq!(job_ids(pool).await, kept);
+    assert_eq!(q::count_in(&mut conn, "someone_elses_queue").await, 1);
+    drop(conn);
     let keys: Vec<String> = sqlx::query_scalar("SELECT dedup_id FROM dedup_keys")
         .fetch_all(pool)
         .await
@@ -205,36 +163,13 @@ async fn an_event_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending(
     // Three pending events: the first's job failed for good; the second's too, but it has a
     // fresh job (a redelivery); the third's job is merely retryable.
     let ids = create_events(pool, org, 3).await;
-    let job_of = |id: Uuid| async move {
-        sqlx::query_scalar::<_, String>(
-            "SELECT id FROM apalis.jobs WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2",
-        )
-        .bind(DELIVERY_QUEUE)
-        .bind(id.to_string())
-        .fetch_one(pool)
-        .await
-        .expect("job of event")
-    };
-    for (id, sql) in [
-        (
-            ids[0],
-            "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts, done_at = now() WHERE id = $1",
-        ),
-        (
-            ids[1],
-            "UPDATE apalis.jobs SET status = 'Failed', attempts = max_attempts, done_at = now() WHERE id = $1",
-        ),
-        (
-            ids[2],
-            "UPDATE apalis.jobs SET status = 'Failed', attempts = 1, done_at = now() WHERE id = $1",
-        ),
+    for (id, state) in [
+        (ids[0], ForcedState::GivenUp),
+        (ids[1], ForcedState::GivenUp),
+        (ids[2], ForcedState::Retryable),
     ] {
-        let job = job_of(id).await;
-        sqlx::query(sql)
-            .bind(job)
-            .execute(pool)
-            .await
-            .expect("update job");
+        let job = job_of(pool, id).await;
+        force_job(pool, &job, state, Duration::ZERO).await;
     }
     let mut tx = pool.begin().await.expect("begin");
     jobs::enqueue(
@@ -336,6 +271,11 @@ async fn the_admin_port_serves_health_readiness_metrics_and_json_404s() {
         "triggers_delivery_duration_seconds",
         "triggers_delivery_inflight",
         "triggers_queue_depth",
+        "triggers_queue_jobs{state=\"due\"}",
+        "triggers_queue_jobs{state=\"scheduled\"}",
+        "triggers_queue_jobs{state=\"running\"}",
+        "triggers_queue_oldest_pending_age_seconds",
+        "triggers_events_without_job",
     ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
@@ -357,4 +297,103 @@ async fn the_admin_port_serves_health_readiness_metrics_and_json_404s() {
         get("/health/ready").await.is_ok_and(|r| r.status() == 200)
     })
     .await;
+}
+
+#[tokio::test]
+async fn dead_letters_dead_api_keys_and_old_rate_limit_windows_are_purged_after_their_retention() {
+    let db = test_db().await;
+    let pool = &db.pool;
+    let (org, _) = create_org(pool, Some("http://127.0.0.1:9/hook")).await;
+    let ids = create_events(pool, org, 3).await;
+    // Dead letters: one unchanged for 31 days (purged with its attempts), one for 29 (kept), and
+    // a pending event as old (never purged: it still waits for delivery).
+    for (id, age) in [(ids[0], "31 days"), (ids[1], "29 days")] {
+        sqlx::query("UPDATE events SET status = 'failed', updated_at = now() - $2::interval WHERE id = $1")
+            .bind(id)
+            .bind(age)
+            .execute(pool)
+            .await
+            .expect("fail event");
+    }
+    sqlx::query("UPDATE events SET updated_at = now() - interval '31 days' WHERE id = $1")
+        .bind(ids[2])
+        .execute(pool)
+        .await
+        .expect("age event");
+    for id in &ids[..2] {
+        sqlx::query(
+            "INSERT INTO delivery_attempts (event_id, organization_id, attempt, started_at, duration_ms, response_status)
+             VALUES ($1, $2, 1, now() - interval '31 days', 5, 500)",
+        )
+        .bind(id)
+        .bind(org)
+        .execute(pool)
+        .await
+        .expect("attempt");
+    }
+    // API keys: revoked 31 days ago and expired 31 days ago (purged); revoked yesterday, expiring
+    // tomorrow and active (kept).
+    for (prefix, revoked, expires) in [
+        ("revoked-old", Some("31 days"), None),
+        ("expired-old", None, Some("-31 days")),
+        ("revoked-new", Some("1 day"), None),
+        ("expiring", None, Some("1 day")),
+        ("active", None, None),
+    ] {
+        sqlx::query(
+            "INSERT INTO api_keys (id, organization_id, prefix, key_hash, revoked_at, expires_at)
+             VALUES ($1, $2, $3, 'hash', now() - $4::interval, now() + $5::interval)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(org)
+        .bind(prefix)
+        .bind(revoked)
+        .bind(expires)
+        .execute(pool)
+        .await
+        .expect("key");
+    }
+    // Rate-limit windows: two hours old (purged), the previous and the current minute (kept).
+    for age in ["2 hours", "1 minute", "0 minutes"] {
+        sqlx::query(
+            "INSERT INTO rate_limit_windows (organization_id, window_start, granted)
+             VALUES ($1, date_trunc('minute', now() - $2::interval), 7)",
+        )
+        .bind(org)
+        .bind(age)
+        .execute(pool)
+        .await
+        .expect("window");
+    }
+
+    let report = run_janitor_once(pool, &WorkerConfig::for_tests(&db.url))
+        .await
+        .expect("janitor")
+        .expect("lock taken");
+    assert_eq!(
+        (report.dead_letters, report.api_keys, report.rate_limit_windows),
+        (1, 2, 1),
+        "{report:?}"
+    );
+    let mut left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events")
+        .fetch_all(pool)
+        .await
+        .expect("events");
+    left.sort();
+    assert_eq!(left, ids[1..].to_vec());
+    let attempts_of: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM delivery_attempts")
+        .fetch_all(pool)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts_of, [ids[1]]);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT prefix FROM api_keys ORDER BY prefix")
+        .fetch_all(pool)
+        .await
+        .expect("keys");
+    assert_eq!(keys, ["active", "expiring", "revoked-new"]);
+    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM rate_limit_windows")
+        .fetch_one(pool)
+        .await
+        .expect("windows");
+    assert_eq!(windows, 2);
 }

@@ -34,12 +34,7 @@ async fn a_worker_killed_mid_delivery_has_its_jobs_redelivered_by_another() {
         || async { receiver.inflight() == 5 },
     )
     .await;
-    let claimed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .expect("count");
+    let claimed = queue::testing::count_claimed(&mut db.pool.acquire().await.expect("conn")).await;
     assert_eq!(claimed, 20, "the process should hold the whole batch");
     child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     let _ = child.wait();

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use triggers_shared::{
     db,
-    jobs::{self, DeliveryJob},
+    jobs::{self, DeliveryJob, QueueError},
     metrics as m,
     models::{DedupId, DeliveryAttempt, Event, EventStatus, EventType, Payload},
 };
@@ -301,14 +301,17 @@ pub async fn get_event(
 /// Deliver one of your events again (any status, e.g. a dead-lettered or acknowledged one).
 ///
 /// The event goes back to `pending` (its acknowledgement, if any, is cleared) and a new delivery
-/// job is enqueued in the same transaction. Without a configured webhook there is nowhere to
-/// deliver to: `409 webhook_not_configured`.
+/// job is enqueued in the same transaction. While a delivery of the event is still pending (the
+/// event is `pending` and a job is due, running or scheduled for a retry) no second one is
+/// started: the answer is the same `202` with the message `delivery already pending`, so
+/// repeating the call is safe. Without a
+/// configured webhook there is nowhere to deliver to: `409 webhook_not_configured`.
 #[utoipa::path(
     post, path = "/api/events/{id}/redeliver", tag = "events",
     params(("id" = String, Path, description = "Event id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 202, body = RedeliveryOut),
+        (status = 202, description = "Enqueued, or a delivery was already pending", body = RedeliveryOut),
         (status = 401, body = ErrorBody),
         (status = 404, description = "`event_not_found`", body = ErrorBody),
         (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
@@ -320,26 +323,46 @@ pub async fn redeliver_event(
     EventId(id): EventId,
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
-    if !db::events::reset_for_redelivery(&mut tx, org.id, id).await? {
-        return Err(ApiError::EventNotFound);
-    }
+    // The update locks the event's row until commit, so concurrent redeliveries of one event
+    // run one after the other and each sees what the previous one committed.
+    let was_pending = db::events::reset_for_redelivery(&mut tx, org.id, id)
+        .await?
+        .ok_or(ApiError::EventNotFound)?;
     if !db::events::has_webhook(&mut tx, org.id).await? {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    jobs::enqueue(
-        &mut tx,
-        &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
-    )
-    .await?;
+    // A delivery is under way only if the event is still pending: the job of a chain that just
+    // ended (delivered or dead-lettered) may not be marked finished yet, but sends nothing more.
+    let pending = was_pending && db::queue::has_live_job(&mut tx, id).await?;
+    if !pending {
+        jobs::enqueue(
+            &mut tx,
+            &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
+        )
+        .await
+        .map_err(queue_error)?;
+    }
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(RedeliveryOut {
             id,
             status: "pending",
-            message: "redelivery enqueued",
+            message: if pending {
+                "delivery already pending"
+            } else {
+                "redelivery enqueued"
+            },
         }),
     ))
+}
+
+/// A queue write's failure as the API reports it (an unreachable database is a `503`).
+fn queue_error(err: QueueError) -> ApiError {
+    match err {
+        QueueError::Database(e) => e.into(),
+        other => ApiError::internal(other),
+    }
 }
 
 /// Events re-enqueued per transaction by a bulk redelivery.
@@ -349,6 +372,8 @@ const REDELIVER_CHUNK: i64 = 1000;
 ///
 /// Body `{"status": "failed"}` (`dead_letter` is accepted as a synonym; anything else is `422`).
 /// Events are re-enqueued in chunks, each chunk in its own transaction; the answer is the total.
+/// Replayed events are `pending`, no longer `failed`, so repeating the call while they are being
+/// delivered finds nothing to replay (`count` 0) and starts no second delivery.
 #[utoipa::path(
     post, path = "/api/events/redeliver", tag = "events",
     request_body = RedeliverAllIn,
@@ -387,7 +412,7 @@ pub async fn redeliver_events(
             .iter()
             .map(|id| (DeliveryJob::first(*id, org.id), std::time::Duration::ZERO))
             .collect();
-        jobs::enqueue(&mut tx, &jobs).await?;
+        jobs::enqueue(&mut tx, &jobs).await.map_err(queue_error)?;
         tx.commit().await?;
         count += ids.len() as i64;
         if (ids.len() as i64) < REDELIVER_CHUNK {

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 use sqlx::PgPool;
-use triggers_shared::{apikey, models::Tier};
+use triggers_shared::{apikey, db::queue, models::Tier};
 use uuid::Uuid;
 
 use super::TestApp;
@@ -65,24 +65,17 @@ pub async fn set_webhook(pool: &PgPool, org_id: Uuid) {
     .expect("set webhook");
 }
 
-/// Delivery jobs in the apalis queue.
+/// Delivery jobs in the queue (any state).
 pub async fn job_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'triggers_deliveries'")
-        .fetch_one(pool)
-        .await
-        .expect("count jobs")
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::testing::count_in(&mut conn, queue::DELIVERY_QUEUE).await
 }
 
-/// Delivery jobs of one event (the job's JSON carries its id).
+/// Delivery jobs of one event (any state).
 pub async fn jobs_for_event(pool: &PgPool, event_id: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs
-         WHERE job_type = 'triggers_deliveries' AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1",
-    )
-    .bind(event_id)
-    .fetch_one(pool)
-    .await
-    .expect("count jobs of event")
+    let mut conn = pool.acquire().await.expect("connection");
+    let id = event_id.parse().expect("an event id");
+    queue::testing::jobs_of_event(&mut conn, id).await.len() as i64
 }
 
 /// POST /api/events with a JSON body.

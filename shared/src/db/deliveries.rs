@@ -118,13 +118,3 @@ pub async fn record_attempt(
         status_applied,
     }))
 }
-
-/// Jobs of `queue` waiting to run (due or scheduled), for the queue-depth gauge.
-pub async fn queue_depth(conn: &mut PgConnection, queue: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued')",
-    )
-    .bind(queue)
-    .fetch_one(conn)
-    .await
-}

@@ -317,22 +317,25 @@ pub async fn acknowledge_many(
 }
 
 /// Put one event back to `pending` for a new delivery (clearing any acknowledgement, so the
-/// worker does not treat it as consumed). Returns false when the organisation has no such event.
+/// worker does not treat it as consumed). Returns whether it was `pending` already (a delivery
+/// may be under way), or `None` when the organisation has no such event. The row stays locked
+/// until the transaction ends, so concurrent redeliveries of one event take turns.
 pub async fn reset_for_redelivery(
     conn: &mut PgConnection,
     organization_id: Uuid,
     id: Uuid,
-) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE events
+) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar(
+        "UPDATE events e
          SET status = 'pending', delivered_at = NULL, acknowledged_at = NULL, updated_at = now()
-         WHERE id = $1 AND organization_id = $2",
+         FROM (SELECT id, status FROM events WHERE id = $1 AND organization_id = $2 FOR UPDATE) old
+         WHERE e.id = old.id
+         RETURNING old.status = 'pending'",
     )
     .bind(id)
     .bind(organization_id)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Put up to `limit` failed (dead-lettered) events of the organisation back to `pending`,

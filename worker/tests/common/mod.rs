@@ -24,9 +24,10 @@ use axum::{
 };
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
+pub use triggers_shared::db::queue;
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
-    jobs::{self, DELIVERY_QUEUE, DeliveryJob},
+    jobs::{self, DeliveryJob},
     signing, telemetry,
     testing::TestDb,
 };
@@ -185,14 +186,26 @@ pub async fn attempts(pool: &PgPool, id: Uuid) -> Vec<AttemptRow> {
 
 /// Jobs of the delivery queue not finished yet (due, scheduled, claimed or retryable).
 pub async fn unfinished_jobs(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1
-           AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))",
-    )
-    .bind(DELIVERY_QUEUE)
-    .fetch_one(pool)
-    .await
-    .expect("count jobs")
+    let mut conn = pool.acquire().await.expect("connection");
+    queue::testing::count_live(&mut conn).await
+}
+
+/// Two minutes: finished longer ago than the janitor keeps finished jobs.
+pub const TWO_MINUTES: Duration = Duration::from_secs(120);
+
+pub async fn job_ids(pool: &PgPool) -> Vec<String> {
+    queue::testing::job_ids(&mut pool.acquire().await.expect("conn")).await
+}
+
+/// The one job of event `id`.
+pub async fn job_of(pool: &PgPool, id: Uuid) -> String {
+    let jobs = queue::testing::jobs_of_event(&mut pool.acquire().await.expect("conn"), id).await;
+    assert_eq!(jobs.len(), 1, "event {id} should have one job: {jobs:?}");
+    jobs[0].clone()
+}
+
+pub async fn force_job(pool: &PgPool, job: &str, state: queue::testing::ForcedState, ago: Duration) {
+    queue::testing::force_state(&mut pool.acquire().await.expect("conn"), job, state, ago).await;
 }
 
 pub async fn count_status(pool: &PgPool, org: Uuid, status: &str) -> i64 {

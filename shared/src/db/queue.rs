@@ -1,0 +1,256 @@
+//! SQL of the delivery queue: every statement that touches apalis' tables (`apalis.jobs`,
+//! `apalis.workers`) lives here, so nobody else knows the queue's name, apalis' status strings or
+//! how a job is encoded (`DeliveryJob` as UTF-8 JSON bytes; its `event_id` is read back with
+//! `convert_from(job, 'UTF8')::jsonb ->> 'event_id'`).
+//!
+//! A job is *live* while something will still run it: pending (due or scheduled), claimed
+//! (queued in a worker's buffer or running), or failed with attempts left (apalis re-fetches
+//! it). A job is *given up* when it failed `max_attempts` times or was killed.
+//!
+//! Maintenance statements change at most `batch` rows each; callers loop until one changes fewer.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::jobs::DeliveryJob;
+
+/// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
+pub const DELIVERY_QUEUE: &str = "triggers_deliveries";
+
+/// Why writing to the queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("encoding a delivery job")]
+    Encode(#[from] serde_json::Error),
+    #[error("writing delivery jobs")]
+    Database(#[from] sqlx::Error),
+    #[error("writing delivery jobs")]
+    Storage(#[source] apalis_postgres::Error),
+}
+
+impl QueueError {
+    /// Is the cause the database being unreachable (rather than a bug)?
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Database(e) if super::is_unavailable(e))
+    }
+}
+
+impl From<apalis_postgres::Error> for QueueError {
+    fn from(err: apalis_postgres::Error) -> Self {
+        match err {
+            apalis_postgres::Error::Database(e) => QueueError::Database(e),
+            other => QueueError::Storage(other),
+        }
+    }
+}
+
+/// Enqueue delivery jobs, each due after its delay, with one multi-row INSERT on `conn` (use a
+/// transaction's connection so the jobs commit with the rows that caused them).
+pub async fn enqueue(conn: &mut PgConnection, jobs: &[(DeliveryJob, Duration)]) -> Result<(), QueueError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let tasks = jobs
+        .iter()
+        .map(|(job, delay)| job.to_task(*delay))
+        .collect::<Result<Vec<_>, _>>()?;
+    apalis_postgres::queries::push_tasks(conn, DELIVERY_QUEUE, tasks).await?;
+    Ok(())
+}
+
+/// Delivery jobs by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct JobCounts {
+    /// Waiting to be claimed, `run_at` reached (including failed jobs apalis will re-fetch).
+    pub due: i64,
+    /// Waiting for a `run_at` in the future (scheduled retries, deferrals).
+    pub scheduled: i64,
+    /// Claimed by a worker (in its buffer or being delivered).
+    pub running: i64,
+}
+
+impl JobCounts {
+    /// Jobs not claimed yet: the queue's depth.
+    pub fn depth(&self) -> i64 {
+        self.due + self.scheduled
+    }
+}
+
+/// Count the live jobs of the delivery queue by state.
+pub async fn count_jobs(conn: &mut PgConnection) -> sqlx::Result<JobCounts> {
+    sqlx::query_as(
+        "SELECT
+             count(*) FILTER (WHERE waiting AND run_at <= now()) AS due,
+             count(*) FILTER (WHERE waiting AND run_at > now()) AS scheduled,
+             count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS running
+         FROM (SELECT status, run_at,
+                      status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts) AS waiting
+               FROM apalis.jobs WHERE job_type = $1) j",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(conn)
+    .await
+}
+
+/// How long the oldest due, unclaimed job has been due (zero when none is).
+pub async fn oldest_due_age(conn: &mut PgConnection) -> sqlx::Result<Duration> {
+    let secs: f64 = sqlx::query_scalar(
+        "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0)
+         FROM apalis.jobs
+         WHERE job_type = $1 AND run_at <= now()
+           AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(conn)
+    .await?;
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or_default())
+}
+
+/// Does event `event_id` have a live delivery job?
+pub async fn has_live_job(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM apalis.jobs
+             WHERE job_type = $1
+               AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))
+               AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2)",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(event_id.to_string())
+    .fetch_one(conn)
+    .await
+}
+
+/// Dead-letter up to `batch` pending events whose delivery job apalis gave up on (its handler
+/// failed `max_attempts` times: repeated database errors or a panic, never a webhook failure,
+/// which is scheduled as a new job) and that have no other live job (a redelivery). Returns the
+/// events changed; each call picks events not changed yet, so a loop makes progress.
+pub async fn dead_letter_given_up(conn: &mut PgConnection, batch: i64) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "UPDATE events e
+         SET status = 'failed', updated_at = now(),
+             last_error = 'delivery abandoned after repeated internal errors; redeliver to try again'
+         WHERE e.id IN (
+             SELECT ev.id FROM events ev
+             WHERE ev.status = 'pending' AND ev.acknowledged_at IS NULL
+               AND ev.id IN (
+                   SELECT (convert_from(j.job, 'UTF8')::jsonb ->> 'event_id')::uuid FROM apalis.jobs j
+                   WHERE j.job_type = $1
+                     AND (j.status = 'Killed' OR (j.status = 'Failed' AND j.attempts >= j.max_attempts)))
+               AND NOT EXISTS (
+                   SELECT 1 FROM apalis.jobs l
+                   WHERE l.job_type = $1
+                     AND (l.status IN ('Pending', 'Queued', 'Running')
+                          OR (l.status = 'Failed' AND l.attempts < l.max_attempts))
+                     AND (convert_from(l.job, 'UTF8')::jsonb ->> 'event_id')::uuid = ev.id)
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Delete up to `batch` finished jobs finished more than `older_than` ago: done ones, and given-up
+/// ones whose event was handled (no longer a pending, unacknowledged event). A given-up job of a
+/// still-pending event is kept: it is what [`dead_letter_given_up`] finds the event by.
+pub async fn delete_finished_jobs(
+    conn: &mut PgConnection,
+    older_than: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "DELETE FROM apalis.jobs WHERE id IN (
+             SELECT j.id FROM apalis.jobs j
+             WHERE j.job_type = $1
+               AND coalesce(j.done_at, j.run_at) < now() - make_interval(secs => $2)
+               AND (j.status = 'Done'
+                    OR ((j.status = 'Killed' OR (j.status = 'Failed' AND j.attempts >= j.max_attempts))
+                        AND NOT EXISTS (
+                            SELECT 1 FROM events e
+                            WHERE e.id = (convert_from(j.job, 'UTF8')::jsonb ->> 'event_id')::uuid
+                              AND e.status = 'pending' AND e.acknowledged_at IS NULL)))
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(older_than.as_secs_f64())
+    .bind(batch)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Delete registrations of delivery workers not seen for `older_than` that hold no job. (A
+/// worker row that still holds jobs must stay: orphan recovery finds the jobs through it.)
+pub async fn delete_stale_workers(conn: &mut PgConnection, older_than: Duration) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "DELETE FROM apalis.workers w
+         WHERE w.worker_type = $1 AND w.last_seen < now() - make_interval(secs => $2)
+           AND NOT EXISTS (SELECT 1 FROM apalis.jobs j
+                           WHERE j.lock_by = w.id AND j.status IN ('Queued', 'Running'))",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(older_than.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Pending, unacknowledged events of organisations with a webhook, unchanged for `grace`, that
+/// have no live delivery job: nothing would ever deliver them. The grace keeps transactions in
+/// flight (an event committed a moment before its job's state is visible) out of the count.
+/// (`NOT EXISTS`, not `NOT IN`: it plans as one hash anti-join however many jobs there are.)
+const WITHOUT_JOB: &str = "
+    FROM events e JOIN organizations o ON o.id = e.organization_id
+    WHERE e.status = 'pending' AND e.acknowledged_at IS NULL
+      AND o.webhook_url IS NOT NULL
+      AND e.updated_at < now() - make_interval(secs => $2)
+      AND NOT EXISTS (
+          SELECT 1 FROM apalis.jobs l
+          WHERE l.job_type = $1
+            AND (l.status IN ('Pending', 'Queued', 'Running')
+                 OR (l.status = 'Failed' AND l.attempts < l.max_attempts))
+            AND (convert_from(l.job, 'UTF8')::jsonb ->> 'event_id')::uuid = e.id)";
+
+/// How many events have no live delivery job (see [`WITHOUT_JOB`]); should be zero.
+pub async fn count_events_without_job(conn: &mut PgConnection, grace: Duration) -> sqlx::Result<i64> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {WITHOUT_JOB}")))
+        .bind(DELIVERY_QUEUE)
+        .bind(grace.as_secs_f64())
+        .fetch_one(conn)
+        .await
+}
+
+/// Give up to `batch` events without a live job a fresh delivery job (a new chain of attempts,
+/// as a redelivery would). Run it in a transaction: the events stay locked until the jobs commit,
+/// so a concurrent redelivery waits and then sees the new job. Returns the events re-enqueued.
+pub async fn requeue_events_without_job(
+    conn: &mut PgConnection,
+    grace: Duration,
+    batch: i64,
+) -> Result<u64, QueueError> {
+    let stranded: Vec<(Uuid, Uuid)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT e.id, e.organization_id {WITHOUT_JOB}
+         ORDER BY e.updated_at LIMIT $3 FOR UPDATE OF e SKIP LOCKED"
+    )))
+    .bind(DELIVERY_QUEUE)
+    .bind(grace.as_secs_f64())
+    .bind(batch)
+    .fetch_all(&mut *conn)
+    .await?;
+    let jobs: Vec<_> = stranded
+        .iter()
+        .map(|(event, org)| (DeliveryJob::first(*event, *org), Duration::ZERO))
+        .collect();
+    enqueue(conn, &jobs).await?;
+    Ok(jobs.len() as u64)
+}
+
+/// Direct access to the queue's rows for tests: inspect jobs and put them into states that are
+/// slow or impossible to reach for real (given up, long finished, held by a dead worker).
+pub mod testing;

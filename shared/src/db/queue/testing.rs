@@ -1,0 +1,202 @@
+//! Direct access to the queue's rows for tests: inspect jobs and put them into states that are
+//! slow or impossible to reach for real (given up, long finished, held by a dead worker).
+//! Nothing in the binaries calls it.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::DELIVERY_QUEUE;
+use crate::jobs::DeliveryJob;
+
+/// A state to force a job into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForcedState {
+    /// Finished successfully.
+    Done,
+    /// Aborted.
+    Killed,
+    /// Failed `max_attempts` times: apalis will not run it again.
+    GivenUp,
+    /// Failed once, with attempts left: apalis re-fetches it.
+    Retryable,
+}
+
+/// Ids of the delivery queue's jobs (every state), oldest first.
+pub async fn job_ids(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = $1 ORDER BY id")
+        .bind(DELIVERY_QUEUE)
+        .fetch_all(conn)
+        .await
+        .expect("job ids")
+}
+
+/// Ids of the jobs (every state) that deliver event `event_id`.
+pub async fn jobs_of_event(conn: &mut PgConnection, event_id: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT id FROM apalis.jobs
+         WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2 ORDER BY id",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(event_id.to_string())
+    .fetch_all(conn)
+    .await
+    .expect("jobs of event")
+}
+
+/// The decoded jobs that deliver event `event_id`, oldest first.
+pub async fn decoded_jobs_of_event(conn: &mut PgConnection, event_id: Uuid) -> Vec<DeliveryJob> {
+    let raw: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT job FROM apalis.jobs
+         WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2 ORDER BY id",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(event_id.to_string())
+    .fetch_all(conn)
+    .await
+    .expect("jobs of event");
+    raw.iter()
+        .map(|bytes| serde_json::from_slice(bytes).expect("a delivery job"))
+        .collect()
+}
+
+/// Jobs of `queue` in any state.
+pub async fn count_in(conn: &mut PgConnection, queue: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1")
+        .bind(queue)
+        .fetch_one(conn)
+        .await
+        .expect("count jobs")
+}
+
+/// Live jobs of the delivery queue (due, scheduled, claimed or retryable).
+pub async fn count_live(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = $1
+           AND (status IN ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(conn)
+    .await
+    .expect("count jobs")
+}
+
+/// Jobs claimed by some worker right now (in its buffer or running).
+pub async fn count_claimed(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs
+         WHERE job_type = $1 AND status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(conn)
+    .await
+    .expect("count claimed jobs")
+}
+
+/// How many distinct workers finished jobs successfully.
+pub async fn count_finishing_workers(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(conn)
+    .await
+    .expect("count workers")
+}
+
+/// Force job `id` into `state`, finished `ago`.
+pub async fn force_state(conn: &mut PgConnection, id: &str, state: ForcedState, ago: Duration) {
+    force(conn, "id", id, state, ago).await;
+}
+
+/// Force every job of `queue` into `state`, finished `ago`.
+pub async fn force_state_of_queue(conn: &mut PgConnection, queue: &str, state: ForcedState, ago: Duration) {
+    force(conn, "job_type", queue, state, ago).await;
+}
+
+async fn force(conn: &mut PgConnection, column: &str, value: &str, state: ForcedState, ago: Duration) {
+    let (status, attempts) = match state {
+        ForcedState::Done => ("Done", "attempts"),
+        ForcedState::Killed => ("Killed", "attempts"),
+        ForcedState::GivenUp => ("Failed", "max_attempts"),
+        ForcedState::Retryable => ("Failed", "1"),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE apalis.jobs SET status = $2, attempts = {attempts},
+                                done_at = now() - make_interval(secs => $3)
+         WHERE {column} = $1"
+    )))
+    .bind(value)
+    .bind(status)
+    .bind(ago.as_secs_f64())
+    .execute(conn)
+    .await
+    .expect("force job state");
+}
+
+/// Make every due job of the delivery queue due since `ago` (as if it had waited that long).
+pub async fn backdate_due_jobs(conn: &mut PgConnection, ago: Duration) {
+    sqlx::query(
+        "UPDATE apalis.jobs SET run_at = now() - make_interval(secs => $2)
+         WHERE job_type = $1 AND status = 'Pending' AND run_at <= now()",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(ago.as_secs_f64())
+    .execute(conn)
+    .await
+    .expect("backdate jobs");
+}
+
+/// Delete every job of event `event_id` (as the janitor used to, stranding the event).
+pub async fn delete_jobs_of_events(conn: &mut PgConnection, event_ids: &[Uuid]) {
+    sqlx::query(
+        "DELETE FROM apalis.jobs
+         WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'event_id')::uuid = ANY($2)",
+    )
+    .bind(DELIVERY_QUEUE)
+    .bind(event_ids)
+    .execute(conn)
+    .await
+    .expect("delete jobs");
+}
+
+/// Mark job `id` as claimed and running by worker `worker`.
+pub async fn hold_by(conn: &mut PgConnection, id: &str, worker: &str) {
+    sqlx::query("UPDATE apalis.jobs SET status = 'Running', lock_by = $2, lock_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(worker)
+        .execute(conn)
+        .await
+        .expect("hold job");
+}
+
+/// Push one job of `job` onto another queue than ours.
+pub async fn push_to(conn: &mut PgConnection, queue: &str, job: &DeliveryJob) {
+    let task = job.to_task(Duration::ZERO).expect("task");
+    apalis_postgres::queries::push_tasks(conn, queue, vec![task])
+        .await
+        .expect("push");
+}
+
+/// Register a delivery worker `id` last seen `ago`.
+pub async fn register_worker(conn: &mut PgConnection, id: &str, ago: Duration) {
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+         VALUES ($1, $2, 'PgStorage', now() - make_interval(secs => $3))",
+    )
+    .bind(id)
+    .bind(DELIVERY_QUEUE)
+    .bind(ago.as_secs_f64())
+    .execute(conn)
+    .await
+    .expect("worker row");
+}
+
+/// Ids of the registered workers (any queue), sorted.
+pub async fn worker_ids(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar("SELECT id FROM apalis.workers ORDER BY id")
+        .fetch_all(conn)
+        .await
+        .expect("workers")
+}
