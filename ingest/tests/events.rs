@@ -692,7 +692,7 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
         organization_id: org,
         event_type: "direct".into(),
         dedup_id: dedup_id.map(str::to_owned),
-        payload: "{}".into(),
+        payload: serde_json::value::RawValue::from_string("{}".into()).expect("JSON"),
     }
 }
 

@@ -232,7 +232,8 @@ async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Respons
         organization_id: org.id,
         event_type: valid.event_type.into_inner(),
         dedup_id: valid.dedup_id.map(|d| d.into_inner()),
-        payload: valid.payload,
+        // Until validation hands over raw JSON text itself: re-checked, never decoded to a tree.
+        payload: serde_json::value::RawValue::from_string(valid.payload).map_err(ApiError::internal)?,
     };
     let (event_type, dedup_id) = (event.event_type.clone(), event.dedup_id.clone());
     match state.batcher.submit(event).await? {

@@ -1,6 +1,6 @@
-//! SQL of the `events` table and of its companion `dedup_keys`: the batch insert of the ingest
-//! path, the inbox listing, acknowledgement and redelivery. Every function on tenant data takes
-//! the organisation id.
+//! SQL of the `events` table and of its companion `dedup_keys`: the one-statement batch insert of
+//! the ingest path (with each event's first delivery job), the inbox listing, acknowledgement
+//! and redelivery. Every function on tenant data takes the organisation id.
 
 use std::time::Duration;
 
@@ -8,43 +8,123 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::models::Event;
+use crate::{
+    jobs::{DELIVERY_QUEUE, DeliveryJob, TASK_MAX_ATTEMPTS},
+    models::Event,
+};
 
 /// The columns of [`Event`], in one place so every query returns the same shape.
 const EVENT_COLUMNS: &str = "id, organization_id, type, dedup_id, payload, status, attempts, response_status, \
      last_error, created_at, updated_at, delivered_at, acknowledged_at";
 
-/// Claim dedup keys for new events: one multi-row insert. A key that exists and has not expired
-/// is left alone; an expired key is taken over. Returns the `(organization_id, dedup_id)` pairs
-/// this call claimed; every other pair is a duplicate (see [`dedup_owners`]).
+/// New events for one batch insert (parallel columns). `payloads` are JSON object texts, bound
+/// as text and cast to `jsonb` by the statement, so nothing is decoded into a tree on the way.
 ///
-/// The three slices are parallel. Callers sort them by `(organization_id, dedup_id)` so two
-/// concurrent batches lock keys in the same order and cannot deadlock.
-pub async fn claim_dedup_keys(
+/// Callers order the rows by `(organization_id, dedup_id)`, so two concurrent batches lock dedup
+/// keys in the same order and cannot deadlock, and pass each dedup key at most once.
+#[derive(Debug, Default)]
+pub struct NewEvents<'a> {
+    pub ids: Vec<Uuid>,
+    pub organization_ids: Vec<Uuid>,
+    pub types: Vec<&'a str>,
+    pub dedup_ids: Vec<Option<&'a str>>,
+    pub payloads: Vec<&'a str>,
+}
+
+/// What [`insert_batch`] did with one row of [`NewEvents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Stored at `created_at`, with its delivery job when the organisation has a webhook.
+    Inserted { id: Uuid, created_at: DateTime<Utc> },
+    /// Its dedup key is held by another event: `owner`, or `None` when the holder committed
+    /// after this statement's snapshot was taken (ask [`dedup_owners`]).
+    Duplicate { id: Uuid, owner: Option<Uuid> },
+}
+
+/// Store a batch of new events in ONE statement (one round trip, committed on its own or with
+/// the caller's transaction): claim the dedup keys (an existing, unexpired key is a duplicate; an
+/// expired one is taken over), insert the events whose key was claimed or who have none, and
+/// enqueue one delivery job for each inserted event of an organisation with a webhook. Returns
+/// one [`Written`] per row, in no particular order.
+///
+/// The job rows mirror `apalis_postgres::queries::push_tasks` (same columns, the same encoding
+/// through [`DeliveryJob::to_task`]); the job id is the event id read as a ULID (both are a
+/// millisecond timestamp followed by random bits), so an event's first job is unique to it.
+pub async fn insert_batch(
     conn: &mut PgConnection,
-    organization_ids: &[Uuid],
-    dedup_ids: &[String],
-    event_ids: &[Uuid],
-    window: Duration,
-) -> sqlx::Result<Vec<(Uuid, String)>> {
-    if organization_ids.is_empty() {
+    rows: &NewEvents<'_>,
+    dedup_window: Duration,
+) -> sqlx::Result<Vec<Written>> {
+    if rows.ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as::<_, (Uuid, String)>(
-        "INSERT INTO dedup_keys (organization_id, dedup_id, event_id, expires_at)
-         SELECT k.org, k.dedup, k.event, now() + make_interval(secs => $4)
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS k(org, dedup, event)
-         ON CONFLICT (organization_id, dedup_id) DO UPDATE
-             SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at
-             WHERE dedup_keys.expires_at <= now()
-         RETURNING organization_id, dedup_id",
+    let mut job_ids = Vec::with_capacity(rows.ids.len());
+    let mut jobs = Vec::with_capacity(rows.ids.len());
+    for (id, org) in rows.ids.iter().zip(&rows.organization_ids) {
+        let task = DeliveryJob::first(*id, *org)
+            .to_task(Duration::ZERO)
+            .map_err(|e| sqlx::Error::Encode(e.into()))?;
+        job_ids.push(ulid::Ulid::from(id.as_u128()).to_string());
+        jobs.push(task.args);
+    }
+    let written = sqlx::query_as::<_, (Uuid, Option<DateTime<Utc>>, Option<Uuid>)>(
+        "WITH e AS MATERIALIZED (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bytea[])
+                 WITH ORDINALITY AS e(id, org, type, dedup, payload, job_id, job, n)
+         ),
+         claimed AS (
+             INSERT INTO dedup_keys (organization_id, dedup_id, event_id, expires_at)
+             SELECT org, dedup, id, now() + make_interval(secs => $8) FROM e
+             WHERE dedup IS NOT NULL
+             ORDER BY n
+             ON CONFLICT (organization_id, dedup_id) DO UPDATE
+                 SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at
+                 WHERE dedup_keys.expires_at <= now()
+             RETURNING event_id
+         ),
+         inserted AS (
+             INSERT INTO events (id, organization_id, type, dedup_id, payload)
+             SELECT id, org, type, dedup, payload::jsonb FROM e
+             WHERE dedup IS NULL OR id IN (SELECT event_id FROM claimed)
+             ORDER BY n
+             RETURNING id, organization_id, created_at
+         ),
+         queued AS (
+             INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                      priority, metadata)
+             SELECT e.job_id, $9, e.job, 'Pending', 0, $10, now(), 0, ''::hstore
+             FROM inserted i
+             JOIN e ON e.id = i.id
+             JOIN organizations o ON o.id = i.organization_id AND o.webhook_url IS NOT NULL
+             ORDER BY e.n
+             RETURNING 1
+         )
+         SELECT id, created_at, NULL::uuid FROM inserted
+         UNION ALL
+         SELECT e.id, NULL, d.event_id FROM e
+         LEFT JOIN dedup_keys d ON d.organization_id = e.org AND d.dedup_id = e.dedup
+         WHERE e.dedup IS NOT NULL AND e.id NOT IN (SELECT event_id FROM claimed)",
     )
-    .bind(organization_ids)
-    .bind(dedup_ids)
-    .bind(event_ids)
-    .bind(window.as_secs_f64())
+    .bind(&rows.ids)
+    .bind(&rows.organization_ids)
+    .bind(&rows.types)
+    .bind(&rows.dedup_ids)
+    .bind(&rows.payloads)
+    .bind(&job_ids)
+    .bind(&jobs)
+    .bind(dedup_window.as_secs_f64())
+    .bind(DELIVERY_QUEUE)
+    .bind(TASK_MAX_ATTEMPTS as i32)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(written
+        .into_iter()
+        .map(|(id, created_at, owner)| match created_at {
+            Some(created_at) => Written::Inserted { id, created_at },
+            None => Written::Duplicate { id, owner },
+        })
+        .collect())
 }
 
 /// The event currently holding each of these dedup keys: `(organization_id, dedup_id, event_id)`.
@@ -66,51 +146,6 @@ pub async fn dedup_owners(
     .bind(dedup_ids)
     .fetch_all(conn)
     .await
-}
-
-/// New events for one multi-row insert (parallel columns). `payloads` are JSON texts.
-#[derive(Debug, Default)]
-pub struct NewEvents {
-    pub ids: Vec<Uuid>,
-    pub organization_ids: Vec<Uuid>,
-    pub types: Vec<String>,
-    pub dedup_ids: Vec<Option<String>>,
-    pub payloads: Vec<String>,
-}
-
-/// Insert events (status `pending`); returns `(id, created_at)` of each.
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    rows: &NewEvents,
-) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
-    if rows.ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
-        "INSERT INTO events (id, organization_id, type, dedup_id, payload)
-         SELECT e.id, e.org, e.type, e.dedup, e.payload::jsonb
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
-              AS e(id, org, type, dedup, payload)
-         RETURNING id, created_at",
-    )
-    .bind(&rows.ids)
-    .bind(&rows.organization_ids)
-    .bind(&rows.types)
-    .bind(&rows.dedup_ids)
-    .bind(&rows.payloads)
-    .fetch_all(conn)
-    .await
-}
-
-/// Which of these organisations have a webhook configured (their events get a delivery job).
-pub async fn organizations_with_webhook(
-    conn: &mut PgConnection,
-    organization_ids: &[Uuid],
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM organizations WHERE id = ANY($1) AND webhook_url IS NOT NULL")
-        .bind(organization_ids)
-        .fetch_all(conn)
-        .await
 }
 
 /// Does this organisation have a webhook configured?
