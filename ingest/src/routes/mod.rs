@@ -23,7 +23,13 @@ use tower_http::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{AppState, error::ApiError, extract::MAX_BODY_BYTES, openapi};
+use crate::{
+    AppState,
+    budget::{self, Budget},
+    error::ApiError,
+    extract::MAX_BODY_BYTES,
+    openapi,
+};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -67,6 +73,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(
+                    Budget::new(state.config.request_bytes_budget),
+                    budget::limit,
+                ))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
