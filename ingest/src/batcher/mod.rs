@@ -22,7 +22,7 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool, postgres::PgPoolOptions};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     task::JoinSet,
@@ -43,6 +43,8 @@ pub const QUEUE_CAPACITY: usize = 10_000;
 pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Batches committing at the same time.
 pub const MAX_IN_FLIGHT: usize = 4;
+/// A writer connection idle this long is pinged before its next batch.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 /// Bound on one batch statement.
 pub const BATCH_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bound on a request's wait (queueing plus its batch).
@@ -109,7 +111,7 @@ impl BatchWriter {
     /// Start the writer; dedup ids are remembered for `dedup_window`.
     pub fn start_with_window(db: PgPool, dedup_window: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(db, dedup_window, rx));
+        tokio::spawn(run(writer_pool(&db), dedup_window, rx));
         Self {
             tx,
             bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
@@ -152,6 +154,27 @@ impl BatchWriter {
             let _ = finished.await;
         }
     }
+}
+
+/// The writer's own connections (at most [`MAX_IN_FLIGHT`], to the same database), checked
+/// with a ping only after idling [`PING_AFTER_IDLE`]: the shared pool pings before every
+/// acquire, one more round trip in front of every batch than a busy connection needs.
+fn writer_pool(db: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(MAX_IN_FLIGHT as u32)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with((*db.connect_options()).clone())
 }
 
 /// The writer task: gathers queued events into batches and starts their writes (see the module
