@@ -10,6 +10,8 @@
 # worker runs), then REQUESTS (default 2000) sequential POSTs over ONE keep-alive connection
 # (a single curl process), after 200 warm-up requests. Prints p50 / p95 / p99 / mean in ms per
 # run. Each round ends with the commit floor: `pgbench -n -c1 -T10` of a single-row INSERT.
+# With LATENCY_BENCH=path/to/triggers-bench, each run also sends a burst of 20,000 events
+# (LATENCY_BURST_EVENTS) over 64 connections and prints its throughput and latency.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -84,7 +86,13 @@ one_run() {
   if grep -qv '^202 ' "$work/times"; then
     log "some answers were not 202: $(grep -v '^202 ' "$work/times" | cut -d' ' -f1 | sort | uniq -c | tr '\n' ' ')"
   fi
-  echo "$(basename "$bin"): $(cut -d' ' -f2 "$work/times" | summarize), $(awk '{ c += $3 } END { print c }' "$work/times") connection(s)"
+  echo "$bin: $(cut -d' ' -f2 "$work/times" | summarize), $(awk '{ c += $3 } END { print c }' "$work/times") connection(s)"
+  if [[ -n ${LATENCY_BENCH:-} ]]; then
+    # The burst beside it: 64 connections, no webhooks (no worker runs), same database.
+    "$LATENCY_BENCH" --url "http://$addr" --events "${LATENCY_BURST_EVENTS:-20000}" --concurrency 64 \
+      --orgs 4 --json >"$work/burst.json" 2>"$work/burst.log" || log "the burst failed: $(tail -n 3 "$work/burst.log")"
+    echo "$bin: burst $(tr -d '\n' <"$work/burst.json" | grep -oE '"(accepted|ingest_throughput_eps|p50|p99)": *[0-9.]+' | tr '\n' ' ')"
+  fi
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   pid=""
