@@ -87,7 +87,7 @@ type Reply = oneshot::Sender<Result<Outcome, Arc<WriteError>>>;
 struct Item {
     event: NewEvent,
     reply: Reply,
-    _bytes: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
 }
 
 enum Msg {
@@ -128,11 +128,7 @@ impl BatchWriter {
             return Err(ApiError::Unavailable);
         };
         let (reply, answer) = oneshot::channel();
-        let item = Item {
-            event,
-            reply,
-            _bytes: bytes,
-        };
+        let item = Item { event, reply, bytes };
         match tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(item))).await {
             Ok(Ok(())) => {}
             // Closed: we are shutting down. Timed out: the queue stayed full.
@@ -226,7 +222,7 @@ async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
     metrics::histogram!(m::INGEST_BATCH_SIZE).record(items.len() as f64);
     // Each waiter keeps its share of the queue's bytes until it is answered.
     let (events, waiters): (Vec<NewEvent>, Vec<(Reply, OwnedSemaphorePermit)>) =
-        items.into_iter().map(|i| (i.event, (i.reply, i._bytes))).unzip();
+        items.into_iter().map(|i| (i.event, (i.reply, i.bytes))).unzip();
     match write::write_with_retry(&db, window, &events).await {
         Ok(outcomes) => {
             for ((reply, _), outcome) in waiters.into_iter().zip(outcomes) {
