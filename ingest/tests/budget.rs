@@ -205,9 +205,10 @@ async fn a_hundred_concurrent_one_mib_bodies_keep_ingest_under_256_mb() {
     let (key, _) = create_org_sql(&test_db.pool, "enterprise").await;
     let ingest = Ingest::start(&test_db.url).await;
     let ingest_addr = ingest.addr;
-    // A payload of one long string: just under the 1 MiB body limit, over the payload limit.
-    let blob = "x".repeat(MIB - 200);
-    let body = Arc::new(format!("{{\"type\":\"big\",\"payload\":{{\"blob\":\"{blob}\"}}}}").into_bytes());
+    // Just under the 1 MiB body limit, over the payload limit, and of the shape that costs most
+    // once decoded (an array of small numbers: ~16 bytes of tree per byte of text).
+    let blob = "1,".repeat((MIB - 200) / 2);
+    let body = Arc::new(format!("{{\"type\":\"big\",\"payload\":{{\"blob\":[{blob}1]}}}}").into_bytes());
     let barrier = Arc::new(Barrier::new(100));
     let requests = (0..100).map(|_| {
         let (key, body, barrier) = (key.clone(), body.clone(), barrier.clone());
