@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod budget;
 pub mod error;
 pub mod extract;
 pub mod openapi;

@@ -102,6 +102,8 @@ pub struct IngestConfig {
     pub auth_cache_ttl: Duration,
     /// How long a dedup id is remembered.
     pub dedup_window: Duration,
+    /// Bytes of request bodies ingest holds at once; a request that does not fit is `503`.
+    pub request_bytes_budget: usize,
 }
 
 impl IngestConfig {
@@ -116,6 +118,11 @@ impl IngestConfig {
             allow_private_webhooks: env_bool("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", false)?,
             auth_cache_ttl: Duration::from_secs(env_or("TRIGGERS_AUTH_CACHE_TTL_SECS", 60)?),
             dedup_window: Duration::from_secs(24 * 3600),
+            request_bytes_budget: match env_or("TRIGGERS_REQUEST_BYTES_BUDGET", DEFAULT_REQUEST_BYTES_BUDGET)?
+            {
+                0 => bail!("TRIGGERS_REQUEST_BYTES_BUDGET must be at least 1"),
+                bytes => bytes,
+            },
         })
     }
 
@@ -128,9 +135,13 @@ impl IngestConfig {
             allow_private_webhooks: true,
             auth_cache_ttl: Duration::from_secs(60),
             dedup_window: Duration::from_secs(24 * 3600),
+            request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
         }
     }
 }
+
+/// Default of `TRIGGERS_REQUEST_BYTES_BUDGET`: 64 MiB.
+pub const DEFAULT_REQUEST_BYTES_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Settings of `triggers-worker`.
 #[derive(Clone, Debug)]

@@ -184,7 +184,7 @@ pub struct RedeliverAllOut {
             ("X-RateLimit-Remaining" = u32, description = "0"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until capacity frees up"),
         )),
-        (status = 503, description = "`unavailable`: the database is unreachable; `Retry-After` header", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unreachable, or ingest is over its budget of request bytes in flight; `Retry-After` header", body = ErrorBody),
     )
 )]
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {

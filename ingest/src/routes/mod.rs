@@ -23,7 +23,12 @@ use tower_http::{
 };
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{AppState, extract::MAX_BODY_BYTES, openapi};
+use crate::{
+    AppState,
+    budget::{self, Budget},
+    extract::MAX_BODY_BYTES,
+    openapi,
+};
 use triggers_shared::service;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -68,6 +73,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(
+                    Budget::new(state.config.request_bytes_budget),
+                    budget::limit,
+                ))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)

@@ -1,8 +1,6 @@
-//! SQL of the `events` table and of its companion `dedup_keys`: the batch insert of the ingest
-//! path, the inbox listing, acknowledgement and redelivery. Every function on tenant data takes
-//! the organisation id.
-
-use std::time::Duration;
+//! SQL of the `events` table and of its companion `dedup_keys`: the rows of the ingest path's
+//! batch insert (the statement itself, which also writes each event's first delivery job, is
+//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery. Every function on tenant data takes the organisation id.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -15,37 +13,28 @@ use crate::models::{Event, EventStatus};
 const EVENT_COLUMNS: &str = "id, organization_id, type, dedup_id, payload::text AS payload, status, attempts, \
      response_status, last_error, created_at, updated_at, delivered_at, acknowledged_at";
 
-/// Claim dedup keys for new events: one multi-row insert. A key that exists and has not expired
-/// is left alone; an expired key is taken over. Returns the `(organization_id, dedup_id)` pairs
-/// this call claimed; every other pair is a duplicate (see [`dedup_owners`]).
+/// New events for one batch insert (parallel columns). `payloads` are JSON object texts, bound
+/// as text and cast to `jsonb` by the statement, so nothing is decoded into a tree on the way.
 ///
-/// The three slices are parallel. Callers sort them by `(organization_id, dedup_id)` so two
-/// concurrent batches lock keys in the same order and cannot deadlock.
-pub async fn claim_dedup_keys(
-    conn: &mut PgConnection,
-    organization_ids: &[Uuid],
-    dedup_ids: &[String],
-    event_ids: &[Uuid],
-    window: Duration,
-) -> sqlx::Result<Vec<(Uuid, String)>> {
-    if organization_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as::<_, (Uuid, String)>(
-        "INSERT INTO dedup_keys (organization_id, dedup_id, event_id, expires_at)
-         SELECT k.org, k.dedup, k.event, now() + make_interval(secs => $4)
-         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS k(org, dedup, event)
-         ON CONFLICT (organization_id, dedup_id) DO UPDATE
-             SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at
-             WHERE dedup_keys.expires_at <= now()
-         RETURNING organization_id, dedup_id",
-    )
-    .bind(organization_ids)
-    .bind(dedup_ids)
-    .bind(event_ids)
-    .bind(window.as_secs_f64())
-    .fetch_all(conn)
-    .await
+/// Callers order the rows by `(organization_id, dedup_id)`, so two concurrent batches lock dedup
+/// keys in the same order and cannot deadlock, and pass each dedup key at most once.
+#[derive(Debug, Default)]
+pub struct NewEvents<'a> {
+    pub ids: Vec<Uuid>,
+    pub organization_ids: Vec<Uuid>,
+    pub types: Vec<&'a str>,
+    pub dedup_ids: Vec<Option<&'a str>>,
+    pub payloads: Vec<&'a str>,
+}
+
+/// What [`super::queue::insert_batch`] did with one row of [`NewEvents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Stored at `created_at`, with its delivery job when the organisation has a webhook.
+    Inserted { id: Uuid, created_at: DateTime<Utc> },
+    /// Its dedup key is held by another event: `owner`, or `None` when the holder committed
+    /// after this statement's snapshot was taken (ask [`dedup_owners`]).
+    Duplicate { id: Uuid, owner: Option<Uuid> },
 }
 
 /// The event currently holding each of these dedup keys: `(organization_id, dedup_id, event_id)`.
@@ -67,51 +56,6 @@ pub async fn dedup_owners(
     .bind(dedup_ids)
     .fetch_all(conn)
     .await
-}
-
-/// New events for one multi-row insert (parallel columns). `payloads` are JSON texts.
-#[derive(Debug, Default)]
-pub struct NewEvents {
-    pub ids: Vec<Uuid>,
-    pub organization_ids: Vec<Uuid>,
-    pub types: Vec<String>,
-    pub dedup_ids: Vec<Option<String>>,
-    pub payloads: Vec<String>,
-}
-
-/// Insert events (status `pending`); returns `(id, created_at)` of each.
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    rows: &NewEvents,
-) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
-    if rows.ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
-        "INSERT INTO events (id, organization_id, type, dedup_id, payload)
-         SELECT e.id, e.org, e.type, e.dedup, e.payload::jsonb
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
-              AS e(id, org, type, dedup, payload)
-         RETURNING id, created_at",
-    )
-    .bind(&rows.ids)
-    .bind(&rows.organization_ids)
-    .bind(&rows.types)
-    .bind(&rows.dedup_ids)
-    .bind(&rows.payloads)
-    .fetch_all(conn)
-    .await
-}
-
-/// Which of these organisations have a webhook configured (their events get a delivery job).
-pub async fn organizations_with_webhook(
-    conn: &mut PgConnection,
-    organization_ids: &[Uuid],
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar("SELECT id FROM organizations WHERE id = ANY($1) AND webhook_url IS NOT NULL")
-        .bind(organization_ids)
-        .fetch_all(conn)
-        .await
 }
 
 /// Does this organisation have a webhook configured?

@@ -11,10 +11,15 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::jobs::DeliveryJob;
+use crate::{
+    db::events::{NewEvents, Written},
+    jobs::{DeliveryJob, TASK_MAX_ATTEMPTS},
+};
 
 /// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
 pub const DELIVERY_QUEUE: &str = "triggers_deliveries";
@@ -254,3 +259,89 @@ pub async fn requeue_events_without_job(
 /// Direct access to the queue's rows for tests: inspect jobs and put them into states that are
 /// slow or impossible to reach for real (given up, long finished, held by a dead worker).
 pub mod testing;
+
+/// Store a batch of new events in ONE statement (one round trip, committed on its own or with
+/// the caller's transaction): claim the dedup keys (an existing, unexpired key is a duplicate; an
+/// expired one is taken over), insert the events whose key was claimed or who have none, and
+/// enqueue one delivery job for each inserted event of an organisation with a webhook. Returns
+/// one [`Written`] per row, in no particular order.
+///
+/// It lives here because it writes the first delivery jobs: the job rows mirror `apalis_postgres::queries::push_tasks` (same columns, the same encoding
+/// through [`DeliveryJob::to_task`]); the job id is the event id read as a ULID (both are a
+/// millisecond timestamp followed by random bits), so an event's first job is unique to it.
+pub async fn insert_batch(
+    conn: &mut PgConnection,
+    rows: &NewEvents<'_>,
+    dedup_window: Duration,
+) -> sqlx::Result<Vec<Written>> {
+    if rows.ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut job_ids = Vec::with_capacity(rows.ids.len());
+    let mut jobs = Vec::with_capacity(rows.ids.len());
+    for (id, org) in rows.ids.iter().zip(&rows.organization_ids) {
+        let task = DeliveryJob::first(*id, *org)
+            .to_task(Duration::ZERO)
+            .map_err(|e| sqlx::Error::Encode(e.into()))?;
+        job_ids.push(ulid::Ulid::from(id.as_u128()).to_string());
+        jobs.push(task.args);
+    }
+    let written = sqlx::query_as::<_, (Uuid, Option<DateTime<Utc>>, Option<Uuid>)>(
+        "WITH e AS MATERIALIZED (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bytea[])
+                 WITH ORDINALITY AS e(id, org, type, dedup, payload, job_id, job, n)
+         ),
+         claimed AS (
+             INSERT INTO dedup_keys (organization_id, dedup_id, event_id, expires_at)
+             SELECT org, dedup, id, now() + make_interval(secs => $8) FROM e
+             WHERE dedup IS NOT NULL
+             ORDER BY n
+             ON CONFLICT (organization_id, dedup_id) DO UPDATE
+                 SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at
+                 WHERE dedup_keys.expires_at <= now()
+             RETURNING event_id
+         ),
+         inserted AS (
+             INSERT INTO events (id, organization_id, type, dedup_id, payload)
+             SELECT id, org, type, dedup, payload::jsonb FROM e
+             WHERE dedup IS NULL OR id IN (SELECT event_id FROM claimed)
+             ORDER BY n
+             RETURNING id, organization_id, created_at
+         ),
+         queued AS (
+             INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                      priority, metadata)
+             SELECT e.job_id, $9, e.job, 'Pending', 0, $10, now(), 0, ''::hstore
+             FROM inserted i
+             JOIN e ON e.id = i.id
+             JOIN organizations o ON o.id = i.organization_id AND o.webhook_url IS NOT NULL
+             ORDER BY e.n
+             RETURNING 1
+         )
+         SELECT id, created_at, NULL::uuid FROM inserted
+         UNION ALL
+         SELECT e.id, NULL, d.event_id FROM e
+         LEFT JOIN dedup_keys d ON d.organization_id = e.org AND d.dedup_id = e.dedup
+         WHERE e.dedup IS NOT NULL AND e.id NOT IN (SELECT event_id FROM claimed)",
+    )
+    .bind(&rows.ids)
+    .bind(&rows.organization_ids)
+    .bind(&rows.types)
+    .bind(&rows.dedup_ids)
+    .bind(&rows.payloads)
+    .bind(&job_ids)
+    .bind(&jobs)
+    .bind(dedup_window.as_secs_f64())
+    .bind(DELIVERY_QUEUE)
+    .bind(TASK_MAX_ATTEMPTS as i32)
+    .fetch_all(conn)
+    .await?;
+    Ok(written
+        .into_iter()
+        .map(|(id, created_at, owner)| match created_at {
+            Some(created_at) => Written::Inserted { id, created_at },
+            None => Written::Duplicate { id, owner },
+        })
+        .collect())
+}

@@ -1,0 +1,244 @@
+//! The group-committing writer of accepted events (see ARCHITECTURE.md).
+//!
+//! Requests hand their validated event to a bounded queue and wait for the verdict. A writer
+//! task turns the queue into batches without a timer: when nothing is being written, whatever
+//! is queued (often one event) is written at once, so a request alone never waits for company;
+//! while a batch is committing, what arrives gathers for the next one (natural group commit).
+//! A second batch (up to [`MAX_IN_FLIGHT`]) starts early only when a full one has gathered.
+//!
+//! A batch is ONE statement ([`write`]): dedup keys, events and their delivery jobs, so a `202`
+//! always means "stored with its job", answered only after the commit. If it fails, every
+//! waiter gets the cause (503 for an unreachable database); a data error that is not an outage
+//! is retried event by event so one bad row cannot sink its neighbours.
+//!
+//! Back-pressure and bounds: the queue holds at most [`QUEUE_CAPACITY`] events and
+//! [`QUEUE_BYTES`] of event text; the transaction is bounded by [`BATCH_TIMEOUT`], a request's
+//! whole wait by [`WAIT_TIMEOUT`]. On shutdown, everything queued is written before the task ends.
+
+mod plan;
+mod write;
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgPool, postgres::PgPoolOptions};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
+    task::JoinSet,
+};
+use triggers_shared::metrics as m;
+use triggers_shared::models::{DedupId, EventType, Payload};
+use uuid::Uuid;
+
+pub use write::WriteError;
+
+use crate::error::ApiError;
+
+/// Most events in one statement.
+pub const MAX_BATCH: usize = 500;
+/// Capacity of the queue in front of the writer, in events.
+pub const QUEUE_CAPACITY: usize = 10_000;
+/// Capacity of the queue in front of the writer, in bytes of event text (payload, type, dedup
+/// id): with payloads of up to 256 KiB, a count alone would let the queue hold gigabytes.
+pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// Batches committing at the same time.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// A writer connection idle this long is pinged before its next batch.
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// Bound on one batch statement.
+pub const BATCH_TIMEOUT: Duration = Duration::from_secs(4);
+/// Bound on a request's wait (queueing plus its batch).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A validated event to store. `payload` is its JSON object text, stored as it is.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub event_type: EventType,
+    pub dedup_id: Option<DedupId>,
+    pub payload: Payload,
+}
+
+impl NewEvent {
+    /// What the event weighs in the queue.
+    fn bytes(&self) -> usize {
+        self.payload.get().len() + self.event_type.len() + self.dedup_id.as_deref().map_or(0, str::len)
+    }
+}
+
+/// What happened to a submitted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (with its delivery job if the organisation has a webhook).
+    Accepted { id: Uuid, created_at: DateTime<Utc> },
+    /// Its dedup id is held by `event_id`; nothing was stored.
+    Duplicate { event_id: Uuid },
+}
+
+/// Why a waiter's event was not stored: the batch's error, shared by all its waiters.
+#[derive(Debug, thiserror::Error)]
+#[error("the event batch was not stored")]
+pub struct BatchFailed(#[source] pub Arc<WriteError>);
+
+type Reply = oneshot::Sender<Result<Outcome, Arc<WriteError>>>;
+
+/// A queued event, its waiter, and its share of [`QUEUE_BYTES`] (released once answered).
+struct Item {
+    event: NewEvent,
+    reply: Reply,
+    bytes: OwnedSemaphorePermit,
+}
+
+enum Msg {
+    Event(Item),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct BatchWriter {
+    tx: mpsc::Sender<Msg>,
+    bytes: Arc<Semaphore>,
+}
+
+impl BatchWriter {
+    /// Start the writer task on the runtime.
+    pub fn start(db: PgPool) -> Self {
+        Self::start_with_window(db, Duration::from_secs(24 * 3600))
+    }
+
+    /// Start the writer; dedup ids are remembered for `dedup_window`.
+    pub fn start_with_window(db: PgPool, dedup_window: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(writer_pool(&db), dedup_window, rx));
+        Self {
+            tx,
+            bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
+        }
+    }
+
+    /// Store an event; resolves after its batch committed (or failed). A queue that stays full
+    /// (by count or by bytes) for [`WAIT_TIMEOUT`] is `503`, like a writer that is shutting down.
+    pub async fn submit(&self, event: NewEvent) -> Result<Outcome, ApiError> {
+        let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
+        let weight = u32::try_from(event.bytes().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let bytes = self.bytes.clone().acquire_many_owned(weight);
+        let Ok(Ok(bytes)) = tokio::time::timeout_at(deadline, bytes).await else {
+            return Err(ApiError::Unavailable);
+        };
+        let (reply, answer) = oneshot::channel();
+        let item = Item { event, reply, bytes };
+        match tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(item))).await {
+            Ok(Ok(())) => {}
+            // Closed: we are shutting down. Timed out: the queue stayed full.
+            Ok(Err(_)) | Err(_) => return Err(ApiError::Unavailable),
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(cause))) if cause.is_unavailable() => Err(ApiError::Unavailable),
+            Ok(Ok(Err(cause))) => Err(ApiError::internal(BatchFailed(cause))),
+            // The writer dropped the waiter (it stopped) or the wait ran out.
+            Ok(Err(_)) | Err(_) => Err(ApiError::Unavailable),
+        }
+    }
+
+    /// Write everything queued so far, then stop the writer.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+/// The writer's own connections (at most [`MAX_IN_FLIGHT`], to the same database), checked
+/// with a ping only after idling [`PING_AFTER_IDLE`]: the shared pool pings before every
+/// acquire, one more round trip in front of every batch than a busy connection needs.
+fn writer_pool(db: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(MAX_IN_FLIGHT as u32)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with((*db.connect_options()).clone())
+}
+
+/// The writer task: gathers queued events into batches and starts their writes (see the module
+/// header for when). Ends once shut down (or every handle is gone) and all is written.
+async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
+    let mut pending: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+    let mut buf: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    let mut writing: JoinSet<()> = JoinSet::new();
+    let mut stopped: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut open = true;
+    loop {
+        while !pending.is_empty()
+            && (writing.is_empty() || (pending.len() >= MAX_BATCH && writing.len() < MAX_IN_FLIGHT))
+        {
+            let batch: Vec<Item> = pending.drain(..pending.len().min(MAX_BATCH)).collect();
+            writing.spawn(write_and_answer(db.clone(), window, batch));
+        }
+        if !open && pending.is_empty() && writing.is_empty() {
+            break;
+        }
+        let room = MAX_BATCH.saturating_sub(pending.len());
+        tokio::select! {
+            received = rx.recv_many(&mut buf, room), if open && room > 0 => {
+                if received == 0 {
+                    open = false;
+                }
+                for msg in buf.drain(..) {
+                    match msg {
+                        Msg::Event(item) => pending.push(item),
+                        Msg::Shutdown(done) => {
+                            // Refuse new work; what is already queued is still received.
+                            rx.close();
+                            stopped.push(done);
+                        }
+                    }
+                }
+            }
+            Some(_) = writing.join_next(), if !writing.is_empty() => {}
+        }
+    }
+    for done in stopped {
+        let _ = done.send(());
+    }
+}
+
+/// Write one batch and answer its waiters. A failure that is not an outage is retried one
+/// event at a time, so only the event at fault fails.
+async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
+    metrics::histogram!(m::INGEST_BATCH_SIZE).record(items.len() as f64);
+    // Each waiter keeps its share of the queue's bytes until it is answered.
+    let (events, waiters): (Vec<NewEvent>, Vec<(Reply, OwnedSemaphorePermit)>) =
+        items.into_iter().map(|i| (i.event, (i.reply, i.bytes))).unzip();
+    match write::write_with_retry(&db, window, &events).await {
+        Ok(outcomes) => {
+            for ((reply, _), outcome) in waiters.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(cause) if !cause.is_unavailable() && events.len() > 1 => {
+            for (event, (reply, _)) in events.iter().zip(waiters) {
+                let answer = write::write_with_retry(&db, window, std::slice::from_ref(event)).await;
+                let _ = reply.send(answer.and_then(|outcomes| write::only(outcomes, event.id)));
+            }
+        }
+        Err(cause) => {
+            for (reply, _) in waiters {
+                let _ = reply.send(Err(cause.clone()));
+            }
+        }
+    }
+}

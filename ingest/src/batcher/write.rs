@@ -1,0 +1,105 @@
+//! The I/O half of writing a batch: one statement (see `db::queue::insert_batch`), committed
+//! on its own, retried on a deadlock or serialization failure, bounded by [`BATCH_TIMEOUT`].
+//! Planning and the answers are [`super::plan`]'s.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use sqlx::PgPool;
+use triggers_shared::{db, metrics as m};
+use uuid::Uuid;
+
+use super::{BATCH_TIMEOUT, NewEvent, Outcome, plan::Plan};
+
+/// Why a batch was not stored. Shared (in an `Arc`) by every waiter of the batch, so each
+/// request's log line carries the cause with its source chain.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the batch statement failed")]
+    Database(#[from] sqlx::Error),
+    #[error("the batch statement did not finish within {BATCH_TIMEOUT:?}")]
+    TimedOut,
+    #[error("the batch statement did not account for event {0}")]
+    NotReturned(Uuid),
+}
+
+impl WriteError {
+    /// An outage (no connection, database down, too slow) rather than a fault of this data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            WriteError::Database(e) => db::is_unavailable(e),
+            WriteError::TimedOut => true,
+            WriteError::NotReturned(_) => false,
+        }
+    }
+}
+
+/// Write a batch; one outcome per event, in order. Retried (up to three tries) when Postgres
+/// chose it as a deadlock or serialization victim.
+pub(super) async fn write_with_retry(
+    db: &PgPool,
+    window: std::time::Duration,
+    events: &[NewEvent],
+) -> Result<Vec<Outcome>, Arc<WriteError>> {
+    let plan = Plan::new(events);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let started = Instant::now();
+        let result = tokio::time::timeout(BATCH_TIMEOUT, write_once(db, window, events, &plan))
+            .await
+            .unwrap_or(Err(WriteError::TimedOut));
+        metrics::histogram!(m::INGEST_BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(WriteError::Database(e)) if is_retryable(&e) && tries < 3 => {
+                tracing::info!(error = %e, "event batch: retrying after a conflict");
+            }
+            Err(e) => {
+                // Logged here once per batch; each waiter's request logs it again with its id.
+                if e.is_unavailable() {
+                    tracing::warn!(error = ?e, size = events.len(), "event batch: database unavailable");
+                }
+                return Err(Arc::new(e));
+            }
+        }
+    }
+}
+
+/// The one outcome of a batch of one event.
+pub(super) fn only(outcomes: Vec<Outcome>, id: Uuid) -> Result<Outcome, Arc<WriteError>> {
+    outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| Arc::new(WriteError::NotReturned(id)))
+}
+
+#[tracing::instrument(name = "event_batch", skip_all, fields(size = events.len()))]
+async fn write_once(
+    db: &PgPool,
+    window: std::time::Duration,
+    events: &[NewEvent],
+    plan: &Plan,
+) -> Result<Vec<Outcome>, WriteError> {
+    let mut conn = db.acquire().await?;
+    let written = db::queue::insert_batch(&mut conn, &plan.rows(events), window).await?;
+    let unknown = plan.unknown_owners(events, &written);
+    let late_owners: HashMap<(Uuid, String), Uuid> = if unknown.is_empty() {
+        HashMap::new()
+    } else {
+        let (orgs, dedups): (Vec<Uuid>, Vec<String>) =
+            unknown.into_iter().map(|(o, d)| (o, d.to_owned())).unzip();
+        db::events::dedup_owners(&mut conn, &orgs, &dedups)
+            .await?
+            .into_iter()
+            .map(|(o, d, e)| ((o, d), e))
+            .collect()
+    };
+    plan.resolve(events, &written, &late_owners)
+        .map_err(WriteError::NotReturned)
+}
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
