@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 // Both binaries.
 /// Gauge `{version, service}` = 1.
@@ -102,6 +102,23 @@ pub fn install_recorder() -> PrometheusHandle {
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
+                // Retries take an event's end-to-end time to minutes and hours.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(DELIVERY_END_TO_END_SECONDS.into()),
+                        &[
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                            60.0, 300.0, 900.0, 3600.0, 10_800.0,
+                        ],
+                    )
+                })
+                // Counts, not seconds.
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_batch_size".into()),
+                        &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
