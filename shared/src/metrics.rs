@@ -70,7 +70,14 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 /// Values of [`AUTH_CACHE_TOTAL`]'s `outcome` label.
-pub const AUTH_CACHE_OUTCOMES: [&str; 5] = ["hit", "refused_hit", "verified", "rejected", "unknown"];
+pub const AUTH_CACHE_OUTCOMES: [&str; 6] = [
+    "hit",
+    "refused_hit",
+    "verified",
+    "rejected",
+    "unknown",
+    "throttled",
+];
 
 /// Values of [`DELIVERIES_TOTAL`]'s `outcome` label.
 pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "retry", "failed", "superseded", "dropped"];
