@@ -10,6 +10,7 @@ pub mod models;
 pub mod net;
 pub mod signing;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 /// The version both binaries report (`/health`, `User-Agent`).
