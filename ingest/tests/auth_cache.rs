@@ -50,10 +50,14 @@ async fn outcome_count(app: &TestApp, outcome: &str) -> u64 {
 
 async fn counts(app: &TestApp) -> [u64; 6] {
     let mut out = [0; 6];
-    for (slot, outcome) in out
-        .iter_mut()
-        .zip(["hit", "refused_hit", "verified", "rejected", "unknown", "throttled"])
-    {
+    for (slot, outcome) in out.iter_mut().zip([
+        "hit",
+        "refused_hit",
+        "verified",
+        "rejected",
+        "unknown",
+        "throttled",
+    ]) {
         *slot = outcome_count(app, outcome).await;
     }
     out
@@ -286,7 +290,12 @@ impl IngestProcess {
     }
 
     async fn count(&self, outcome: &str) -> u64 {
-        let text = self.client.get(self.url("/metrics")).send().await.expect("metrics");
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
         let text = text.text().await.expect("text");
         let series = format!("triggers_auth_cache_total{{outcome=\"{outcome}\"}} ");
         text.lines()
@@ -358,7 +367,9 @@ async fn a_burst_of_wrong_secrets_for_one_prefix_does_not_delay_another_organisa
 
     // The bar is 100 ms for a first request; on a loaded machine one argon2 hash alone may take
     // longer, so the bar is applied to what the burst adds to a quiet first request (medians).
-    eprintln!("first requests: quiet {quiet:?}, during the burst {during:?} (the burst lasted {burst_lasted:?})");
+    eprintln!(
+        "first requests: quiet {quiet:?}, during the burst {during:?} (the burst lasted {burst_lasted:?})"
+    );
     assert!(
         during[1] < quiet[1] + Duration::from_millis(100),
         "the burst delayed other organisations' first requests: quiet {quiet:?}, during {during:?}"
@@ -367,11 +378,17 @@ async fn a_burst_of_wrong_secrets_for_one_prefix_does_not_delay_another_organisa
     // The budget is 10 failures, then one a second: never 200 hashes.
     let hashed = rejected1 - rejected0;
     let budget = 10 + burst_lasted.as_secs() + 5;
-    assert!(hashed <= budget, "{hashed} wrong secrets were hashed (budget {budget})");
+    assert!(
+        hashed <= budget,
+        "{hashed} wrong secrets were hashed (budget {budget})"
+    );
     assert!(throttled > 0, "no guess was throttled");
     // The real key is not locked out for longer than the budget takes to refill.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let res = app.client.get(app.url("/api/webhook/config")).header("X-API-Key", &target);
+    let res = app
+        .client
+        .get(app.url("/api/webhook/config"))
+        .header("X-API-Key", &target);
     assert_eq!(res.send().await.expect("the real key").status(), 200);
 }
 

@@ -82,7 +82,8 @@ fn assert_round_trips(body: &Value) -> Result<(), TestCaseError> {
     // What is stored is exactly the compact text of the payload sent, and is JSON again.
     let sent = serde_json::to_string(&body["payload"]).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(&event.payload, &sent);
-    let stored: Value = serde_json::from_str(&event.payload).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let stored: Value =
+        serde_json::from_str(&event.payload).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert!(stored.is_object());
     prop_assert!(!has_nul(&stored), "a NUL reached storage");
     Ok(())

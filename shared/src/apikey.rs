@@ -132,6 +132,9 @@ mod tests {
             task.await.expect("join").expect("pool");
         }
         let most = most.load(SeqCst);
-        assert!((1..=permits).contains(&most), "{most} ran at once with {permits} permits");
+        assert!(
+            (1..=permits).contains(&most),
+            "{most} ran at once with {permits} permits"
+        );
     }
 }

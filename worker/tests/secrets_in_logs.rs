@@ -20,7 +20,11 @@ const ADMIN_TOKEN: &str = "admin-token-4b1d8e0c9f2a7d35e6c1";
 
 fn binary(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: build the binaries first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first",
+        path.display()
+    );
     path
 }
 
@@ -51,7 +55,10 @@ impl Process {
 
     /// SIGTERM and wait, so everything the process logged is in its file.
     fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         for _ in 0..300 {
             if matches!(self.0.try_wait(), Ok(Some(_))) {
                 return;
@@ -164,18 +171,18 @@ async fn a_full_run_at_debug_level_logs_no_key_signing_secret_or_admin_token() {
     secrets.push(text(&hook, "signing_secret"));
 
     for n in 0..3 {
-        let (status, body) = call(
-            client
-                .post(url("/api/events"))
-                .bearer_auth(&first_key)
-                .json(&json!({"type": "order.created", "payload": {"n": n}, "dedup_id": format!("logs-{n}")})),
-        )
-        .await;
+        let (status, body) =
+            call(client.post(url("/api/events")).bearer_auth(&first_key).json(
+                &json!({"type": "order.created", "payload": {"n": n}, "dedup_id": format!("logs-{n}")}),
+            ))
+            .await;
         assert_eq!(status, 202, "{body}");
     }
-    eventually("3 events delivered after a retry", Duration::from_secs(60), || async {
-        receiver.count() >= 4
-    })
+    eventually(
+        "3 events delivered after a retry",
+        Duration::from_secs(60),
+        || async { receiver.count() >= 4 },
+    )
     .await;
 
     let (status, rotated) = call(
@@ -212,9 +219,11 @@ async fn a_full_run_at_debug_level_logs_no_key_signing_secret_or_admin_token() {
     )
     .await;
     assert_eq!(status, 202, "{body}");
-    eventually("the event after the rotations is delivered", Duration::from_secs(60), || async {
-        receiver.count() >= 5
-    })
+    eventually(
+        "the event after the rotations is delivered",
+        Duration::from_secs(60),
+        || async { receiver.count() >= 5 },
+    )
     .await;
 
     ingest.stop();
@@ -222,9 +231,18 @@ async fn a_full_run_at_debug_level_logs_no_key_signing_secret_or_admin_token() {
     let ingest_text = std::fs::read_to_string(&ingest_log).expect("ingest log");
     let worker_text = std::fs::read_to_string(&worker_log).expect("worker log");
     // The logs are real debug logs of this run, not empty files.
-    assert!(ingest_text.contains("\"level\":\"DEBUG\""), "ingest logged nothing at debug");
-    assert!(ingest_text.contains(&org_id), "ingest did not log the organisation");
-    assert!(worker_text.contains("DEBUG"), "the worker logged nothing at debug");
+    assert!(
+        ingest_text.contains("\"level\":\"DEBUG\""),
+        "ingest logged nothing at debug"
+    );
+    assert!(
+        ingest_text.contains(&org_id),
+        "ingest did not log the organisation"
+    );
+    assert!(
+        worker_text.contains("DEBUG"),
+        "the worker logged nothing at debug"
+    );
 
     for secret in &secrets {
         // The whole secret, and its secret part alone (after a key's public prefix

@@ -21,7 +21,6 @@
 //! cache), `verified` and `rejected` (argon2 ran), `unknown` (no key with that prefix) and
 //! `throttled` (refused without looking: the prefix is out of its failure budget).
 
-
 use std::{
     sync::{
         Arc, Weak,
@@ -146,7 +145,10 @@ impl AuthCache {
             self.inner.refuse(digest);
             return Err(ApiError::InvalidApiKey);
         };
-        if !apikey::verify(key, &row.key_hash).await.map_err(ApiError::internal)? {
+        if !apikey::verify(key, &row.key_hash)
+            .await
+            .map_err(ApiError::internal)?
+        {
             record("rejected");
             self.inner.refuse(digest);
             self.inner.throttle.failed(prefix);

@@ -80,7 +80,10 @@ mod tests {
         inv.org(a);
         assert!(inv.overtook(ticket, a));
         assert!(!inv.overtook(ticket, b));
-        assert!(!inv.overtook(inv.ticket(), a), "a later verification of a is fresh");
+        assert!(
+            !inv.overtook(inv.ticket(), a),
+            "a later verification of a is fresh"
+        );
     }
 
     #[test]
@@ -104,7 +107,10 @@ mod tests {
             inv.org(Uuid::new_v4());
         }
         assert!(inv.by_org.len() <= TRACKED_ORGS, "bounded");
-        assert!(inv.overtook(ticket, target), "still stale after the record was cleared");
+        assert!(
+            inv.overtook(ticket, target),
+            "still stale after the record was cleared"
+        );
         assert!(!inv.overtook(inv.ticket(), target));
     }
 }

@@ -69,7 +69,8 @@ impl PrefixThrottle {
             self.blocked.retain(|_, until| *until > now);
         }
         // Never less than a millisecond, so a block is never a no-op.
-        self.blocked.insert(prefix.to_owned(), now + wait.max(Duration::from_millis(1)));
+        self.blocked
+            .insert(prefix.to_owned(), now + wait.max(Duration::from_millis(1)));
     }
 }
 
@@ -84,10 +85,16 @@ mod tests {
         for _ in 0..burst {
             throttle.failed("trg_live_aaaaaaaaaaaa");
         }
-        assert!(!throttle.is_blocked("trg_live_aaaaaaaaaaaa"), "the burst itself is allowed");
+        assert!(
+            !throttle.is_blocked("trg_live_aaaaaaaaaaaa"),
+            "the burst itself is allowed"
+        );
         throttle.failed("trg_live_aaaaaaaaaaaa");
         assert!(throttle.is_blocked("trg_live_aaaaaaaaaaaa"));
-        assert!(!throttle.is_blocked("trg_live_bbbbbbbbbbbb"), "other prefixes are not");
+        assert!(
+            !throttle.is_blocked("trg_live_bbbbbbbbbbbb"),
+            "other prefixes are not"
+        );
     }
 
     #[test]
