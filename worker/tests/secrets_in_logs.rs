@@ -13,36 +13,19 @@ use std::{
     time::Duration,
 };
 
-use common::{Receiver, Reply, eventually, test_db};
+use common::{Receiver, Reply, eventually, free_port, ingest_binary, test_db};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "admin-token-4b1d8e0c9f2a7d35e6c1";
-
-fn binary(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// A binary whose stdout and stderr both go to `log`; stopped (SIGTERM, then SIGKILL) on drop.
 struct Process(Child);
 
 impl Process {
-    fn spawn(name: &str, env: &[(&str, String)], log: &Path) -> Self {
+    fn spawn(binary: PathBuf, env: &[(&str, String)], log: &Path) -> Self {
         let out = File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(binary(name));
+        let mut cmd = Command::new(&binary);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdout(Stdio::from(out))
@@ -50,7 +33,10 @@ impl Process {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self(cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")))
+        Self(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display())),
+        )
     }
 
     /// SIGTERM and wait, so everything the process logged is in its file.
@@ -113,7 +99,7 @@ async fn a_full_run_at_debug_level_logs_no_key_signing_secret_or_admin_token() {
         env
     };
     let ingest = Process::spawn(
-        "triggers-ingest",
+        ingest_binary(),
         &common_env(&[
             ("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}")),
             ("TRIGGERS_LOG_FORMAT", "json".to_owned()),
@@ -121,7 +107,7 @@ async fn a_full_run_at_debug_level_logs_no_key_signing_secret_or_admin_token() {
         &ingest_log,
     );
     let worker = Process::spawn(
-        "triggers-worker",
+        PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")),
         &common_env(&[
             ("TRIGGERS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
             ("TRIGGERS_RETRY_SCHEDULE", "1s".to_owned()),
