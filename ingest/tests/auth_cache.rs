@@ -421,10 +421,12 @@ async fn rotating_one_organisations_keys_in_a_loop_leaves_the_others_cached() {
 
     // Four organisations rotate their key back to back (each rotation announces a change).
     let stop = tokio_util::sync::CancellationToken::new();
+    let rotated = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let loops: Vec<_> = rotating
         .into_iter()
         .map(|mut key| {
             let (client, url, stop) = (app.client.clone(), app.url("/api/keys/rotate"), stop.clone());
+            let rotated = rotated.clone();
             tokio::spawn(async move {
                 let mut rotations = 0;
                 while !stop.is_cancelled() {
@@ -434,6 +436,7 @@ async fn rotating_one_organisations_keys_in_a_loop_leaves_the_others_cached() {
                     let body: Value = res.json().await.expect("json");
                     key = body["api_key"].as_str().expect("api_key").to_owned();
                     rotations += 1;
+                    rotated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 rotations
             })
@@ -442,11 +445,15 @@ async fn rotating_one_organisations_keys_in_a_loop_leaves_the_others_cached() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Meanwhile the bystander's key is verified once and then served from the cache: the
-    // rotated keys are never presented twice, so every hit is the bystander's.
+    // rotated keys are never presented twice, so every hit is the bystander's. It keeps asking
+    // for at least 20 requests and 8 rotations, however slow the machine.
     let [hit0, ..] = counts(&app).await;
-    let requests = 20;
-    for _ in 0..requests {
+    let mut requests = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while requests < 20 || rotated.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < until, "too few rotations ran");
         assert_eq!(status_with(&app, &bystander).await, 200);
+        requests += 1;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let [hit1, ..] = counts(&app).await;
