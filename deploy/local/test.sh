@@ -11,11 +11,16 @@ if [[ -z ${DATABASE_URL:-} ]]; then
 fi
 echo "test.sh: DATABASE_URL=$DATABASE_URL" >&2
 
-# Drop test databases left by earlier runs (each test makes its own).
+# Each test makes a database of its own: drop them when the run ends (pass or fail), and any
+# an interrupted earlier run left.
 psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
-"$psql_bin" "$DATABASE_URL" -Atqc \
-  "SELECT format('DROP DATABASE IF EXISTS %I;', datname) FROM pg_database WHERE datname LIKE 'triggers_test_%'" \
-  | "$psql_bin" "$DATABASE_URL" -q >/dev/null 2>&1 || true
+drop_test_databases() {
+  "$psql_bin" "$DATABASE_URL" -Atqc \
+    "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE 'triggers_test_%'" \
+    | "$psql_bin" "$DATABASE_URL" -q >/dev/null 2>&1 || true
+}
+drop_test_databases
+trap drop_test_databases EXIT
 
 # Binaries the end-to-end tests start as real processes.
 cargo build --workspace --bins

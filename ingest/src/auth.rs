@@ -1,12 +1,15 @@
 //! Authentication: `X-API-Key: <key>` or `Authorization: Bearer <key>` → the organisation, and
 //! the operator's admin token that guards organisation creation.
 //!
-//! The prefix of a key finds its row; argon2id verifies the secret. Verified keys are cached
-//! (TTL) so argon2 runs only on a miss; refused keys are cached too (bounded), so an unknown
-//! key costs at most one argon2 per TTL. Instances drop cached entries when another instance
-//! rotates a key (LISTEN/NOTIFY on [`INVALIDATION_CHANNEL`]); see [`cache`].
+//! The prefix of a key finds its row; argon2id verifies the secret on the process's one hash
+//! pool. Verified keys are cached (TTL) so argon2 runs only on a miss; refused keys are cached
+//! too (bounded), so an unknown key costs at most one argon2 per TTL, and wrong secrets for one
+//! prefix are throttled ([`throttle`]). Instances drop one organisation's cached entries when
+//! another instance rotates its keys (LISTEN/NOTIFY on [`INVALIDATION_CHANNEL`]); see [`cache`].
 
 mod cache;
+mod invalidations;
+pub mod throttle;
 
 use axum::{
     extract::FromRequestParts,

@@ -180,9 +180,9 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A new key and its hash (argon2 is slow on purpose: off the async threads).
+/// A new key and its hash (argon2, on the process's one hashing pool).
 async fn fresh_key() -> anyhow::Result<apikey::GeneratedKey> {
-    tokio::task::spawn_blocking(apikey::generate).await?
+    apikey::generate().await
 }
 
 async fn create_org(pool: &PgPool, name: &str, tier: Tier) -> anyhow::Result<()> {

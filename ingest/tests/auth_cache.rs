@@ -1,17 +1,19 @@
 //! The API key cache: argon2 runs once per key per TTL (for good and bad keys), concurrent
-//! first requests share one verification, and a lost invalidation listener empties the cache.
+//! first requests share one verification, a lost invalidation listener empties the cache, a
+//! flood of wrong secrets for one prefix is throttled without delaying other organisations, and
+//! one organisation's rotations leave the others cached.
 //!
 //! These tests count `triggers_auth_cache_total{outcome}` from `/metrics`, which is process-wide;
 //! they take [`SERIAL`] so they also hold when run as threads of one process (`cargo test`).
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::TestApp;
 use serde_json::Value;
 use tokio::sync::Mutex;
-use triggers_shared::apikey;
+use triggers_shared::{apikey, metrics::AUTH_CACHE_OUTCOMES};
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
@@ -30,9 +32,13 @@ async fn status_with(app: &TestApp, key: &str) -> u16 {
 
 /// `triggers_auth_cache_total{outcome="<outcome>"}` as the app reports it now.
 async fn outcome_count(app: &TestApp, outcome: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
+    outcome_count_at(&app.client, &app.url("/metrics"), outcome).await
+}
+
+/// `triggers_auth_cache_total{outcome="<outcome>"}` as the metrics at `url` report it now.
+async fn outcome_count_at(client: &reqwest::Client, url: &str, outcome: &str) -> u64 {
+    let text = client
+        .get(url)
         .send()
         .await
         .expect("GET /metrics")
@@ -46,12 +52,9 @@ async fn outcome_count(app: &TestApp, outcome: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn counts(app: &TestApp) -> [u64; 5] {
-    let mut out = [0; 5];
-    for (slot, outcome) in out
-        .iter_mut()
-        .zip(["hit", "refused_hit", "verified", "rejected", "unknown"])
-    {
+async fn counts(app: &TestApp) -> [u64; 6] {
+    let mut out = [0; 6];
+    for (slot, outcome) in out.iter_mut().zip(AUTH_CACHE_OUTCOMES) {
         *slot = outcome_count(app, outcome).await;
     }
     out
@@ -81,12 +84,12 @@ async fn a_refused_key_costs_one_verification_per_ttl() {
     let guess = format!("{prefix}_{}", "G".repeat(43));
     let unknown = format!("trg_live_abcdefabcdef_{}", "U".repeat(43));
 
-    let [_, refused0, _, rejected0, unknown0] = counts(&app).await;
+    let [_, refused0, _, rejected0, unknown0, _] = counts(&app).await;
     for _ in 0..5 {
         assert_eq!(status_with(&app, &guess).await, 401);
         assert_eq!(status_with(&app, &unknown).await, 401);
     }
-    let [_, refused1, _, rejected1, unknown1] = counts(&app).await;
+    let [_, refused1, _, rejected1, unknown1, _] = counts(&app).await;
     assert_eq!(rejected1 - rejected0, 1, "one argon2 for the wrong secret");
     assert_eq!(unknown1 - unknown0, 1, "one lookup for the unknown prefix");
     assert_eq!(refused1 - refused0, 8);
@@ -96,7 +99,7 @@ async fn a_refused_key_costs_one_verification_per_ttl() {
     for _ in 0..3 {
         assert_eq!(status_with(&app, &guess).await, 401);
     }
-    let [_, _, _, rejected2, _] = counts(&app).await;
+    let [_, _, _, rejected2, ..] = counts(&app).await;
     assert_eq!(rejected2 - rejected1, 1);
     // The real key was never disturbed.
     assert_eq!(status_with(&app, &key).await, 200);
@@ -224,4 +227,246 @@ async fn a_database_outage_is_not_mistaken_for_an_invalid_key() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The real `triggers-ingest` binary on a fresh database, so the load a test generates does not
+/// share the server's threads. Killed on drop.
+struct IngestProcess {
+    child: std::process::Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl IngestProcess {
+    async fn start() -> Self {
+        let db = triggers_shared::testing::TestDb::new().await.expect("db");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_triggers-ingest"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn triggers-ingest");
+        let ingest = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = ingest.client.get(ingest.url("/health/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return ingest;
+            }
+            assert!(Instant::now() < until, "ingest did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn create_org(&self, name: &str) -> String {
+        let res = self
+            .client
+            .post(self.url("/api/keys/generate"))
+            .json(&serde_json::json!({"organization_name": name}))
+            .send()
+            .await
+            .expect("generate");
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.expect("json");
+        body["api_key"].as_str().expect("api_key").to_owned()
+    }
+
+    async fn count(&self, outcome: &str) -> u64 {
+        outcome_count_at(&self.client, &self.url("/metrics"), outcome).await
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long a cold first request with each of these keys takes, sorted, each on a fresh
+/// connection.
+async fn first_request_times(app: &IngestProcess, keys: &[String]) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for key in keys {
+        // Without the pool and throttle a first request waited behind every guess: give up.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let started = Instant::now();
+        let res = client
+            .get(app.url("/api/webhook/config"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .expect("a first request of another organisation (10 s timeout)");
+        took.push(started.elapsed());
+        assert_eq!(res.status(), 200);
+    }
+    took.sort();
+    took
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_secrets_for_one_prefix_does_not_delay_another_organisations_first_request() {
+    // Runs alone under nextest (.config/nextest.toml); under `cargo test`, at least not beside
+    // this file's other tests.
+    let _serial = SERIAL.lock().await;
+    let app = IngestProcess::start().await;
+    let target = app.create_org("Attacked").await;
+    let mut bystanders = Vec::new();
+    for n in 0..10 {
+        bystanders.push(app.create_org(&format!("Bystander {n}")).await);
+    }
+    let prefix = apikey::prefix_of(&target).expect("prefix").to_owned();
+    // What a first request (a query and one argon2 hash) costs on this machine right now.
+    let quiet = first_request_times(&app, &bystanders[..5]).await;
+    let rejected0 = app.count("rejected").await;
+
+    // Three times: 200 wrong secrets sent at once for the one prefix (from a thread and runtime
+    // of their own, so the measuring client does not queue behind them), then, while they are
+    // being answered, another organisation's first request.
+    // (Under a loaded machine the 200 requests alone cost the server noticeable CPU for a few
+    // hundred milliseconds; that is not what this measures.)
+    let burst_started = Instant::now();
+    let mut during = Vec::new();
+    for wave in 0..3 {
+        let url = app.url("/api/webhook/config");
+        let prefix = prefix.clone();
+        let attacker = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("attacker runtime");
+            runtime.block_on(async move {
+                let client = reqwest::Client::new();
+                let guesses: Vec<_> = (wave * 200..(wave + 1) * 200)
+                    .map(|n| {
+                        let guess = format!("{prefix}_{n:G>43}");
+                        let req = client.get(&url).header("X-API-Key", guess).send();
+                        tokio::spawn(
+                            async move { req.await.expect("GET with a wrong secret").status().as_u16() },
+                        )
+                    })
+                    .collect();
+                let mut statuses = Vec::new();
+                for guess in guesses {
+                    statuses.push(guess.await.expect("join"));
+                }
+                statuses
+            })
+        });
+        // Long enough for the server to have read all 200 (and, without a throttle, to be
+        // hashing them), not for it to have hashed them all.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        during.extend(first_request_times(&app, &bystanders[5 + wave..6 + wave]).await);
+        let statuses = tokio::task::spawn_blocking(move || attacker.join())
+            .await
+            .expect("join")
+            .expect("attacker");
+        assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    }
+    during.sort();
+    let burst_lasted = burst_started.elapsed();
+
+    // The bar is 100 ms for a first request, but on a loaded machine one argon2 hash alone may
+    // take longer; so the bar is what the guesses may add to a quiet first request: 100 ms
+    // (medians). Without the pool and throttle, it waited behind the whole burst's hashes.
+    eprintln!("first requests: quiet {quiet:?}, during 600 guesses {during:?} (in {burst_lasted:?})");
+    assert!(
+        during[1] < quiet[2] + Duration::from_millis(100),
+        "the guesses delayed other organisations' first requests: quiet {quiet:?}, during {during:?}"
+    );
+    let (rejected1, throttled) = (app.count("rejected").await, app.count("throttled").await);
+    // The budget is 10 failures, then one a second: never 200 hashes.
+    let hashed = rejected1 - rejected0;
+    let budget = 10 + burst_lasted.as_secs() + 5;
+    assert!(
+        hashed <= budget,
+        "{hashed} wrong secrets were hashed (budget {budget})"
+    );
+    assert!(throttled > 0, "no guess was throttled");
+    // The real key is not locked out for longer than the budget takes to refill.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let res = app
+        .client
+        .get(app.url("/api/webhook/config"))
+        .header("X-API-Key", &target);
+    assert_eq!(res.send().await.expect("the real key").status(), 200);
+}
+
+#[tokio::test]
+async fn rotating_one_organisations_keys_in_a_loop_leaves_the_others_cached() {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn().await;
+    let (bystander, _) = app.create_org("Steady", "free").await;
+    let mut rotating = Vec::new();
+    for n in 0..4 {
+        rotating.push(app.create_org(&format!("Rotating {n}"), "free").await.0);
+    }
+
+    // Four organisations rotate their key back to back (each rotation announces a change).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rotated = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let loops: Vec<_> = rotating
+        .into_iter()
+        .map(|mut key| {
+            let (client, url, stop) = (app.client.clone(), app.url("/api/keys/rotate"), stop.clone());
+            let rotated = rotated.clone();
+            tokio::spawn(async move {
+                let mut rotations = 0;
+                while !stop.is_cancelled() {
+                    let res = client.post(&url).header("X-API-Key", &key).send().await;
+                    let res = res.expect("rotate");
+                    assert_eq!(res.status(), 200);
+                    let body: Value = res.json().await.expect("json");
+                    key = body["api_key"].as_str().expect("api_key").to_owned();
+                    rotations += 1;
+                    rotated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                rotations
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Meanwhile the bystander's key is verified once and then served from the cache: the
+    // rotated keys are never presented twice, so every hit is the bystander's. It keeps asking
+    // for at least 20 requests and 8 rotations, however slow the machine.
+    let [hit0, ..] = counts(&app).await;
+    let mut requests = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while requests < 20 || rotated.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < until, "too few rotations ran");
+        assert_eq!(status_with(&app, &bystander).await, 200);
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let [hit1, ..] = counts(&app).await;
+    stop.cancel();
+    let mut rotations = 0;
+    for rotated in loops {
+        rotations += rotated.await.expect("join");
+    }
+    assert!(rotations >= 8, "only {rotations} rotations ran alongside");
+    assert_eq!(
+        hit1 - hit0,
+        requests - 1,
+        "every request after the first was served from the cache"
+    );
 }

@@ -153,7 +153,7 @@ async fn only_a_hash_and_a_prefix_of_the_key_are_stored() {
             .expect("key row");
     assert_eq!(Some(prefix.as_str()), apikey::prefix_of(&key));
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(apikey::verify(&key, &hash));
+    assert!(apikey::verify(&key, &hash).await.expect("hash pool"));
 
     // Nothing anywhere in the key's or the organisation's rows contains the secret.
     let rows: Vec<String> = sqlx::query_scalar(

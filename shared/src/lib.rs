@@ -12,6 +12,7 @@ pub mod net;
 pub mod service;
 pub mod signing;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 /// The version both binaries report (`/health`, `User-Agent`).

@@ -70,7 +70,14 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 /// Values of [`AUTH_CACHE_TOTAL`]'s `outcome` label.
-pub const AUTH_CACHE_OUTCOMES: [&str; 5] = ["hit", "refused_hit", "verified", "rejected", "unknown"];
+pub const AUTH_CACHE_OUTCOMES: [&str; 6] = [
+    "hit",
+    "refused_hit",
+    "verified",
+    "rejected",
+    "unknown",
+    "throttled",
+];
 
 /// Values of [`DELIVERIES_TOTAL`]'s `outcome` label.
 pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "retry", "failed", "superseded", "dropped"];
@@ -107,8 +114,8 @@ pub fn install_recorder() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(DELIVERY_END_TO_END_SECONDS.into()),
                         &[
-                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                            60.0, 300.0, 900.0, 3600.0, 10_800.0,
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                            900.0, 3600.0, 10_800.0,
                         ],
                     )
                 })

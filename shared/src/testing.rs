@@ -3,7 +3,9 @@
 //!
 //! `DATABASE_URL` points at a server where the role may create databases (the README's test
 //! command provisions one). Test databases are named `triggers_test_<uuid>`; the test command
-//! drops leftovers before each run.
+//! drops them all when the run ends, and leftovers of an interrupted run before it starts.
+//!
+//! Compiled only with the `testing` feature, which only the crates' dev-dependencies enable.
 
 use std::hash::{Hash, Hasher};
 

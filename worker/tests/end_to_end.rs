@@ -5,33 +5,13 @@
 mod common;
 
 use std::{
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::{Receiver, eventually, spawn_worker_process, test_db};
+use common::{Receiver, eventually, free_port, ingest_binary, spawn_worker_process, test_db};
 use serde_json::{Value, json};
 use triggers_shared::signing;
-
-/// `triggers-ingest`, built beside `triggers-worker` (the test command builds every binary).
-fn ingest_binary() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")).with_file_name("triggers-ingest");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build --bins`, as deploy/local/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 struct Ingest {
     child: Child,

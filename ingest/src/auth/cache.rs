@@ -5,20 +5,26 @@
 //!   first, so a key in its rotation grace period stops at its expiry even while cached.
 //! - A refused key (unknown prefix or wrong secret) is remembered for the TTL in a bounded map,
 //!   so repeating it costs no argon2 and no query.
-//! - Concurrent misses for the same key wait for one verification instead of each running
-//!   argon2; argon2 runs on the blocking pool, at most one per core at a time.
+//! - Misses for one prefix are verified one at a time: concurrent first requests with a key
+//!   wait for one verification instead of each running argon2, and a flood of guesses for one
+//!   prefix takes at most one slot of the process's hash pool ([`apikey::verify`]).
+//! - Wrong secrets are throttled per prefix ([`throttle`](super::throttle)): past the budget, 401 without a query
+//!   or argon2.
 //! - A background task LISTENs on [`INVALIDATION_CHANNEL`]: a notification drops the named
-//!   organisation's verified keys. While the listener is not subscribed (start-up, lost
-//!   connection) notifications may be missed, so the cache is cleared and nothing is cached
-//!   until it is subscribed again. The TTL bounds staleness should a connection die silently.
+//!   organisation's verified keys, and makes that organisation's verifications in flight
+//!   uncacheable ([`invalidations`](super::invalidations)); other organisations' are not disturbed. While the
+//!   listener is not subscribed (start-up, lost connection) notifications may be missed, so the
+//!   cache is cleared and nothing is cached until it is subscribed again. The TTL bounds
+//!   staleness should a connection die silently.
 //!
 //! `triggers_auth_cache_total{outcome}` counts `hit` and `refused_hit` (answered from the
-//! cache), `verified` and `rejected` (argon2 ran) and `unknown` (no key with that prefix).
+//! cache), `verified` and `rejected` (argon2 ran), `unknown` (no key with that prefix) and
+//! `throttled` (refused without looking: the prefix is out of its failure budget).
 
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        atomic::{AtomicBool, Ordering::SeqCst},
     },
     time::{Duration, Instant},
 };
@@ -26,7 +32,7 @@ use std::{
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use triggers_shared::{
     apikey,
@@ -36,7 +42,11 @@ use triggers_shared::{
 };
 use uuid::Uuid;
 
-use super::{INVALIDATION_CHANNEL, Org};
+use super::{
+    INVALIDATION_CHANNEL, Org,
+    invalidations::{Invalidations, Ticket},
+    throttle::PrefixThrottle,
+};
 use crate::error::ApiError;
 
 type KeyDigest = [u8; 32];
@@ -62,12 +72,12 @@ struct Inner {
     verified: DashMap<KeyDigest, Verified>,
     /// Refused keys and when that verdict expires.
     refused: DashMap<KeyDigest, Instant>,
-    /// One lock per key being verified right now (single flight).
-    inflight: DashMap<KeyDigest, Arc<Mutex<()>>>,
-    argon2_permits: Arc<Semaphore>,
-    /// Bumped by every invalidation. A verification that saw an older epoch does not keep its
+    /// One lock per prefix being verified right now (single flight).
+    inflight: DashMap<String, Arc<Mutex<()>>>,
+    /// A verification overtaken by an invalidation of its organisation does not keep its
     /// result: it may have read a key that was revoked while it ran.
-    epoch: AtomicU64,
+    invalidations: Invalidations,
+    throttle: PrefixThrottle,
     /// True while the listener is subscribed; nothing is cached otherwise.
     listening: AtomicBool,
     /// Stops the listener task when the last clone of the cache is dropped.
@@ -85,14 +95,13 @@ impl AuthCache {
     /// listener keeps retrying in the background and keys are verified uncached meanwhile.
     pub async fn start(config: &IngestConfig) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
-        let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         let inner = Arc::new(Inner {
             ttl: config.auth_cache_ttl,
             verified: DashMap::new(),
             refused: DashMap::new(),
             inflight: DashMap::new(),
-            argon2_permits: Arc::new(Semaphore::new(permits)),
-            epoch: AtomicU64::new(0),
+            invalidations: Invalidations::new(),
+            throttle: PrefixThrottle::new(),
             listening: AtomicBool::new(false),
             _stop_listener: stop.clone().drop_guard(),
         });
@@ -116,15 +125,16 @@ impl AuthCache {
         // Malformed keys cost neither a query nor argon2, so they need no cache entry.
         let prefix = apikey::prefix_of(key).ok_or(ApiError::InvalidApiKey)?;
         let digest: KeyDigest = Sha256::digest(key.as_bytes()).into();
-        if let Some(verdict) = self.inner.cached(&digest) {
+        if let Some(verdict) = self.inner.settled(&digest, prefix) {
             return verdict;
         }
-        let _flight = self.inner.single_flight(digest).await;
-        // Whoever held the flight before us may have just settled this key.
-        if let Some(verdict) = self.inner.cached(&digest) {
+        let _flight = self.inner.single_flight(prefix).await;
+        // Whoever held the flight before us may have just settled this key or spent the
+        // prefix's budget.
+        if let Some(verdict) = self.inner.settled(&digest, prefix) {
             return verdict;
         }
-        let epoch = self.inner.epoch.load(SeqCst);
+        let ticket = self.inner.invalidations.ticket();
         let asked_at = Instant::now();
         let mut conn = db.acquire().await?;
         let row = db::api_keys::find_active_by_prefix(&mut conn, prefix).await?;
@@ -134,9 +144,13 @@ impl AuthCache {
             self.inner.refuse(digest);
             return Err(ApiError::InvalidApiKey);
         };
-        if !self.inner.verify(key, row.key_hash).await? {
+        if !apikey::verify(key, &row.key_hash)
+            .await
+            .map_err(ApiError::internal)?
+        {
             record("rejected");
             self.inner.refuse(digest);
+            self.inner.throttle.failed(prefix);
             return Err(ApiError::InvalidApiKey);
         }
         record("verified");
@@ -149,7 +163,7 @@ impl AuthCache {
             lifetime = lifetime.min(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
         }
         self.inner
-            .remember(digest, org.clone(), asked_at + lifetime, epoch);
+            .remember(digest, org.clone(), asked_at + lifetime, ticket);
         Ok(org)
     }
 
@@ -161,6 +175,19 @@ impl AuthCache {
 }
 
 impl Inner {
+    /// The verdict that needs no verification: a cached one, or a refusal because the
+    /// prefix is out of its failure budget (not cached: the key was not looked at).
+    fn settled(&self, digest: &KeyDigest, prefix: &str) -> Option<Result<Org, ApiError>> {
+        if let Some(verdict) = self.cached(digest) {
+            return Some(verdict);
+        }
+        if self.throttle.is_blocked(prefix) {
+            record("throttled");
+            return Some(Err(ApiError::InvalidApiKey));
+        }
+        None
+    }
+
     /// The cached verdict for a key, if one is still valid.
     fn cached(&self, digest: &KeyDigest) -> Option<Result<Org, ApiError>> {
         let now = Instant::now();
@@ -182,35 +209,21 @@ impl Inner {
         None
     }
 
-    /// Wait for our turn to verify this key; the turn ends when the returned guard drops.
-    async fn single_flight(self: &Arc<Self>, digest: KeyDigest) -> Flight {
+    /// Wait for our turn to verify a key with this prefix; the turn ends when the returned
+    /// guard drops.
+    async fn single_flight(self: &Arc<Self>, prefix: &str) -> Flight {
         if self.inflight.len() >= INFLIGHT_SWEEP_AT {
             // Locks nobody holds or awaits (left by cancelled requests).
             self.inflight.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
-        let lock = self.inflight.entry(digest).or_default().clone();
+        let lock = self.inflight.entry(prefix.to_owned()).or_default().clone();
         let mut flight = Flight {
             inner: Arc::clone(self),
-            digest,
+            prefix: prefix.to_owned(),
             guard: None,
         };
         flight.guard = Some(lock.lock_owned().await);
         flight
-    }
-
-    /// argon2id verification on the blocking pool, bounded to one per core.
-    async fn verify(&self, key: &str, hash: String) -> Result<bool, ApiError> {
-        let permit = Arc::clone(&self.argon2_permits)
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            apikey::verify(&key, &hash)
-        })
-        .await
-        .map_err(ApiError::internal)
     }
 
     fn refuse(&self, digest: KeyDigest) {
@@ -219,27 +232,28 @@ impl Inner {
         self.refused.insert(digest, now + self.ttl);
     }
 
-    fn remember(&self, digest: KeyDigest, org: Org, until: Instant, epoch: u64) {
+    fn remember(&self, digest: KeyDigest, org: Org, until: Instant, ticket: Ticket) {
         if !self.listening.load(SeqCst) || until <= Instant::now() {
             return;
         }
         let now = Instant::now();
+        let org_id = org.id;
         make_room(&self.verified, VERIFIED_CAPACITY, |v| v.until <= now);
         self.verified.insert(digest, Verified { org, until });
-        // Insert first, check second: an invalidation either bumped the epoch before this
-        // check (we undo the insert) or runs its removal after our insert (it removes it).
-        if self.epoch.load(SeqCst) != epoch || !self.listening.load(SeqCst) {
+        // Insert first, check second: an invalidation either was recorded before this check
+        // (we undo the insert) or runs its removal after our insert (it removes it).
+        if self.invalidations.overtook(ticket, org_id) || !self.listening.load(SeqCst) {
             self.verified.remove(&digest);
         }
     }
 
     fn invalidate_org(&self, org_id: Uuid) {
-        self.epoch.fetch_add(1, SeqCst);
+        self.invalidations.org(org_id);
         self.verified.retain(|_, v| v.org.id != org_id);
     }
 
     fn clear(&self) {
-        self.epoch.fetch_add(1, SeqCst);
+        self.invalidations.all();
         self.verified.clear();
         self.refused.clear();
     }
@@ -260,11 +274,11 @@ fn make_room<V>(map: &DashMap<KeyDigest, V>, capacity: usize, expired: impl Fn(&
     }
 }
 
-/// A turn at verifying one key; dropping it lets the next waiter in and removes the lock once
-/// nobody waits for it.
+/// A turn at verifying a key of one prefix; dropping it lets the next waiter in and removes the
+/// lock once nobody waits for it.
 struct Flight {
     inner: Arc<Inner>,
-    digest: KeyDigest,
+    prefix: String,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
@@ -273,7 +287,7 @@ impl Drop for Flight {
         self.guard = None;
         self.inner
             .inflight
-            .remove_if(&self.digest, |_, lock| Arc::strong_count(lock) == 1);
+            .remove_if(&self.prefix, |_, lock| Arc::strong_count(lock) == 1);
     }
 }
 

@@ -275,10 +275,7 @@ pub async fn rotate_key(
     Err(ApiError::internal(anyhow::anyhow!("no free key prefix")))
 }
 
-/// A new key and its hash (argon2: on the blocking pool).
+/// A new key and its hash (argon2: on the process's one hash pool).
 async fn fresh_key() -> Result<GeneratedKey, ApiError> {
-    tokio::task::spawn_blocking(apikey::generate)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    apikey::generate().await.map_err(ApiError::internal)
 }

@@ -29,10 +29,7 @@ pub const INBOX_ITEM_FIELDS: [&str; 12] = [
 /// Create an organisation of `tier` with one key; returns (api_key, organization_id).
 pub async fn create_org_sql(pool: &PgPool, tier: &str) -> (String, Uuid) {
     let limit = Tier::parse(tier).expect("known tier").rate_limit_per_minute();
-    let key = tokio::task::spawn_blocking(apikey::generate)
-        .await
-        .expect("join")
-        .expect("generate key");
+    let key = apikey::generate().await.expect("generate key");
     let org_id = Uuid::now_v7();
     sqlx::query("INSERT INTO organizations (id, name, tier, rate_limit_per_minute) VALUES ($1, $2, $3, $4)")
         .bind(org_id)

@@ -79,6 +79,26 @@ impl TestWorker {
     }
 }
 
+/// `triggers-ingest`, built beside `triggers-worker` (the test command builds every binary).
+pub fn ingest_binary() -> std::path::PathBuf {
+    let path =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_triggers-worker")).with_file_name("triggers-ingest");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --bins`, as deploy/local/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// The real `triggers-worker` binary, configured through its environment.
 pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_triggers-worker"));
