@@ -7,9 +7,12 @@
 
 pub mod admin;
 pub mod client;
+pub mod coalesce;
 pub mod deliver;
+pub mod fair;
 pub mod janitor;
 pub mod queue;
+pub mod recorder;
 pub mod retry;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
