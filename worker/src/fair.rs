@@ -151,7 +151,7 @@ impl Gate {
         if state.closed {
             return Admission::Closed;
         }
-        let newcomer = !state.orgs.get(&org).is_some_and(|o| o.held() > 0);
+        let newcomer = state.orgs.get(&org).is_none_or(|o| o.held() == 0);
         let limit = self.limit(state.active + usize::from(newcomer));
         let hold = self.inner.hold;
         let entry = state.orgs.entry(org).or_default();
