@@ -88,7 +88,9 @@ async fn run_one(
     let storage = PostgresStorage::<DeliveryJob>::new(pool).with_config(
         Config::default()
             .queue(DELIVERY_QUEUE)
-            .batch_size(config.batch_size.max(1))
+            // Never claim more at once than the worker holds: a claimed job waiting in apalis'
+            // buffer has no slot to wait for and cannot be shed.
+            .batch_size(config.batch_size.clamp(1, deliver::held_jobs(config)))
             .heartbeat_interval(config.heartbeat_interval)
             .missed_heartbeats(MISSED_HEARTBEATS)
             // The handlers acknowledge their jobs themselves, in the transaction that records
