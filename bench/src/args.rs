@@ -12,7 +12,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 pub const USAGE: &str = "\
 usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
-                      [--webhook] [--duration-limit 120s] [--json]
+                      [--webhook] [--drain-start CMD] [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
 
 Load-tests a Triggers ingest on this machine: creates K enterprise organisations, sends N events
@@ -20,6 +20,10 @@ over C keep-alive connections and reports throughput and latency. With --webhook
 organisation's webhook points at a receiver embedded in the bench (the ingest and worker must run
 with TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true) and the bench waits until every accepted event arrived.
 TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
+
+--drain-start CMD (with --webhook): a drain run. The worker is not running while the events are
+sent; once all are answered the bench runs `sh -c CMD` (which starts the worker and returns), and
+the delivery rate is taken from the first to the last webhook received after that.
 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
@@ -35,6 +39,8 @@ pub struct RunArgs {
     pub concurrency: usize,
     pub orgs: usize,
     pub webhook: bool,
+    /// A drain run: the shell command that starts the worker once every event is queued.
+    pub drain_start: Option<String>,
     pub duration_limit: Duration,
     pub json: bool,
 }
@@ -47,6 +53,7 @@ impl Default for RunArgs {
             concurrency: 32,
             orgs: 4,
             webhook: false,
+            drain_start: None,
             duration_limit: Duration::from_secs(120),
             json: false,
         }
@@ -110,9 +117,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 run.duration_limit = d;
             }
             "--webhook" if inline.is_none() => run.webhook = true,
+            "--drain-start" => run.drain_start = Some(value("--drain-start")?),
             "--json" if inline.is_none() => run.json = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if run.drain_start.is_some() && !run.webhook {
+        return Err("--drain-start needs --webhook".into());
     }
     Ok(Command::Run(run))
 }
@@ -208,10 +219,21 @@ mod tests {
                 concurrency: 8,
                 orgs: 3,
                 webhook: true,
+                drain_start: None,
                 duration_limit: Duration::from_secs(90),
                 json: true,
             })
         );
+    }
+
+    #[test]
+    fn a_drain_run_needs_webhooks_and_keeps_its_command() {
+        let Ok(Command::Run(run)) = parse(["--webhook", "--drain-start", "echo go"].map(String::from)) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(run.drain_start.as_deref(), Some("echo go"));
+        let err = parse(["--drain-start", "echo go"].map(String::from)).expect_err("needs --webhook");
+        assert!(err.contains("--webhook"), "{err}");
     }
 
     #[test]

@@ -157,7 +157,11 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
 
     let webhook = match receiver {
         Some(receiver) => {
-            let w = wait_for_deliveries(&timeline, accepted, deadline, send_start, send_end).await;
+            let drain = match &args.drain_start {
+                Some(cmd) => Some(start_drain(cmd)?),
+                None => None,
+            };
+            let w = wait_for_deliveries(&timeline, accepted, deadline, send_start, send_end, drain).await;
             receiver.stop().await;
             Some(w)
         }
@@ -334,6 +338,7 @@ async fn wait_for_deliveries(
     deadline: Instant,
     send_start: Instant,
     send_end: Instant,
+    drain: Option<Instant>,
 ) -> WebhookOutcome {
     loop {
         // The cheap counter first; the exact scan only once it could be complete.
@@ -352,8 +357,27 @@ async fn wait_for_deliveries(
         missing: d.missing,
         duplicates: timeline.duplicates.load(Ordering::Relaxed),
         unknown: timeline.unknown.load(Ordering::Relaxed),
-        delivery_span: last.map(|l| l.saturating_duration_since(send_start)),
+        // A drain run counts from its first webhook, so the worker's start-up is left out.
+        delivery_span: match drain {
+            Some(_) => d
+                .first_receipt
+                .zip(d.last_receipt)
+                .map(|(first, last)| last.saturating_sub(first)),
+            None => last.map(|l| l.saturating_duration_since(send_start)),
+        },
         drain_after_send: last.map(|l| l.saturating_duration_since(send_end)),
         end_to_end: Latency::of(&mut d.end_to_end),
     }
+}
+
+/// Run the drain command (it starts the worker and returns); when it was run.
+fn start_drain(cmd: &str) -> anyhow::Result<Instant> {
+    let at = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .context("running the --drain-start command")?;
+    anyhow::ensure!(status.success(), "the --drain-start command failed: {status}");
+    Ok(at)
 }

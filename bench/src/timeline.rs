@@ -27,6 +27,8 @@ pub struct Deliveries {
     pub missing: u64,
     pub end_to_end: Vec<Duration>,
     /// Since `epoch`.
+    pub first_receipt: Option<Duration>,
+    /// Since `epoch`.
     pub last_receipt: Option<Duration>,
 }
 
@@ -97,6 +99,7 @@ impl Timeline {
             out.end_to_end.push(Duration::from_nanos(r.saturating_sub(s)));
             let at = Duration::from_nanos(r - 1);
             out.last_receipt = Some(out.last_receipt.map_or(at, |l| l.max(at)));
+            out.first_receipt = Some(out.first_receipt.map_or(at, |f| f.min(at)));
         }
         out
     }

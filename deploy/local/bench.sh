@@ -3,13 +3,20 @@
 # database each time), release builds of ingest and one worker on spare ports, then R runs of
 # `triggers-bench` with webhook delivery to its embedded receiver, and the median of each figure.
 #
-#   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [--no-webhook]
+#   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [-w WORKERS]
+#                         [--drain] [--no-webhook]
 #
-# Defaults (or BENCH_EVENTS, BENCH_CONCURRENCY, BENCH_ORGS, BENCH_RUNS): 20000 events, 64
-# connections, 4 organisations, 3 runs. BENCH_PROFILE (default release) picks the cargo profile,
-# BENCH_INGEST_ADDR / BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091) the ports,
+# Defaults (or BENCH_EVENTS, BENCH_CONCURRENCY, BENCH_ORGS, BENCH_RUNS, BENCH_WORKERS): 20000
+# events, 64 connections, 4 organisations, 3 runs, 1 worker. --drain: the workers start only once
+# every event is queued, and the delivery rate is that of draining the backlog. BENCH_PROFILE
+# (default release) picks the cargo profile, BENCH_SERVICE_BIN a folder with prebuilt
+# triggers-ingest and triggers-worker (e.g. of another commit), BENCH_INGEST_ADDR /
+# BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
 # BENCH_DURATION_LIMIT (120s) bounds each run, BENCH_KEEP_PG=1 leaves the cluster running.
-# Each run's JSON and the service logs land in target/bench/.
+# Also measured in the same run: the commit floor (pgbench, one single-row INSERT per
+# transaction, sequential, 10 s) and, per run, statements and commits per delivered event
+# (pg_stat_statements, loaded into the bench cluster, and pg_stat_database.xact_commit).
+# Each run's JSON, statement report and the service logs land in target/bench/.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -18,6 +25,8 @@ events=${BENCH_EVENTS:-20000}
 concurrency=${BENCH_CONCURRENCY:-64}
 orgs=${BENCH_ORGS:-4}
 runs=${BENCH_RUNS:-3}
+workers=${BENCH_WORKERS:-1}
+drain=0
 webhook=--webhook
 while (($#)); do
   case $1 in
@@ -25,23 +34,29 @@ while (($#)); do
     -c | --concurrency) concurrency=$2; shift 2 ;;
     -k | --orgs) orgs=$2; shift 2 ;;
     -r | --runs) runs=$2; shift 2 ;;
+    -w | --workers) workers=$2; shift 2 ;;
+    --drain) drain=1; shift ;;
     --no-webhook) webhook=""; shift ;;
-    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ $runs =~ ^[1-9][0-9]*$ && $runs -le 20 ]] || { echo "bench.sh: runs must be 1..20" >&2; exit 2; }
+[[ $workers =~ ^[1-9][0-9]*$ && $workers -le 8 ]] || { echo "bench.sh: workers must be 1..8" >&2; exit 2; }
+if ((drain)) && [[ -z $webhook ]]; then echo "bench.sh: --drain needs webhooks" >&2; exit 2; fi
 profile=${BENCH_PROFILE:-release}
 ingest_addr=${BENCH_INGEST_ADDR:-127.0.0.1:18080}
 worker_addr=${BENCH_WORKER_ADDR:-127.0.0.1:18091}
 limit=${BENCH_DURATION_LIMIT:-120s}
 out="$root/target/bench"
 mkdir -p "$out"
-rm -f "$out"/run-*.json
+rm -f "$out"/run-*.json "$out"/statements-*.txt
 
 log() { echo "bench.sh: $*" >&2; }
 port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
-for addr in "$ingest_addr" "$worker_addr"; do
+worker_addrs=()
+for ((w = 0; w < workers; w++)); do worker_addrs+=("${worker_addr%:*}:$((${worker_addr##*:} + w))"); done
+for addr in "$ingest_addr" "${worker_addrs[@]}"; do
   if port_busy "$addr"; then log "$addr is already in use; set BENCH_INGEST_ADDR / BENCH_WORKER_ADDR"; exit 1; fi
 done
 
@@ -52,6 +67,14 @@ psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
 "$psql_bin" "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS triggers WITH (FORCE)" >&2
 DATABASE_URL=$(deploy/local/postgres.sh start)
 export DATABASE_URL
+psql() { "$psql_bin" "$DATABASE_URL" -Atq "$@"; }
+# pg_stat_statements must be preloaded: set it on the bench cluster only, and restart it once.
+if [[ $(psql -c "SHOW shared_preload_libraries") != *pg_stat_statements* ]]; then
+  psql -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+  deploy/local/postgres.sh stop
+  DATABASE_URL=$(deploy/local/postgres.sh start)
+fi
+psql -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 
 pids=()
 cleanup() {
@@ -65,15 +88,38 @@ trap cleanup EXIT
 # The same feature set as run.sh's build, so the two share compiled artifacts.
 cargo build --profile "$profile" --workspace --bins
 bin="$root/target/$([[ $profile == dev ]] && echo debug || echo "$profile")"
+service_bin=${BENCH_SERVICE_BIN:-$bin}
+
+# The commit floor of this disk: sequential single-row inserts, one transaction each.
+psql -c "CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, v int)"
+echo "INSERT INTO bench_floor (v) VALUES (1);" >"$out/floor.sql"
+pgbench_bin=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | head -n 1)
+floor_tps=$("$pgbench_bin" -n -c1 -T10 -f "$out/floor.sql" "$DATABASE_URL" 2>/dev/null | awk '/^tps/ { print $3; exit }')
+log "commit floor: ${floor_tps:-?} single-row commits/s (pgbench -n -c1 -T10)"
 
 export TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true
 export TRIGGERS_INGEST_ADDR=$ingest_addr TRIGGERS_WORKER_ADDR=$worker_addr
 export RUST_LOG=${RUST_LOG:-warn}
-"$bin/triggers-ingest" migrate
-"$bin/triggers-worker" >"$out/worker.log" 2>&1 &
+"$service_bin/triggers-ingest" migrate
+"$service_bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
 pids+=($!)
-"$bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
-pids+=($!)
+
+# The workers (for a drain, started by the bench once every event is queued).
+worker_pids=()
+start_workers() {
+  local w
+  for ((w = 0; w < workers; w++)); do
+    TRIGGERS_WORKER_ADDR=${worker_addrs[w]} "$service_bin/triggers-worker" >>"$out/worker-$w.log" 2>&1 &
+    worker_pids+=($!)
+    pids+=($!)
+  done
+}
+stop_workers() {
+  local pid
+  for pid in "${worker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  worker_pids=()
+}
 
 wait_ready() {
   local url=$1 i
@@ -85,18 +131,56 @@ wait_ready() {
   return 1
 }
 wait_ready "http://$ingest_addr/health/ready"
-wait_ready "http://$worker_addr/health/ready"
+if ((!drain)); then
+  start_workers
+  for addr in "${worker_addrs[@]}"; do wait_ready "http://$addr/health/ready"; done
+fi
 
-log "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $events events, $concurrency connections, $orgs orgs, $runs runs, ${webhook:-no webhook}"
+mode=$( ((drain)) && echo "drain by $workers worker(s)" || echo "$workers worker(s) running")
+log "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $events events, $concurrency connections, $orgs orgs, $runs runs, ${webhook:-no webhook}, $mode"
+commits() { psql -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
 status=0
 for ((i = 1; i <= runs; i++)); do
   log "run $i of $runs"
-  # One JSON object per run; the bench's exit status says whether the run was complete.
-  if ! "$bin/triggers-bench" --url "http://$ingest_addr" --events "$events" --concurrency "$concurrency" \
-    --orgs "$orgs" $webhook --duration-limit "$limit" --json >"$out/run-$i.json"; then
-    status=1
+  psql -c "SELECT pg_stat_statements_reset()" >/dev/null
+  commits_before=$(commits)
+  drain_args=()
+  if ((drain)); then
+    # The bench runs this once every event is queued: it signals us, and returns once we have
+    # started the workers.
+    rm -f "$out/drain-go"
+    drain_args=(--drain-start "touch '$out/drain-go'; while [ -e '$out/drain-go' ]; do sleep 0.01; done")
   fi
+  # One JSON object per run; the bench's exit status says whether the run was complete.
+  "$bin/triggers-bench" --url "http://$ingest_addr" --events "$events" --concurrency "$concurrency" \
+    --orgs "$orgs" $webhook "${drain_args[@]}" --duration-limit "$limit" --json >"$out/run-$i.json" &
+  bench_pid=$!
+  if ((drain)); then
+    while [[ ! -e $out/drain-go ]] && kill -0 "$bench_pid" 2>/dev/null; do sleep 0.01; done
+    # From here on the database works for the workers only.
+    psql -c "SELECT pg_stat_statements_reset()" >/dev/null
+    commits_before=$(commits)
+    start_workers
+    rm -f "$out/drain-go"
+  fi
+  wait "$bench_pid" || status=1
   if [[ ! -s $out/run-$i.json ]]; then rm -f "$out/run-$i.json"; fi
+  commits_after=$(commits)
+  # The database's work during the run, per delivered event: commits, and statements by calls.
+  delivered=$(sed -n 's/.*"delivered": *\([0-9]*\).*/\1/p' "$out/run-$i.json" 2>/dev/null | head -n 1)
+  {
+    echo "delivered ${delivered:-?}; commits $((commits_after - commits_before))"
+    psql -F $'\t' -c "SELECT calls, round(total_exec_time::numeric, 1) AS ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110)
+                      FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      ORDER BY calls DESC LIMIT 25"
+  } >"$out/statements-$i.txt"
+  if [[ ${delivered:-0} -gt 0 ]]; then
+    calls=$(psql -c "SELECT sum(calls) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    scope=$( ((drain)) && echo "workers only" || echo "ingest included")
+    log "run $i: $(awk -v c=$((commits_after - commits_before)) -v s="$calls" -v d="$delivered" -v w="$scope" \
+      'BEGIN { printf "%.2f commits and %.2f statements per delivered event (%s)", c / d, s / d, w }')"
+  fi
+  if ((drain)); then stop_workers; fi
 done
 
 shopt -s nullglob
@@ -115,5 +199,6 @@ metric_mean() { # name of a Prometheus histogram → sum / count
 }
 echo "ingest batches: mean $(metric_mean triggers_ingest_batch_size) events per transaction," \
   "mean commit $(metric_mean triggers_ingest_batch_commit_seconds) s"
-echo "runs: $out/run-*.json; logs: $out/{ingest,worker}.log"
+echo "commit floor: ${floor_tps:-?} sequential single-row commits/s (pgbench -n -c1 -T10)"
+echo "runs: $out/run-*.json; statements per run: $out/statements-*.txt; logs: $out/{ingest,worker-*}.log"
 exit "$status"

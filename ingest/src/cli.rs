@@ -30,7 +30,7 @@ const REDELIVER_CHUNK: i64 = 500;
 /// Every command reads DATABASE_URL; `serve` reads the whole configuration (see the README).
 #[derive(Debug, Parser)]
 #[command(name = "triggers-ingest", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -134,7 +134,7 @@ enum RedeliverStatus {
 }
 
 /// Parse the command line and run the command.
-pub async fn main() -> anyhow::Result<()> {
+pub(crate) async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {

@@ -205,7 +205,7 @@ impl WorkerConfig {
             bail!("TRIGGERS_WORKER_HEARTBEAT_SECS must be at least 1");
         }
         let retention_days: u64 = env_or("TRIGGERS_EVENT_RETENTION_DAYS", 7)?;
-        let batch_size: usize = env_or("TRIGGERS_WORKER_BATCH_SIZE", 100)?;
+        let batch_size: usize = env_or("TRIGGERS_WORKER_BATCH_SIZE", 500)?;
         if batch_size == 0 {
             bail!("TRIGGERS_WORKER_BATCH_SIZE must be at least 1");
         }

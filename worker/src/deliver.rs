@@ -1,37 +1,39 @@
 //! One delivery attempt: what happens to an event once its job is claimed.
 //!
-//! Take a per-organisation slot (or defer the job), reload the event (acknowledged, delivered,
-//! deleted or webhook removed: nothing to send), check the target, send the signed POST with no
-//! transaction open, then in ONE short transaction record the attempt, move the event on and,
-//! when another attempt is due, enqueue it as a new job whose `run_at` lies in the future. The
-//! handler then returns `Ok`: apalis itself never retries a webhook failure (it would re-fetch
-//! at once, with its backoff kept only in memory).
+//! The job waits in the worker for a slot of its organisation (`fair`), or is put back in the
+//! queue for later when its organisation holds enough already. With a slot: load the event
+//! (batched with every delivery starting now; acknowledged, delivered, deleted or webhook
+//! removed: nothing to send), check the target and sign, check once more right before sending
+//! that the event is still pending and unacknowledged (batched too), send the signed POST with
+//! no transaction open, then hand the attempt to the group commit (`recorder`): it records the
+//! attempt, moves the event on, enqueues any next attempt as a new job whose `run_at` lies in
+//! the future and marks this job done, in one transaction shared with other deliveries. The
+//! handler returns after that commit. apalis itself never retries a webhook failure (it would
+//! re-fetch at once, with its backoff kept only in memory).
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context;
-use apalis::prelude::{BoxDynError, Data};
+use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::{SecondsFormat, Utc};
-use dashmap::DashMap;
 use futures::FutureExt;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use triggers_shared::{
     config::WorkerConfig,
-    db::deliveries::{self, AttemptRecord, DeliveryTarget},
-    jobs::{self, DeliveryJob},
+    db::{
+        deliveries::{self, AttemptRecord, BatchedAttempt, DeliveryTarget},
+        queue,
+    },
+    jobs::DeliveryJob,
     metrics::{
-        DELIVERIES_TOTAL, DELIVERY_DEFERRED_TOTAL, DELIVERY_DURATION_SECONDS, DELIVERY_INFLIGHT,
-        EVENTS_DEAD_LETTERED_TOTAL,
+        DELIVERIES_TOTAL, DELIVERY_DEFERRED_TOTAL, DELIVERY_DURATION_SECONDS, DELIVERY_END_TO_END_SECONDS,
+        DELIVERY_INFLIGHT, EVENTS_DEAD_LETTERED_TOTAL,
     },
     models::EventStatus,
     net, signing,
@@ -40,19 +42,17 @@ use uuid::Uuid;
 
 use crate::{
     client::{Answer, WebhookClient},
+    coalesce::Coalescer,
+    fair::{Admission, Gate, Grant},
+    recorder::{self, Write, Written},
     retry::{self, Attempt, Next},
 };
 
-/// How long a job over its organisation's in-flight cap waits before it is tried again.
-pub const DEFER_DELAY: Duration = Duration::from_secs(1);
+/// How many jobs one worker holds (claimed from the queue) per request it may have in flight.
+pub const HOLD_PER_SLOT: usize = 16;
 
-/// How long a job may wait in the handler for its organisation's slot before it is deferred. A
-/// healthy endpoint frees slots in milliseconds, so its bursts queue here instead of being
-/// pushed back by a second; a slow one does not, so its jobs leave the worker soon.
-pub const SLOT_WAIT: Duration = Duration::from_millis(300);
-
-/// How often recording an attempt is tried before the job is failed back to apalis.
-const RECORD_TRIES: usize = 4;
+/// The most events one load or re-check statement asks for.
+const MAX_READ_BATCH: usize = 256;
 
 /// The longest `last_error` we store.
 const MAX_ERROR_LEN: usize = 4096;
@@ -62,29 +62,46 @@ pub struct Deliverer {
     pool: PgPool,
     client: WebhookClient,
     config: Arc<WorkerConfig>,
-    /// In-flight deliveries per organisation: one slow endpoint cannot take every slot.
-    org_slots: DashMap<Uuid, Arc<OrgSlots>>,
-}
-
-/// One organisation's share of a worker: `cap` deliveries in flight, and at most `cap` more jobs
-/// briefly waiting for one. So an organisation holds at most `2 × cap` of the worker's
-/// concurrency, however slow its endpoint (keep `concurrency` above that).
-struct OrgSlots {
-    inflight: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    gate: Gate,
+    /// Loads the events of the deliveries starting together, in one query.
+    loader: Coalescer<Uuid, Option<(Uuid, DeliveryTarget)>>,
+    /// Right before sending: is the event still pending and unacknowledged?
+    recheck: Coalescer<Uuid, bool>,
+    recorder: Coalescer<Write, Written>,
 }
 
 /// The apalis handler.
-pub async fn handle(job: DeliveryJob, deliverer: Data<Arc<Deliverer>>) -> Result<(), BoxDynError> {
+pub async fn handle(
+    job: DeliveryJob,
+    task: TaskId,
+    deliverer: Data<Arc<Deliverer>>,
+) -> Result<(), BoxDynError> {
+    let task = task.to_string();
     // A panic fails this job (apalis retries it a few times, then gives it up) instead of
     // unwinding through the consumer, so one poisonous job cannot crash-loop the fleet.
-    match AssertUnwindSafe(deliverer.deliver(job)).catch_unwind().await {
-        Ok(result) => result.map_err(Into::into),
+    let result = match AssertUnwindSafe(deliverer.deliver(job, task.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
         Err(_) => {
             tracing::error!("delivery panicked");
-            Err("delivery panicked".into())
+            Err(anyhow::anyhow!("delivery panicked"))
+        }
+    };
+    if let Err(e) = &result {
+        // The worker acknowledges its jobs itself (apalis' result sink is off): count the
+        // failed run so apalis fetches the job again, up to its attempt limit.
+        let failed = async {
+            let mut conn = deliverer.pool.acquire().await?;
+            queue::fail_job(&mut conn, &task, &format!("{e:#}")).await
+        };
+        if let Err(db) = failed.await {
+            // The job stays claimed; once this consumer restarts, apalis re-queues it.
+            tracing::error!(error = %db, "marking a failed job failed");
         }
     }
+    result.map_err(Into::into)
 }
 
 /// The body a receiver gets, field for field as API.md has it.
@@ -113,45 +130,117 @@ impl Deliverer {
             config.concurrency,
         )
         .context("building the webhook HTTP client")?;
+        let gate = Gate::new(config.concurrency, config.org_inflight_cap, held_jobs(&config));
+        let loader = {
+            let pool = pool.clone();
+            Coalescer::spawn(MAX_READ_BATCH, move |ids: Vec<Uuid>| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    let found = deliveries::load_targets(&mut conn, &ids).await?;
+                    Ok(ids
+                        .iter()
+                        .map(|id| found.iter().find(|(_, t)| t.event_id == *id).cloned())
+                        .collect())
+                }
+            })
+        };
+        let recheck = {
+            let pool = pool.clone();
+            Coalescer::spawn(MAX_READ_BATCH, move |ids: Vec<Uuid>| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    let open = deliveries::still_deliverable(&mut conn, &ids).await?;
+                    Ok(ids.iter().map(|id| open.contains(id)).collect())
+                }
+            })
+        };
+        gate.spawn_shedder();
+        let recorder = recorder::spawn(pool.clone());
         Ok(Self {
             pool,
             client,
             config,
-            org_slots: DashMap::new(),
+            gate,
+            loader,
+            recheck,
+            recorder,
         })
     }
 
-    /// Deliver one job. `Err` only for database trouble (apalis then retries the job).
+    /// The slots of this worker: `queue` closes them while a consumer stops.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Deliver one job. `Err` only for database trouble (the job is then failed back to apalis).
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, attempt = job.attempt))]
-    pub async fn deliver(&self, job: DeliveryJob) -> anyhow::Result<()> {
-        let Some(_slot) = self.slot(job.organization_id).await else {
-            return self.defer(job).await;
+    pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
+        let admission = match self.gate.admit(job.organization_id) {
+            Admission::Wait(slot) => slot.await.ok(),
+            Admission::Defer(delay) => Some(Grant::Defer(delay)),
+            Admission::Closed => None,
+        };
+        let permit = match admission {
+            Some(Grant::Go(permit)) => Some(permit),
+            Some(Grant::Defer(delay)) => {
+                self.write(Write::Release { task, delay }).await?;
+                metrics::counter!(DELIVERY_DEFERRED_TOTAL).increment(1);
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "organisation holds enough; job deferred"
+                );
+                return Ok(());
+            }
+            None => None,
+        };
+        let Some(permit) = permit else {
+            // The consumer is stopping: this job was never started; the queue gets it back.
+            return self
+                .write(Write::Release {
+                    task,
+                    delay: Duration::ZERO,
+                })
+                .await
+                .map(drop);
         };
         let _inflight = InflightGuard::new();
 
-        let target = {
-            let mut conn = self.pool.acquire().await?;
-            deliveries::load_target(&mut conn, job.organization_id, job.event_id).await?
-        };
-        let Some(target) = target else {
-            return dropped("event no longer exists");
+        let target = self.loader.call(job.event_id).await.map_err(share)?;
+        let target = match target {
+            Some((org, target)) if org == job.organization_id => target,
+            _ => return self.drop_job(task, "event no longer exists").await,
         };
         if target.acknowledged_at.is_some() {
-            return dropped("event acknowledged");
+            return self.drop_job(task, "event acknowledged").await;
         }
         if target.status != EventStatus::Pending.as_str() {
-            return dropped("event is no longer pending");
+            return self.drop_job(task, "event is no longer pending").await;
         }
         let (Some(url), Some(secret)) = (target.webhook_url.as_deref(), target.signing_secret.as_deref())
         else {
             // Without a webhook the event waits in the inbox for pull consumers.
-            return dropped("organisation has no webhook");
+            return self.drop_job(task, "organisation has no webhook").await;
         };
 
         let started_at = Utc::now();
         let clock = Instant::now();
-        let observed = self.attempt(&target, url, secret).await;
+        let observed = match self.prepare(&target, url, secret).await {
+            Ok((url, headers, body)) => {
+                // Last look before the request: an ack that committed since the load wins.
+                if !self.recheck.call(job.event_id).await.map_err(share)? {
+                    return self.drop_job(task, "event acknowledged before sending").await;
+                }
+                match self.client.post(url, headers, body).await {
+                    Ok(answer) => observe(&answer),
+                    Err(error) => failed(error),
+                }
+            }
+            Err(observed) => observed,
+        };
         let elapsed = clock.elapsed();
+        drop(permit);
         metrics::histogram!(DELIVERY_DURATION_SECONDS).record(elapsed.as_secs_f64());
 
         let next = retry::next(
@@ -171,115 +260,98 @@ impl Deliverer {
                 Next::GiveUp => EventStatus::Failed,
             },
         };
-        // The request has been made: retry the write a little before giving the job back to
-        // apalis, whose retry would send the webhook again.
-        let mut pause = Duration::from_millis(250);
-        for _ in 0..RECORD_TRIES - 1 {
-            match self.record(&job, &record, next).await {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "recording the attempt failed; retrying"),
-            }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-        }
-        self.record(&job, &record, next).await
-    }
-
-    /// Write the attempt, the event's new state and any next job in one short transaction.
-    async fn record(&self, job: &DeliveryJob, record: &AttemptRecord, next: Next) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let recorded = deliveries::record_attempt(&mut tx, job.organization_id, job.event_id, record).await?;
-        let Some(recorded) = recorded else {
-            tx.commit().await?;
+        let error = record.error.clone();
+        let written = self
+            .write(Write::Attempt {
+                task,
+                job: job.clone(),
+                attempt: BatchedAttempt {
+                    organization_id: job.organization_id,
+                    event_id: job.event_id,
+                    record,
+                },
+                next,
+            })
+            .await?;
+        let Written::Attempt(Some(recorded)) = written else {
             return dropped("event deleted during the attempt");
         };
         let outcome = match next {
-            Next::Delivered => "delivered",
+            Next::Delivered => {
+                let since = (Utc::now() - target.created_at).to_std().unwrap_or_default();
+                metrics::histogram!(DELIVERY_END_TO_END_SECONDS).record(since.as_secs_f64());
+                "delivered"
+            }
             Next::RetryAfter(_) if !recorded.status_applied => "superseded",
             Next::RetryAfter(delay) => {
-                let following = DeliveryJob {
-                    attempt: job.attempt + 1,
-                    ..job.clone()
-                };
-                jobs::enqueue(&mut tx, &[(following, delay)]).await?;
                 tracing::info!(
                     event_attempt = recorded.attempt,
                     delay_ms = delay.as_millis() as u64,
-                    error = record.error.as_deref().unwrap_or_default(),
+                    error = error.as_deref().unwrap_or_default(),
                     "delivery failed; retry scheduled"
                 );
                 "retry"
             }
-            Next::GiveUp => "failed",
+            Next::GiveUp => {
+                if recorded.status_applied {
+                    metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(1);
+                    tracing::warn!(
+                        event_attempt = recorded.attempt,
+                        error = error.as_deref().unwrap_or_default(),
+                        "delivery failed for good; event dead-lettered"
+                    );
+                }
+                "failed"
+            }
         };
-        tx.commit().await?;
-        if outcome == "failed" && recorded.status_applied {
-            metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(1);
-            tracing::warn!(
-                event_attempt = recorded.attempt,
-                error = record.error.as_deref().unwrap_or_default(),
-                "delivery failed for good; event dead-lettered"
-            );
-        }
         metrics::counter!(DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
         Ok(())
     }
 
-    /// Check the target, sign and send. Never fails: every problem is a failed attempt.
-    async fn attempt(&self, target: &DeliveryTarget, url: &str, secret: &str) -> Observed {
-        let failed = |error: String| Observed {
-            attempt: Attempt::Failed { retry_after: None },
-            response_status: None,
-            error: Some(truncate(error)),
-        };
-        let url = match net::parse_webhook_url(url) {
-            Ok(url) => url,
-            Err(e) => return failed(format!("webhook URL refused: {e}")),
-        };
+    /// Hand `write` to the next group commit and wait until it is committed.
+    async fn write(&self, write: Write) -> anyhow::Result<Written> {
+        self.recorder.call(write).await.map_err(share)
+    }
+
+    /// Nothing to send: finish the job (committed with others) and count it.
+    async fn drop_job(&self, task: String, reason: &'static str) -> anyhow::Result<()> {
+        self.write(Write::Finish { task }).await?;
+        dropped(reason)
+    }
+
+    /// Check the target and sign. `Err`: the attempt already failed (recorded as such).
+    async fn prepare(
+        &self,
+        target: &DeliveryTarget,
+        url: &str,
+        secret: &str,
+    ) -> Result<(url::Url, HeaderMap, Vec<u8>), Observed> {
+        let url = net::parse_webhook_url(url).map_err(|e| failed(format!("webhook URL refused: {e}")))?;
         if let Err(e) = net::resolve_allowed(&url, self.config.allow_private_webhooks).await {
-            return failed(format!("webhook target refused: {e}"));
+            return Err(failed(format!("webhook target refused: {e}")));
         }
-        let (headers, body) = match signed_request(target, secret) {
-            Ok(request) => request,
-            Err(e) => return failed(format!("{e:#}")),
-        };
-        match self.client.post(url, headers, body).await {
-            Ok(answer) => observe(&answer),
-            Err(error) => failed(error),
-        }
+        let (headers, body) = signed_request(target, secret).map_err(|e| failed(format!("{e:#}")))?;
+        Ok((url, headers, body))
     }
+}
 
-    /// A delivery slot of `org`: at once, or after a short wait if few others are waiting.
-    /// `None`: the organisation is at its cap; defer the job.
-    async fn slot(&self, org: Uuid) -> Option<OwnedSemaphorePermit> {
-        let cap = self.config.org_inflight_cap.max(1);
-        let slots = self
-            .org_slots
-            .entry(org)
-            .or_insert_with(|| {
-                Arc::new(OrgSlots {
-                    inflight: Arc::new(Semaphore::new(cap)),
-                    waiting: AtomicUsize::new(0),
-                })
-            })
-            .clone();
-        if let Ok(permit) = slots.inflight.clone().try_acquire_owned() {
-            return Some(permit);
-        }
-        // Counted down on drop, so a cancelled wait does not leak.
-        let _waiting = Waiting::enter(&slots.waiting, cap)?;
-        let permit = tokio::time::timeout(SLOT_WAIT, slots.inflight.clone().acquire_owned()).await;
-        permit.ok().and_then(Result::ok)
-    }
+/// How many claimed jobs one worker holds: apalis' concurrency.
+pub fn held_jobs(config: &WorkerConfig) -> usize {
+    config.concurrency.max(1).saturating_mul(HOLD_PER_SLOT)
+}
 
-    /// Over the organisation's cap: put the same job back a little later. Not an attempt.
-    async fn defer(&self, job: DeliveryJob) -> anyhow::Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        jobs::enqueue(&mut conn, &[(job, DEFER_DELAY)]).await?;
-        metrics::counter!(DELIVERY_DEFERRED_TOTAL).increment(1);
-        tracing::debug!("organisation at its in-flight cap; job deferred");
-        Ok(())
+/// A failed attempt that never reached the receiver.
+fn failed(error: String) -> Observed {
+    Observed {
+        attempt: Attempt::Failed { retry_after: None },
+        response_status: None,
+        error: Some(truncate(error)),
     }
+}
+
+/// A batch's error for one of its requests.
+fn share(e: crate::coalesce::BatchError) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
 }
 
 /// The headers and exact body bytes of one delivery (signed over those bytes).
@@ -371,23 +443,6 @@ fn dropped(reason: &'static str) -> anyhow::Result<()> {
     tracing::debug!(reason, "job dropped without a request");
     metrics::counter!(DELIVERIES_TOTAL, "outcome" => "dropped").increment(1);
     Ok(())
-}
-
-/// One job waiting for its organisation's slot.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    /// `None` when `max` jobs are waiting already.
-    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Self> {
-        let guard = Self(count);
-        (count.fetch_add(1, Ordering::SeqCst) < max).then_some(guard)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Keeps the in-flight gauge right whichever way a delivery ends (even if it is cancelled).

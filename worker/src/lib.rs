@@ -8,9 +8,12 @@
 
 pub mod admin;
 pub mod client;
+pub mod coalesce;
 pub mod deliver;
+pub mod fair;
 pub mod janitor;
 pub mod queue;
+pub mod recorder;
 pub mod retry;
 pub mod sampler;
 

@@ -88,9 +88,15 @@ async fn run_one(
     let storage = PostgresStorage::<DeliveryJob>::new(pool).with_config(
         Config::default()
             .queue(DELIVERY_QUEUE)
-            .batch_size(config.batch_size.max(1))
+            // Never claim more at once than the worker holds: a claimed job waiting in apalis'
+            // buffer has no slot to wait for and cannot be shed.
+            .batch_size(config.batch_size.clamp(1, deliver::held_jobs(config)))
             .heartbeat_interval(config.heartbeat_interval)
-            .missed_heartbeats(MISSED_HEARTBEATS),
+            .missed_heartbeats(MISSED_HEARTBEATS)
+            // The handlers acknowledge their jobs themselves, in the transaction that records
+            // what they did (see `recorder`): no per-batch result statement, no lock statement.
+            .persist_results(false)
+            .lock_tasks(false),
     );
     // The interval comes first: apalis polls strategies in order and stops at the first ready
     // one, and a closed NOTIFY stream is "ready" forever.
@@ -102,8 +108,11 @@ async fn run_one(
     let worker = WorkerBuilder::new(&ctx)
         .backend(backend)
         .data(deliverer.clone())
-        .concurrency(config.concurrency.max(1))
+        // Claimed jobs wait in the worker for a slot (see `fair`); the requests in flight are
+        // bounded there, by `config.concurrency`.
+        .concurrency(deliver::held_jobs(config))
         .build(deliver::handle);
+    deliverer.gate().open();
     let mut events = std::pin::pin!(worker.stream());
     tracing::info!(worker = %name, "queue consumer started");
 
@@ -123,6 +132,7 @@ async fn run_one(
                     // worker is stopped: stop it, let it drain, and the supervisor starts anew.
                     tracing::error!(worker = %name, error = %e, "queue consumer error; restarting it");
                     let _ = ctx.stop();
+                    deliverer.gate().close();
                     draining.get_or_insert_with(|| tokio::time::Instant::now() + config.drain_timeout);
                 }
             },
@@ -132,6 +142,9 @@ async fn run_one(
                     // Not started yet: nothing is in flight.
                     return;
                 }
+                // Held jobs that have not started go back to the queue at once; only requests
+                // already in flight are drained.
+                deliverer.gate().close();
                 draining = Some(tokio::time::Instant::now() + config.drain_timeout);
             }
             () = tokio::time::sleep_until(deadline), if draining.is_some() => {

@@ -336,3 +336,33 @@ async fn a_hanging_endpoint_times_out_as_a_failed_attempt() {
     let log = attempts(&db.pool, ids[0]).await;
     assert!(log[0].duration_ms >= 900, "{:?}", log[0]);
 }
+
+#[tokio::test]
+async fn the_check_before_sending_sees_an_ack_that_committed_after_the_event_was_loaded() {
+    let db = test_db().await;
+    let (org, _) = create_org(&db.pool, Some("http://127.0.0.1:9/")).await;
+    let ids = create_events(&db.pool, org, 3).await;
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let loaded = triggers_shared::db::deliveries::load_targets(&mut conn, &ids)
+        .await
+        .expect("load");
+    assert_eq!(loaded.len(), 3);
+    assert!(
+        loaded
+            .iter()
+            .all(|(o, t)| *o == org && t.acknowledged_at.is_none())
+    );
+    // The client acknowledges one of them between the worker's load and its request.
+    sqlx::query("UPDATE events SET status = 'delivered', acknowledged_at = now() WHERE id = $1")
+        .bind(ids[1])
+        .execute(&db.pool)
+        .await
+        .expect("ack");
+    let mut open = triggers_shared::db::deliveries::still_deliverable(&mut conn, &ids)
+        .await
+        .expect("re-check");
+    open.sort();
+    let mut expected = vec![ids[0], ids[2]];
+    expected.sort();
+    assert_eq!(open, expected);
+}

@@ -2,7 +2,10 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use common::*;
 
@@ -17,8 +20,11 @@ async fn a_hanging_endpoint_does_not_stall_other_organisations() {
     let slow = create_events(&db.pool, slow_org, 60).await;
     let fast = create_events(&db.pool, fast_org, 200).await;
     let cap = 8;
+    // A worker's concurrency no larger than the cap: an organisation alone may use every slot,
+    // so only then is the slow one's share bounded by the cap from its very first request. The
+    // healthy organisation gets slots over the concurrency (up to the cap) meanwhile.
     let _worker = TestWorker::spawn(&db.url, |c| {
-        c.concurrency = 32;
+        c.concurrency = cap;
         c.org_inflight_cap = cap;
         c.delivery_timeout = Duration::from_secs(10);
     })
@@ -89,4 +95,59 @@ async fn two_workers_deliver_a_thousand_events_without_losing_one() {
     assert_eq!(claimers, 2, "both workers should have delivered some events");
     first.stop().await.expect("first stops");
     second.stop().await.expect("second stops");
+}
+
+#[tokio::test]
+async fn a_slow_organisations_backlog_does_not_hold_up_another_organisations_burst() {
+    let db = test_db().await;
+    let slow = Receiver::start(vec![], Reply::status(200).after(Duration::from_millis(2500))).await;
+    let fast = Receiver::answering(200).await;
+    let (slow_org, _) = create_org(&db.pool, Some(&slow.url)).await;
+    let (fast_org, _) = create_org(&db.pool, Some(&fast.url)).await;
+    let backlog = 400;
+    create_events(&db.pool, slow_org, backlog).await;
+    let worker = TestWorker::spawn(&db.url, |c| {
+        c.concurrency = 16;
+        c.org_inflight_cap = 4;
+        c.delivery_timeout = Duration::from_secs(10);
+    })
+    .await;
+    // Alone, the slow organisation gets every slot, far above its cap of 4.
+    eventually(
+        "the slow organisation uses all 16 slots",
+        Duration::from_secs(30),
+        || async { slow.inflight() == 16 },
+    )
+    .await;
+
+    let burst_at = Instant::now();
+    let burst = create_events(&db.pool, fast_org, 100).await;
+    eventually(
+        "the other organisation's burst of 100 is delivered",
+        Duration::from_secs(30),
+        || async { count_status(&db.pool, fast_org, "delivered").await == 100 },
+    )
+    .await;
+    let took = burst_at.elapsed();
+    // ...while the slow backlog is still queued (it sends about 16 every 2.5 s).
+    let slow_pending = count_status(&db.pool, slow_org, "pending").await;
+    assert!(
+        slow_pending > 300,
+        "only {slow_pending} slow events left: the burst waited for the backlog"
+    );
+    assert!(took < Duration::from_secs(10), "the burst took {took:?}");
+    let seen: HashSet<String> = fast.requests().iter().map(|r| r.event_id()).collect();
+    assert!(burst.iter().all(|id| seen.contains(&id.to_string())));
+    assert!(
+        slow.max_inflight() <= 16,
+        "{} requests in flight to one organisation",
+        slow.max_inflight()
+    );
+    // The slow backlog was put back about once per event, not re-inserted in a loop.
+    let deferred = metric(worker.admin, "triggers_delivery_deferred_total").await;
+    assert!(
+        deferred <= 2.0 * backlog as f64,
+        "{deferred} deferrals for a backlog of {backlog}"
+    );
+    worker.stop().await.expect("worker stops");
 }

@@ -16,7 +16,7 @@ use super::{NewEvent, Outcome};
 
 /// How one batch is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(super) struct Plan {
     /// Indices (into the batch) of the events sent to the database, in lock order.
     sent: Vec<usize>,
     /// For each event, the index of the first event of the batch with its dedup key (itself
@@ -26,10 +26,10 @@ pub struct Plan {
 
 /// A dedup key whose holder the batch statement could not see: it committed after the
 /// statement's snapshot was taken (ask `db::events::dedup_owners`).
-pub type Key<'a> = (Uuid, &'a str);
+pub(super) type Key<'a> = (Uuid, &'a str);
 
 impl Plan {
-    pub fn new(events: &[NewEvent]) -> Self {
+    pub(super) fn new(events: &[NewEvent]) -> Self {
         let mut first_of: HashMap<Key<'_>, usize> = HashMap::new();
         let mut first = Vec::with_capacity(events.len());
         let mut sent = Vec::with_capacity(events.len());
@@ -49,7 +49,7 @@ impl Plan {
     }
 
     /// The rows of the batch statement.
-    pub fn rows<'a>(&self, events: &'a [NewEvent]) -> NewEvents<'a> {
+    pub(super) fn rows<'a>(&self, events: &'a [NewEvent]) -> NewEvents<'a> {
         let mut rows = NewEvents::default();
         for &i in &self.sent {
             let e = &events[i];
@@ -63,7 +63,7 @@ impl Plan {
     }
 
     /// Keys that lost to a holder the statement could not name.
-    pub fn unknown_owners<'a>(&self, events: &'a [NewEvent], written: &[Written]) -> Vec<Key<'a>> {
+    pub(super) fn unknown_owners<'a>(&self, events: &'a [NewEvent], written: &[Written]) -> Vec<Key<'a>> {
         let by_id: HashMap<Uuid, usize> = self.sent.iter().map(|&i| (events[i].id, i)).collect();
         written
             .iter()
@@ -77,7 +77,7 @@ impl Plan {
 
     /// One outcome per event, in batch order. `late_owners` answers [`Plan::unknown_owners`].
     /// Fails when the statement did not account for an event it was sent.
-    pub fn resolve(
+    pub(super) fn resolve(
         &self,
         events: &[NewEvent],
         written: &[Written],

@@ -118,3 +118,122 @@ pub async fn record_attempt(
         status_applied,
     }))
 }
+
+/// [`load_target`] for many events at once (one query for every delivery starting together).
+/// Returns the targets found, in no particular order; an id that is missing is gone.
+pub async fn load_targets(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, DeliveryTarget)>> {
+    let rows: Vec<DeliveryTargetRow> = sqlx::query_as(
+        "SELECT e.organization_id, e.id AS event_id, e.type, e.dedup_id, e.payload, e.status, e.attempts,
+                e.created_at, e.acknowledged_at, o.webhook_url, o.signing_secret
+         FROM events e JOIN organizations o ON o.id = e.organization_id
+         WHERE e.id = ANY($1)",
+    )
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.organization_id, r.target)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryTargetRow {
+    organization_id: Uuid,
+    #[sqlx(flatten)]
+    target: DeliveryTarget,
+}
+
+/// Of `event_ids`, those still pending and not acknowledged: the check made right before a
+/// request is sent, so an acknowledgement that committed after the event was loaded still
+/// stops it.
+pub async fn still_deliverable(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM events WHERE id = ANY($1) AND acknowledged_at IS NULL AND status = 'pending'",
+    )
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// One attempt of a batch for [`record_attempts`].
+#[derive(Clone, Debug)]
+pub struct BatchedAttempt {
+    pub organization_id: Uuid,
+    pub event_id: Uuid,
+    pub record: AttemptRecord,
+}
+
+/// [`record_attempt`] for many attempts in ONE statement (the update of the events and the
+/// insert of their attempt rows). The events must be distinct. Answers in input order; `None`:
+/// the event no longer exists.
+pub async fn record_attempts(
+    conn: &mut PgConnection,
+    attempts: &[BatchedAttempt],
+) -> sqlx::Result<Vec<Option<Recorded>>> {
+    if attempts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&BatchedAttempt) -> Option<i32>| attempts.iter().map(f).collect::<Vec<_>>();
+    let event_ids: Vec<Uuid> = attempts.iter().map(|a| a.event_id).collect();
+    let org_ids: Vec<Uuid> = attempts.iter().map(|a| a.organization_id).collect();
+    let statuses = column(|a| a.record.response_status);
+    let durations = column(|a| Some(a.record.duration_ms));
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.record.error.as_deref()).collect();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.record.outcome.as_str()).collect();
+    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.record.started_at).collect();
+    // As in `record_attempt`: the CASEs see each row as it is when the UPDATE locks it, so an
+    // ack that committed after the worker's reload is never overwritten. Rows are locked in id
+    // order, so two workers' batches cannot deadlock each other.
+    let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::int4[])
+                 AS t(event_id, organization_id, response_status, error, outcome, started_at, duration_ms)
+         ),
+         locked AS (
+             SELECT e.id FROM events e JOIN input i ON i.event_id = e.id AND i.organization_id = e.organization_id
+             ORDER BY e.id FOR UPDATE OF e
+         ),
+         updated AS (
+             UPDATE events e SET
+                 attempts = e.attempts + 1,
+                 response_status = i.response_status,
+                 last_error = i.error,
+                 status = CASE WHEN e.acknowledged_at IS NULL AND e.status = 'pending' THEN i.outcome ELSE e.status END,
+                 delivered_at = CASE WHEN e.acknowledged_at IS NULL AND e.status = 'pending' AND i.outcome = 'delivered'
+                                     THEN now() ELSE e.delivered_at END,
+                 updated_at = now()
+             FROM input i, locked l
+             WHERE e.id = i.event_id AND l.id = e.id
+             RETURNING e.id, e.attempts, (e.acknowledged_at IS NULL AND e.status = i.outcome) AS applied
+         ),
+         inserted AS (
+             INSERT INTO delivery_attempts
+                 (event_id, organization_id, attempt, started_at, duration_ms, response_status, error)
+             SELECT i.event_id, i.organization_id, u.attempts, i.started_at, i.duration_ms, i.response_status, i.error
+             FROM input i JOIN updated u ON u.id = i.event_id
+         )
+         SELECT id, attempts, applied FROM updated",
+    )
+    .bind(&event_ids)
+    .bind(&org_ids)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&outcomes)
+    .bind(&started)
+    .bind(&durations)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(event_ids
+        .iter()
+        .map(|id| {
+            rows.iter()
+                .find(|(row_id, _, _)| row_id == id)
+                .map(|&(_, attempt, status_applied)| Recorded {
+                    attempt,
+                    status_applied,
+                })
+        })
+        .collect())
+}

@@ -256,10 +256,6 @@ pub async fn requeue_events_without_job(
     Ok(jobs.len() as u64)
 }
 
-/// Direct access to the queue's rows for tests: inspect jobs and put them into states that are
-/// slow or impossible to reach for real (given up, long finished, held by a dead worker).
-pub mod testing;
-
 /// Store a batch of new events in ONE statement (one round trip, committed on its own or with
 /// the caller's transaction): claim the dedup keys (an existing, unexpired key is a duplicate; an
 /// expired one is taken over), insert the events whose key was claimed or who have none, and
@@ -345,3 +341,62 @@ pub async fn insert_batch(
         })
         .collect())
 }
+
+/// Mark claimed jobs finished (`Done`), in the transaction that recorded what they did: the
+/// worker acknowledges its jobs itself instead of apalis' per-batch result statement.
+pub async fn finish_jobs(conn: &mut PgConnection, task_ids: &[String]) -> sqlx::Result<u64> {
+    if task_ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = ANY($1) AND status IN ('Queued', 'Running')",
+    )
+    .bind(task_ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Put claimed jobs back in the queue, each due after its delay in seconds (0: at once): a
+/// job its worker did not start (over its organisation's share, or the worker is stopping).
+/// The same row, so no insert, no NOTIFY and no attempt is counted.
+pub async fn release_jobs(
+    conn: &mut PgConnection,
+    task_ids: &[String],
+    delays_secs: &[f64],
+) -> sqlx::Result<u64> {
+    if task_ids.is_empty() {
+        return Ok(0);
+    }
+    let released = sqlx::query(
+        "UPDATE apalis.jobs j SET status = 'Pending', lock_by = NULL, lock_at = NULL,
+                run_at = now() + make_interval(secs => r.delay)
+         FROM unnest($1::text[], $2::float8[]) AS r(id, delay)
+         WHERE j.id = r.id AND j.status IN ('Queued', 'Running')",
+    )
+    .bind(task_ids)
+    .bind(delays_secs)
+    .execute(conn)
+    .await?;
+    Ok(released.rows_affected())
+}
+
+/// A job whose handler failed (database trouble, a panic): counted as a failed run, so apalis
+/// fetches it again until `max_attempts`, and the janitor dead-letters its event after that.
+pub async fn fail_job(conn: &mut PgConnection, task_id: &str, error: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Failed', attempts = attempts + 1, done_at = now(),
+                last_result = jsonb_build_object('Err', $2::text)
+         WHERE id = $1 AND status IN ('Queued', 'Running')",
+    )
+    .bind(task_id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Direct access to the queue's rows for tests: inspect jobs and put them into states that are
+/// slow or impossible to reach for real (given up, long finished, held by a dead worker).
+#[cfg(feature = "testing")]
+pub mod testing;

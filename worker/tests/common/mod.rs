@@ -409,3 +409,21 @@ async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: B
     }
     response
 }
+
+// ---------------------------------------------------------------- metrics
+
+/// The value of an unlabelled counter or gauge on a worker's admin port.
+pub async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("metric {name} not exported"))
+}

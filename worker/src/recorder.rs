@@ -1,0 +1,151 @@
+//! Group commit of what deliveries write: the attempts of many deliveries (one multi-row
+//! statement that updates their events and inserts their attempt rows), their follow-up retry
+//! jobs, and the claimed jobs they finish or put back, all in ONE transaction. Each delivery
+//! waits for that commit before its handler returns, so "an attempt is recorded before its job
+//! is done" holds batch by batch: the job is marked done in the very transaction that records
+//! its attempt.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use triggers_shared::{
+    db::{
+        deliveries::{self, BatchedAttempt, Recorded},
+        queue,
+    },
+    jobs::{self, DeliveryJob},
+};
+
+use crate::{coalesce::Coalescer, retry::Next};
+
+/// How often a batch is tried before its deliveries fail back to apalis. The requests have been
+/// made: retrying the write is better than letting a retry of the job send them again.
+const TRIES: usize = 4;
+
+/// The largest batch one transaction writes.
+pub const MAX_BATCH: usize = 512;
+
+/// One thing a delivery hands over for the next commit.
+#[derive(Debug)]
+pub enum Write {
+    /// An attempt was made: record it, move the event on, schedule the retry `next` asks for,
+    /// and finish the job `task`.
+    Attempt {
+        task: String,
+        job: DeliveryJob,
+        attempt: BatchedAttempt,
+        next: Next,
+    },
+    /// Nothing to send (event gone, acknowledged, no webhook): finish the job.
+    Finish { task: String },
+    /// Not started here: put the job back, due after `delay`.
+    Release { task: String, delay: Duration },
+}
+
+/// What the commit did for one [`Write`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The attempt is recorded (`None`: the event was deleted during the attempt).
+    Attempt(Option<Recorded>),
+    Done,
+}
+
+/// Start the group-commit task on `pool`.
+pub fn spawn(pool: PgPool) -> Coalescer<Write, Written> {
+    Coalescer::spawn(MAX_BATCH, move |writes| {
+        let pool = pool.clone();
+        async move { commit_with_retries(&pool, &writes).await }
+    })
+}
+
+async fn commit_with_retries(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>> {
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..TRIES - 1 {
+        match commit(pool, writes).await {
+            Ok(written) => return Ok(written),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                batch = writes.len(),
+                "recording deliveries failed; retrying"
+            ),
+        }
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+    commit(pool, writes).await
+}
+
+/// One transaction for the whole batch.
+async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>> {
+    let mut written: Vec<Written> = vec![Written::Done; writes.len()];
+    let mut finished = Vec::new();
+    let mut released = (Vec::new(), Vec::new());
+    let mut attempts: Vec<usize> = Vec::new();
+    for (i, write) in writes.iter().enumerate() {
+        match write {
+            Write::Attempt { task, .. } => {
+                attempts.push(i);
+                finished.push(task.clone());
+            }
+            Write::Finish { task } => finished.push(task.clone()),
+            Write::Release { task, delay } => {
+                released.0.push(task.clone());
+                released.1.push(delay.as_secs_f64());
+            }
+        }
+    }
+
+    let mut tx = pool.begin().await.context("starting the record transaction")?;
+    let mut retries = Vec::new();
+    // One statement per round; a round holds each event at most once (the same event twice in
+    // one UPDATE would be counted once), so duplicates wait for the next round.
+    while !attempts.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = attempts.iter().partition(|&&i| match &writes[i] {
+            Write::Attempt { attempt, .. } => seen.insert(attempt.event_id),
+            _ => true,
+        });
+        attempts = later;
+        let batch: Vec<BatchedAttempt> = round
+            .iter()
+            .filter_map(|&i| match &writes[i] {
+                Write::Attempt { attempt, .. } => Some(attempt.clone()),
+                _ => None,
+            })
+            .collect();
+        let recorded = deliveries::record_attempts(&mut tx, &batch)
+            .await
+            .context("recording attempts")?;
+        for (&i, recorded) in round.iter().zip(recorded) {
+            written[i] = Written::Attempt(recorded);
+            if let (
+                Write::Attempt {
+                    job,
+                    next: Next::RetryAfter(delay),
+                    ..
+                },
+                Some(r),
+            ) = (&writes[i], recorded)
+                && r.status_applied
+            {
+                let following = DeliveryJob {
+                    attempt: job.attempt + 1,
+                    ..job.clone()
+                };
+                retries.push((following, *delay));
+            }
+        }
+    }
+    jobs::enqueue(&mut tx, &retries)
+        .await
+        .context("enqueueing retries")?;
+    queue::finish_jobs(&mut tx, &finished)
+        .await
+        .context("finishing jobs")?;
+    queue::release_jobs(&mut tx, &released.0, &released.1)
+        .await
+        .context("releasing jobs")?;
+    tx.commit().await.context("committing the record transaction")?;
+    Ok(written)
+}
