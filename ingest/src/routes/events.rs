@@ -365,9 +365,6 @@ fn queue_error(err: QueueError) -> ApiError {
     }
 }
 
-/// Events re-enqueued per transaction by a bulk redelivery.
-const REDELIVER_CHUNK: i64 = 1000;
-
 /// Replay every dead-lettered (`failed`) event of your organisation.
 ///
 /// Body `{"status": "failed"}` (`dead_letter` is accepted as a synonym; anything else is `422`).
@@ -401,23 +398,8 @@ pub async fn redeliver_events(
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
     drop(conn);
-    let mut count = 0i64;
-    loop {
-        let mut tx = state.db.begin().await?;
-        let ids = db::events::reset_failed_for_redelivery(&mut tx, org.id, REDELIVER_CHUNK).await?;
-        if ids.is_empty() {
-            break;
-        }
-        let jobs: Vec<_> = ids
-            .iter()
-            .map(|id| (DeliveryJob::first(*id, org.id), std::time::Duration::ZERO))
-            .collect();
-        jobs::enqueue(&mut tx, &jobs).await.map_err(queue_error)?;
-        tx.commit().await?;
-        count += ids.len() as i64;
-        if (ids.len() as i64) < REDELIVER_CHUNK {
-            break;
-        }
-    }
+    let count = db::events::redeliver_failed(&state.db, org.id, None)
+        .await
+        .map_err(queue_error)?;
     Ok((StatusCode::ACCEPTED, Json(RedeliverAllOut { count })))
 }

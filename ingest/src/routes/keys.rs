@@ -13,8 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_shared::{
-    apikey::{self, GeneratedKey},
-    db::{self, api_keys, organizations},
+    db::{api_keys, organizations},
     models::{OrganizationName, Tier},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -32,8 +31,6 @@ use crate::{
 pub const KEY_WARNING: &str = "Store this API key securely; it will not be shown again.";
 /// The longest grace period a rotation may give the previous key (7 days).
 pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
-/// Attempts at finding an unused key prefix (48 random bits: a second attempt is already rare).
-const KEY_ATTEMPTS: usize = 3;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -166,31 +163,20 @@ pub async fn generate_key(
     ApiJson(body): ApiJson<GenerateKeyIn>,
 ) -> Result<(StatusCode, Json<GenerateKeyOut>), ApiError> {
     let (name, tier) = body.parse()?;
-    let org_id = Uuid::now_v7();
-    for attempt in 1..=KEY_ATTEMPTS {
-        let key = fresh_key().await?;
-        let mut tx = state.db.begin().await?;
-        let org = organizations::insert(&mut tx, org_id, name.as_str(), tier).await?;
-        match api_keys::insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await {
-            Err(e) if db::is_unique_violation(&e) && attempt < KEY_ATTEMPTS => continue,
-            inserted => inserted?,
-        };
-        tx.commit().await?;
-        tracing::info!(org_id = %org.id, tier = tier.as_str(), "organisation created");
-        return Ok((
-            StatusCode::CREATED,
-            Json(GenerateKeyOut {
-                organization_id: org.id,
-                organization_name: org.name,
-                api_key: key.key,
-                tier,
-                rate_limit_per_minute: org.rate_limit_per_minute,
-                created_at: org.created_at,
-                warning: KEY_WARNING,
-            }),
-        ));
-    }
-    Err(ApiError::internal(anyhow::anyhow!("no free key prefix")))
+    let (org, key) = organizations::create_with_key(&state.db, &name, tier).await?;
+    tracing::info!(org_id = %org.id, tier = tier.as_str(), "organisation created");
+    Ok((
+        StatusCode::CREATED,
+        Json(GenerateKeyOut {
+            organization_id: org.id,
+            organization_name: org.name,
+            api_key: key.key,
+            tier,
+            rate_limit_per_minute: org.rate_limit_per_minute,
+            created_at: org.created_at,
+            warning: KEY_WARNING,
+        }),
+    ))
 }
 
 /// The authenticated organisation and the public prefix of its key (never the key).
@@ -244,38 +230,19 @@ pub async fn rotate_key(
     OptionalApiJson(body): OptionalApiJson<RotateKeyIn>,
 ) -> Result<Json<RotateKeyOut>, ApiError> {
     let grace = body.map(RotateKeyIn::parse).transpose()?.unwrap_or_default();
-    for attempt in 1..=KEY_ATTEMPTS {
-        let key = fresh_key().await?;
-        let mut tx = state.db.begin().await?;
-        // The row lock serialises rotations of one organisation.
-        let current = organizations::get_for_update(&mut tx, org.id)
-            .await?
-            .ok_or(ApiError::InvalidApiKey)?;
-        let retired = api_keys::retire_active(&mut tx, org.id, grace).await?;
-        match api_keys::insert(&mut tx, Uuid::now_v7(), org.id, &key.prefix, &key.hash).await {
-            Err(e) if db::is_unique_violation(&e) && attempt < KEY_ATTEMPTS => continue,
-            inserted => inserted?,
-        };
-        organizations::touch(&mut tx, org.id).await?;
-        api_keys::notify_change(&mut tx, INVALIDATION_CHANNEL, org.id).await?;
-        tx.commit().await?;
-        // Our own listener hears the notification too, but only after this response could
-        // have reached the client; drop our entries now.
-        state.auth.invalidate_org(org.id);
-        tracing::info!(org_id = %org.id, grace_secs = grace.as_secs(), "API key rotated");
-        return Ok(Json(RotateKeyOut {
-            organization_id: current.id,
-            organization_name: current.name,
-            api_key: key.key,
-            rotated_at: retired.rotated_at,
-            previous_key_expires_at: retired.expires_at,
-            warning: KEY_WARNING,
-        }));
-    }
-    Err(ApiError::internal(anyhow::anyhow!("no free key prefix")))
-}
-
-/// A new key and its hash (argon2: on the process's one hash pool).
-async fn fresh_key() -> Result<GeneratedKey, ApiError> {
-    apikey::generate().await.map_err(ApiError::internal)
+    let rotation = api_keys::rotate(&state.db, org.id, grace, INVALIDATION_CHANNEL)
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
+    // Our own listener hears the notification too, but only after this response could have
+    // reached the client; drop our entries now.
+    state.auth.invalidate_org(org.id);
+    tracing::info!(org_id = %org.id, grace_secs = grace.as_secs(), "API key rotated");
+    Ok(Json(RotateKeyOut {
+        organization_id: rotation.organization.id,
+        organization_name: rotation.organization.name,
+        api_key: rotation.key.key,
+        rotated_at: rotation.retired.rotated_at,
+        previous_key_expires_at: rotation.retired.expires_at,
+        warning: KEY_WARNING,
+    }))
 }

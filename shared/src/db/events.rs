@@ -1,12 +1,19 @@
 //! SQL of the `events` table and of its companion `dedup_keys`: the rows of the ingest path's
 //! batch insert (the statement itself, which also writes each event's first delivery job, is
-//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery. Every function on tenant data takes the organisation id.
+//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery (the whole transaction of a bulk
+//! redelivery: [`redeliver_failed`]). Every function on tenant data takes the organisation id.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::models::{Event, EventStatus};
+use super::queue::QueueError;
+use crate::{
+    jobs::DeliveryJob,
+    models::{Event, EventStatus},
+};
 
 /// The columns of [`Event`], in one place so every query returns the same shape. The payload is
 /// read as the JSON text Postgres prints, never decoded on our side.
@@ -282,11 +289,43 @@ pub async fn reset_for_redelivery(
     .await
 }
 
-/// Put up to `limit` failed (dead-lettered) events of the organisation back to `pending`,
-/// oldest first; returns their ids. Rows locked by someone else are skipped for this round.
-pub async fn reset_failed_for_redelivery(
+/// Failed events put back per transaction by [`redeliver_failed`].
+const REDELIVER_CHUNK: i64 = 1000;
+
+/// Put every failed (dead-lettered) event of the organisation created at or after `since` (all
+/// of them when `None`) back to `pending` with a first delivery job, oldest first, in chunks of
+/// [`REDELIVER_CHUNK`] events, each chunk in its own transaction. Returns how many were put back.
+/// The one redelivery of the API and the operator command alike.
+pub async fn redeliver_failed(
+    pool: &PgPool,
+    organization_id: Uuid,
+    since: Option<DateTime<Utc>>,
+) -> Result<i64, QueueError> {
+    let mut count = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let ids = reset_failed_for_redelivery(&mut tx, organization_id, since, REDELIVER_CHUNK).await?;
+        let jobs: Vec<_> = ids
+            .iter()
+            .map(|id| (DeliveryJob::first(*id, organization_id), Duration::ZERO))
+            .collect();
+        super::queue::enqueue(&mut tx, &jobs).await?;
+        tx.commit().await?;
+        let put_back = ids.len() as i64;
+        count += put_back;
+        if put_back < REDELIVER_CHUNK {
+            return Ok(count);
+        }
+    }
+}
+
+/// Put up to `limit` failed (dead-lettered) events of the organisation created at or after
+/// `since` (any time when `None`) back to `pending`, oldest first; returns their ids. Rows locked
+/// by someone else are skipped for this round.
+async fn reset_failed_for_redelivery(
     conn: &mut PgConnection,
     organization_id: Uuid,
+    since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(
@@ -295,12 +334,14 @@ pub async fn reset_failed_for_redelivery(
          WHERE id IN (
              SELECT id FROM events
              WHERE organization_id = $1 AND status = 'failed'
+               AND ($2::timestamptz IS NULL OR created_at >= $2)
              ORDER BY created_at, id
-             LIMIT $2
+             LIMIT $3
              FOR UPDATE SKIP LOCKED)
          RETURNING id",
     )
     .bind(organization_id)
+    .bind(since)
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -113,6 +113,64 @@ pub async fn oldest_due_age(conn: &mut PgConnection) -> sqlx::Result<Duration> {
     Ok(Duration::try_from_secs_f64(secs).unwrap_or_default())
 }
 
+/// The delivery queue at a glance (what the operator command `queue stats` prints).
+#[derive(Debug, serde::Serialize)]
+pub struct QueueStats {
+    /// Jobs whose time has come and that no worker runs yet.
+    pub due: i64,
+    /// Jobs waiting for a later retry.
+    pub scheduled: i64,
+    pub running: i64,
+    /// Seconds since the oldest due job became due (0 when none is due).
+    pub oldest_due_age_seconds: f64,
+    /// The 10 organisations with the most waiting (due or scheduled) jobs.
+    pub top_organizations: Vec<OrgBacklog>,
+}
+
+/// One organisation's waiting jobs.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct OrgBacklog {
+    pub organization_id: Uuid,
+    pub waiting: i64,
+    pub oldest_due_age_seconds: f64,
+}
+
+/// Depth by state, oldest due age and the top 10 organisations of the delivery queue.
+pub async fn stats(conn: &mut PgConnection) -> sqlx::Result<QueueStats> {
+    let (due, scheduled, running, oldest): (i64, i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status IN ('Pending', 'Queued') AND run_at <= now()),
+                count(*) FILTER (WHERE status IN ('Pending', 'Queued') AND run_at > now()),
+                count(*) FILTER (WHERE status = 'Running'),
+                coalesce(extract(epoch FROM now() - min(run_at)
+                    FILTER (WHERE status IN ('Pending', 'Queued') AND run_at <= now())), 0)::float8
+         FROM apalis.jobs WHERE job_type = $1",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_one(&mut *conn)
+    .await?;
+    let top_organizations = sqlx::query_as::<_, OrgBacklog>(
+        "SELECT (convert_from(job, 'UTF8')::jsonb ->> 'organization_id')::uuid AS organization_id,
+                count(*) AS waiting,
+                coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+                    AS oldest_due_age_seconds
+         FROM apalis.jobs
+         WHERE job_type = $1 AND status IN ('Pending', 'Queued')
+         GROUP BY 1
+         ORDER BY waiting DESC, organization_id
+         LIMIT 10",
+    )
+    .bind(DELIVERY_QUEUE)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(QueueStats {
+        due,
+        scheduled,
+        running,
+        oldest_due_age_seconds: oldest,
+        top_organizations,
+    })
+}
+
 /// Does event `event_id` have a live delivery job?
 pub async fn has_live_job(conn: &mut PgConnection, event_id: Uuid) -> sqlx::Result<bool> {
     sqlx::query_scalar(
