@@ -27,7 +27,7 @@ use sqlx::PgPool;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        deliveries::{self, AttemptRecord, BatchedAttempt, DeliveryTarget},
+        deliveries::{self, AttemptRecord, DeliveryTarget},
         queue,
     },
     jobs::DeliveryJob,
@@ -45,7 +45,7 @@ use crate::{
     coalesce::Coalescer,
     fair::{Admission, Gate, Grant},
     recorder::{self, Write, Written},
-    retry::{self, Attempt, Next},
+    retry::{self, Next, Outcome},
 };
 
 /// How many jobs one worker holds (claimed from the queue) per request it may have in flight.
@@ -117,7 +117,7 @@ struct WebhookBody<'a> {
 
 /// What one attempt produced, before it is recorded.
 struct Observed {
-    attempt: Attempt,
+    outcome: Outcome,
     response_status: Option<i32>,
     error: Option<String>,
 }
@@ -175,7 +175,7 @@ impl Deliverer {
     }
 
     /// Deliver one job. `Err` only for database trouble (the job is then failed back to apalis).
-    #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, attempt = job.attempt))]
+    #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, try_number = job.try_number))]
     pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
         let admission = match self.gate.admit(job.organization_id) {
             Admission::Wait(slot) => slot.await.ok(),
@@ -244,17 +244,19 @@ impl Deliverer {
         metrics::histogram!(DELIVERY_DURATION_SECONDS).record(elapsed.as_secs_f64());
 
         let next = retry::next(
-            job.attempt,
-            observed.attempt,
+            job.try_number,
+            observed.outcome,
             &self.config.retry_schedule,
             self.config.max_retry_after,
         );
         let record = AttemptRecord {
+            organization_id: job.organization_id,
+            event_id: job.event_id,
             started_at,
             duration_ms: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
             response_status: observed.response_status,
             error: observed.error,
-            outcome: match next {
+            next_status: match next {
                 Next::Delivered => EventStatus::Delivered,
                 Next::RetryAfter(_) => EventStatus::Pending,
                 Next::GiveUp => EventStatus::Failed,
@@ -265,11 +267,7 @@ impl Deliverer {
             .write(Write::Attempt {
                 task,
                 job: job.clone(),
-                attempt: BatchedAttempt {
-                    organization_id: job.organization_id,
-                    event_id: job.event_id,
-                    record,
-                },
+                record,
                 next,
             })
             .await?;
@@ -343,7 +341,7 @@ pub fn held_jobs(config: &WorkerConfig) -> usize {
 /// A failed attempt that never reached the receiver.
 fn failed(error: String) -> Observed {
     Observed {
-        attempt: Attempt::Failed { retry_after: None },
+        outcome: Outcome::Failed { retry_after: None },
         response_status: None,
         error: Some(truncate(error)),
     }
@@ -392,7 +390,7 @@ fn observe(answer: &Answer) -> Observed {
     let code = status.as_u16();
     if status.is_success() {
         return Observed {
-            attempt: Attempt::Delivered,
+            outcome: Outcome::Delivered,
             response_status: Some(i32::from(code)),
             error: None,
         };
@@ -406,8 +404,8 @@ fn observe(answer: &Answer) -> Observed {
         error.push_str(": ");
         error.push_str(excerpt.trim());
     }
-    let attempt = if code == 410 {
-        Attempt::Gone
+    let outcome = if code == 410 {
+        Outcome::Gone
     } else {
         let retry_after = if code == 429 || code == 503 {
             answer
@@ -418,10 +416,10 @@ fn observe(answer: &Answer) -> Observed {
         } else {
             None
         };
-        Attempt::Failed { retry_after }
+        Outcome::Failed { retry_after }
     };
     Observed {
-        attempt,
+        outcome,
         response_status: Some(i32::from(code)),
         error: Some(truncate(error)),
     }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use triggers_shared::{
     db::{
-        deliveries::{self, BatchedAttempt, Recorded},
+        deliveries::{self, AttemptRecord, Recorded},
         queue,
     },
     jobs::{self, DeliveryJob},
@@ -34,7 +34,7 @@ pub enum Write {
     Attempt {
         task: String,
         job: DeliveryJob,
-        attempt: BatchedAttempt,
+        record: AttemptRecord,
         next: Next,
     },
     /// Nothing to send (event gone, acknowledged, no webhook): finish the job.
@@ -103,14 +103,14 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
     while !attempts.is_empty() {
         let mut seen = std::collections::HashSet::new();
         let (round, later): (Vec<usize>, Vec<usize>) = attempts.iter().partition(|&&i| match &writes[i] {
-            Write::Attempt { attempt, .. } => seen.insert(attempt.event_id),
+            Write::Attempt { record, .. } => seen.insert(record.event_id),
             _ => true,
         });
         attempts = later;
-        let batch: Vec<BatchedAttempt> = round
+        let batch: Vec<AttemptRecord> = round
             .iter()
             .filter_map(|&i| match &writes[i] {
-                Write::Attempt { attempt, .. } => Some(attempt.clone()),
+                Write::Attempt { record, .. } => Some(record.clone()),
                 _ => None,
             })
             .collect();
@@ -130,7 +130,7 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
                 && r.status_applied
             {
                 let following = DeliveryJob {
-                    attempt: job.attempt + 1,
+                    try_number: job.try_number + 1,
                     ..job.clone()
                 };
                 retries.push((following, *delay));

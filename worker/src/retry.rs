@@ -6,9 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-/// How one attempt ended, as far as the schedule cares.
+/// How one attempt ended, as far as the schedule cares (what the event becomes is
+/// [`Next`]'s business).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub enum Outcome {
     /// Any 2xx.
     Delivered,
     /// `410 Gone`: the receiver says never again.
@@ -28,15 +29,15 @@ pub enum Next {
     GiveUp,
 }
 
-/// Decide what follows attempt number `attempt` (from 1) of a job, given the configured delays
-/// before each retry (`1 + schedule.len()` attempts in all).
-pub fn next(attempt: u32, outcome: Attempt, schedule: &[Duration], max_retry_after: Duration) -> Next {
+/// Decide what follows the job's try number `try_number` (from 1; see `DeliveryJob::try_number`),
+/// given the configured delays before each retry (`1 + schedule.len()` tries in all).
+pub fn next(try_number: u32, outcome: Outcome, schedule: &[Duration], max_retry_after: Duration) -> Next {
     let retry_after = match outcome {
-        Attempt::Delivered => return Next::Delivered,
-        Attempt::Gone => return Next::GiveUp,
-        Attempt::Failed { retry_after } => retry_after,
+        Outcome::Delivered => return Next::Delivered,
+        Outcome::Gone => return Next::GiveUp,
+        Outcome::Failed { retry_after } => retry_after,
     };
-    let index = attempt.saturating_sub(1) as usize;
+    let index = try_number.saturating_sub(1) as usize;
     let Some(&planned) = schedule.get(index) else {
         return Next::GiveUp;
     };
@@ -71,7 +72,7 @@ mod tests {
 
     #[test]
     fn failures_follow_the_schedule_then_give_up() {
-        let failed = Attempt::Failed { retry_after: None };
+        let failed = Outcome::Failed { retry_after: None };
         let Next::RetryAfter(d) = next(1, failed, &S, CAP) else {
             panic!("expected a retry")
         };
@@ -92,13 +93,13 @@ mod tests {
 
     #[test]
     fn gone_stops_and_success_delivers() {
-        assert_eq!(next(1, Attempt::Gone, &S, CAP), Next::GiveUp);
-        assert_eq!(next(1, Attempt::Delivered, &S, CAP), Next::Delivered);
+        assert_eq!(next(1, Outcome::Gone, &S, CAP), Next::GiveUp);
+        assert_eq!(next(1, Outcome::Delivered, &S, CAP), Next::Delivered);
     }
 
     #[test]
     fn retry_after_is_honoured_within_the_cap() {
-        let ra = |s| Attempt::Failed {
+        let ra = |s| Outcome::Failed {
             retry_after: Some(Duration::from_secs(s)),
         };
         assert_eq!(next(1, ra(7), &S, CAP), Next::RetryAfter(Duration::from_secs(7)));

@@ -44,19 +44,22 @@ pub async fn load_target(
     .await
 }
 
-/// One finished attempt, as the worker observed it.
+/// One finished attempt of an event, as the worker records it: its `delivery_attempts` row (the
+/// attempt's number is the event's `attempts` after the update) and the status the event moves to.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
+    pub organization_id: Uuid,
+    pub event_id: Uuid,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub response_status: Option<i32>,
     pub error: Option<String>,
     /// The state the event moves to: `Delivered`, `Pending` (another attempt is scheduled) or
     /// `Failed` (dead letter).
-    pub outcome: EventStatus,
+    pub next_status: EventStatus,
 }
 
-/// What [`record_attempt`] did.
+/// What [`record_attempts`] did with one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recorded {
     /// The attempt's number over the event's whole life (`events.attempts` after the update).
@@ -64,59 +67,6 @@ pub struct Recorded {
     /// Whether the event took the new status. `false` when it was acknowledged, or moved out of
     /// `pending` by someone else, meanwhile: an ack always wins, and no retry may follow then.
     pub status_applied: bool,
-}
-
-/// Record an attempt: count it on the event, move the event to `record.outcome` unless it was
-/// acknowledged or left `pending` meanwhile, and insert the `delivery_attempts` row. `None` when
-/// the event no longer exists. Run it in the transaction that also enqueues any next attempt.
-pub async fn record_attempt(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    event_id: Uuid,
-    record: &AttemptRecord,
-) -> sqlx::Result<Option<Recorded>> {
-    // The CASE sees the row as it is when the UPDATE locks it, so an ack that committed after the
-    // worker's reload is never overwritten.
-    let row: Option<(i32, bool)> = sqlx::query_as(
-        "UPDATE events SET
-             attempts = attempts + 1,
-             response_status = $3,
-             last_error = $4,
-             status = CASE WHEN acknowledged_at IS NULL AND status = 'pending' THEN $5 ELSE status END,
-             delivered_at = CASE WHEN acknowledged_at IS NULL AND status = 'pending' AND $5 = 'delivered'
-                                 THEN now() ELSE delivered_at END,
-             updated_at = now()
-         WHERE id = $1 AND organization_id = $2
-         RETURNING attempts, (acknowledged_at IS NULL AND status = $5)",
-    )
-    .bind(event_id)
-    .bind(organization_id)
-    .bind(record.response_status)
-    .bind(record.error.as_deref())
-    .bind(record.outcome.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((attempt, status_applied)) = row else {
-        return Ok(None);
-    };
-    sqlx::query(
-        "INSERT INTO delivery_attempts
-             (event_id, organization_id, attempt, started_at, duration_ms, response_status, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(event_id)
-    .bind(organization_id)
-    .bind(attempt)
-    .bind(record.started_at)
-    .bind(record.duration_ms)
-    .bind(record.response_status)
-    .bind(record.error.as_deref())
-    .execute(&mut *conn)
-    .await?;
-    Ok(Some(Recorded {
-        attempt,
-        status_applied,
-    }))
 }
 
 /// [`load_target`] for many events at once (one query for every delivery starting together).
@@ -156,33 +106,26 @@ pub async fn still_deliverable(conn: &mut PgConnection, event_ids: &[Uuid]) -> s
     .await
 }
 
-/// One attempt of a batch for [`record_attempts`].
-#[derive(Clone, Debug)]
-pub struct BatchedAttempt {
-    pub organization_id: Uuid,
-    pub event_id: Uuid,
-    pub record: AttemptRecord,
-}
-
-/// [`record_attempt`] for many attempts in ONE statement (the update of the events and the
-/// insert of their attempt rows). The events must be distinct. Answers in input order; `None`:
-/// the event no longer exists.
+/// Record attempts in ONE statement: count each on its event, move the event to its
+/// `next_status` unless it was acknowledged or left `pending` meanwhile, and insert the
+/// `delivery_attempts` rows. The events must be distinct. Answers in input order; `None`: the
+/// event no longer exists. Run it in the transaction that also enqueues any next attempt.
 pub async fn record_attempts(
     conn: &mut PgConnection,
-    attempts: &[BatchedAttempt],
+    attempts: &[AttemptRecord],
 ) -> sqlx::Result<Vec<Option<Recorded>>> {
     if attempts.is_empty() {
         return Ok(Vec::new());
     }
-    let column = |f: fn(&BatchedAttempt) -> Option<i32>| attempts.iter().map(f).collect::<Vec<_>>();
+    let column = |f: fn(&AttemptRecord) -> Option<i32>| attempts.iter().map(f).collect::<Vec<_>>();
     let event_ids: Vec<Uuid> = attempts.iter().map(|a| a.event_id).collect();
     let org_ids: Vec<Uuid> = attempts.iter().map(|a| a.organization_id).collect();
-    let statuses = column(|a| a.record.response_status);
-    let durations = column(|a| Some(a.record.duration_ms));
-    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.record.error.as_deref()).collect();
-    let outcomes: Vec<&str> = attempts.iter().map(|a| a.record.outcome.as_str()).collect();
-    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.record.started_at).collect();
-    // As in `record_attempt`: the CASEs see each row as it is when the UPDATE locks it, so an
+    let statuses = column(|a| a.response_status);
+    let durations = column(|a| Some(a.duration_ms));
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let outcomes: Vec<&str> = attempts.iter().map(|a| a.next_status.as_str()).collect();
+    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+    // The CASEs see each row as it is when the UPDATE locks it, so an
     // ack that committed after the worker's reload is never overwritten. Rows are locked in id
     // order, so two workers' batches cannot deadlock each other.
     let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     db::events::{NewEvents, Written},
-    jobs::{DeliveryJob, TASK_MAX_ATTEMPTS},
+    jobs::{DeliveryJob, TASK_MAX_RUNS},
 };
 
 /// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
@@ -388,7 +388,7 @@ pub async fn insert_batch(
     .bind(&jobs)
     .bind(dedup_window.as_secs_f64())
     .bind(DELIVERY_QUEUE)
-    .bind(TASK_MAX_ATTEMPTS as i32)
+    .bind(TASK_MAX_RUNS as i32)
     .fetch_all(conn)
     .await?;
     Ok(written
