@@ -11,9 +11,12 @@ pub use values::{
     DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,
 };
 
-/// An organisation's plan; it sets the ingest rate limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+/// An organisation's plan; it sets the ingest rate limit. Stored as its lowercase name.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Tier {
     #[default]
     Free,
@@ -87,7 +90,7 @@ impl EventStatus {
 pub struct Organization {
     pub id: Uuid,
     pub name: String,
-    pub tier: String,
+    pub tier: Tier,
     pub rate_limit_per_minute: i32,
     pub webhook_url: Option<String>,
     pub signing_secret: Option<String>,

@@ -215,7 +215,7 @@ impl Deliverer {
         if target.acknowledged_at.is_some() {
             return self.drop_job(task, "event acknowledged").await;
         }
-        if target.status != EventStatus::Pending.as_str() {
+        if target.status != EventStatus::Pending {
             return self.drop_job(task, "event is no longer pending").await;
         }
         let (Some(url), Some(secret)) = (target.webhook_url.as_deref(), target.signing_secret.as_deref())

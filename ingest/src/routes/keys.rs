@@ -88,8 +88,7 @@ pub struct GenerateKeyOut {
 pub struct KeysOut {
     pub organization_id: Uuid,
     pub organization_name: String,
-    #[schema(value_type = Tier)]
-    pub tier: String,
+    pub tier: Tier,
     pub rate_limit_per_minute: i32,
     /// `null` when no webhook is configured.
     pub webhook_url: Option<String>,

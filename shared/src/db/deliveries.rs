@@ -18,7 +18,7 @@ pub struct DeliveryTarget {
     pub event_type: String,
     pub dedup_id: Option<String>,
     pub payload: serde_json::Value,
-    pub status: String,
+    pub status: EventStatus,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub acknowledged_at: Option<DateTime<Utc>>,

@@ -43,7 +43,7 @@ pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, tier: Tier) -
     )
     .bind(id)
     .bind(name)
-    .bind(tier.as_str())
+    .bind(tier)
     .bind(tier.rate_limit_per_minute())
     .fetch_one(conn)
     .await
