@@ -7,7 +7,7 @@ mod fixtures;
 // The fixtures reach the harness through the crate root.
 #[allow(unused_imports)]
 use common::TestApp;
-use fixtures::create_org_sql;
+use fixtures::org_with_key;
 use triggers_ingest::{
     batcher::{BatchWriter, NewEvent, Outcome},
     error::ApiError,
@@ -31,7 +31,7 @@ fn event(org: Uuid) -> NewEvent {
 #[tokio::test]
 async fn a_failed_event_reaches_its_waiter_with_the_database_error_and_spares_its_neighbours() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org) = org_with_key(&test_db.pool, "pro").await;
     let writer = BatchWriter::start(test_db.pool.clone());
     // An organisation that does not exist: the foreign key refuses the row (a data error, not an
     // outage). Submitted together with good events, so they are likely to share its batch.

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::TestApp;
-use fixtures::create_org_sql;
+use fixtures::org_with_key;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -48,7 +48,7 @@ fn small_event() -> Value {
 async fn a_request_over_the_bytes_budget_is_503_with_retry_after_until_the_budget_frees_up() {
     let test_db = TestDb::new().await.expect("db");
     let app = TestApp::spawn_on(&test_db.url, |c| c.request_bytes_budget = MIB + MIB / 2).await;
-    let (key, _) = create_org_sql(&app.db, "enterprise").await;
+    let (key, _) = org_with_key(&app.db, "enterprise").await;
 
     // One request declaring 1 MiB holds 1 MiB of the 1.5 MiB budget while its body trickles.
     let mut slow = start_slow_post(&app, &key, MIB, 10).await;
@@ -202,7 +202,7 @@ async fn post_together(base: std::net::SocketAddr, key: &str, body: &[u8], barri
 #[tokio::test]
 async fn a_hundred_concurrent_one_mib_bodies_keep_ingest_under_256_mb() {
     let test_db = TestDb::new().await.expect("db");
-    let (key, _) = create_org_sql(&test_db.pool, "enterprise").await;
+    let (key, _) = org_with_key(&test_db.pool, "enterprise").await;
     let ingest = Ingest::start(&test_db.url).await;
     let ingest_addr = ingest.addr;
     // Just under the 1 MiB body limit, over the payload limit, and of the shape that costs most

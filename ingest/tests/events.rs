@@ -20,7 +20,7 @@ use uuid::Uuid;
 #[tokio::test]
 async fn accepted_event_is_committed_with_its_dedup_key_and_job_when_a_webhook_is_configured() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     set_webhook(&app.db, org).await;
 
     let res = post_event(
@@ -73,7 +73,7 @@ async fn accepted_event_is_committed_with_its_dedup_key_and_job_when_a_webhook_i
 #[tokio::test]
 async fn accepted_event_without_a_webhook_gets_no_job_and_waits_in_the_inbox() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let body = accept(&app, &key, &json!({"type": "a", "payload": {}})).await;
     assert_eq!(body["dedup_id"], Value::Null);
     assert_eq!(job_count(&app.db).await, 0);
@@ -85,7 +85,7 @@ async fn accepted_event_without_a_webhook_gets_no_job_and_waits_in_the_inbox() {
 #[tokio::test]
 async fn duplicate_dedup_id_within_24h_is_rejected_with_409_naming_the_original() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     set_webhook(&app.db, org).await;
     let first = accept(
         &app,
@@ -118,8 +118,8 @@ async fn duplicate_dedup_id_within_24h_is_rejected_with_409_naming_the_original(
 #[tokio::test]
 async fn the_same_dedup_id_in_two_organisations_does_not_collide() {
     let app = TestApp::spawn().await;
-    let (key_a, _) = create_org_sql(&app.db, "pro").await;
-    let (key_b, _) = create_org_sql(&app.db, "pro").await;
+    let (key_a, _) = org_with_key(&app.db, "pro").await;
+    let (key_b, _) = org_with_key(&app.db, "pro").await;
     let a = accept(
         &app,
         &key_a,
@@ -138,7 +138,7 @@ async fn the_same_dedup_id_in_two_organisations_does_not_collide() {
 #[tokio::test]
 async fn a_concurrent_burst_with_one_dedup_id_accepts_exactly_one() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     set_webhook(&app.db, org).await;
     let body = json!({"type": "burst", "payload": {"x": 1}, "dedup_id": "burst-1"});
     let results = futures::future::join_all((0..20).map(|_| async {
@@ -170,7 +170,7 @@ async fn dedup_holds_across_two_instances_on_one_database() {
     let test_db = TestDb::new().await.expect("db");
     let one = TestApp::spawn_on(&test_db.url, |_| {}).await;
     let two = TestApp::spawn_on(&test_db.url, |_| {}).await;
-    let (key, _) = create_org_sql(&one.db, "pro").await;
+    let (key, _) = org_with_key(&one.db, "pro").await;
     let body = json!({"type": "x", "payload": {}, "dedup_id": "across"});
     let results = futures::future::join_all((0..10).map(|i| {
         let app = if i % 2 == 0 { &one } else { &two };
@@ -187,7 +187,7 @@ async fn dedup_holds_across_two_instances_on_one_database() {
 #[tokio::test]
 async fn a_dedup_id_can_be_reused_after_it_expires() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     let first = accept(
         &app,
         &key,
@@ -230,7 +230,7 @@ async fn a_dedup_id_can_be_reused_after_it_expires() {
 async fn the_configured_dedup_window_decides_when_an_id_may_be_reused() {
     let test_db = TestDb::new().await.expect("db");
     let app = TestApp::spawn_on(&test_db.url, |c| c.dedup_window = Duration::from_secs(1)).await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     accept(
         &app,
         &key,
@@ -268,7 +268,7 @@ async fn the_configured_dedup_window_decides_when_an_id_may_be_reused() {
 #[tokio::test]
 async fn invalid_fields_are_422_with_every_bad_field_listed() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let res = post_event(
         &app,
         &key,
@@ -318,7 +318,7 @@ async fn invalid_fields_are_422_with_every_bad_field_listed() {
 #[tokio::test]
 async fn a_payload_exactly_at_the_limit_is_accepted_and_one_byte_more_is_413() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     // {"s":"<fill>"} is 8 bytes of structure plus the fill.
     let at_limit = json!({"s": "x".repeat(262_144 - 8)});
     assert_eq!(serde_json::to_string(&at_limit).expect("ser").len(), 262_144);
@@ -335,7 +335,7 @@ async fn a_payload_exactly_at_the_limit_is_accepted_and_one_byte_more_is_413() {
 #[tokio::test]
 async fn malformed_bodies_get_the_documented_json_errors() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
         (
             Some("application/json"),
@@ -414,7 +414,7 @@ async fn missing_or_invalid_keys_are_401() {
 #[tokio::test]
 async fn sql_metacharacters_are_stored_verbatim() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let dedup = "'; DROP TABLE events; -- \" \\ %_ $1";
     let payload = json!({"q": "' OR 1=1 --", "k'\"": ["%", "_", "\\", "$$"], "n": null});
     let body = accept(
@@ -442,7 +442,7 @@ async fn sql_metacharacters_are_stored_verbatim() {
 #[tokio::test]
 async fn get_event_shows_the_inbox_shape_and_the_attempts_log() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     let created = accept(
         &app,
         &key,
@@ -485,8 +485,8 @@ async fn get_event_shows_the_inbox_shape_and_the_attempts_log() {
 #[tokio::test]
 async fn unknown_malformed_and_foreign_event_ids_are_the_same_404() {
     let app = TestApp::spawn().await;
-    let (key_a, _) = create_org_sql(&app.db, "pro").await;
-    let (key_b, _) = create_org_sql(&app.db, "pro").await;
+    let (key_a, _) = org_with_key(&app.db, "pro").await;
+    let (key_b, _) = org_with_key(&app.db, "pro").await;
     let theirs = accept(&app, &key_b, &json!({"type": "secret", "payload": {"p": 1}})).await;
     let foreign = theirs["id"].as_str().expect("id").to_owned();
     let mut bodies = Vec::new();
@@ -522,7 +522,7 @@ async fn unknown_malformed_and_foreign_event_ids_are_the_same_404() {
 #[tokio::test]
 async fn redeliver_resets_the_event_to_pending_and_enqueues_a_job() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
     let id = created["id"].as_str().expect("id");
 
@@ -556,8 +556,8 @@ async fn redeliver_resets_the_event_to_pending_and_enqueues_a_job() {
 #[tokio::test]
 async fn bulk_redeliver_replays_every_failed_event_and_counts_them() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
-    let (other_key, other_org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
+    let (other_key, other_org) = org_with_key(&app.db, "pro").await;
     set_webhook(&app.db, org).await;
     set_webhook(&app.db, other_org).await;
     let mut ids = Vec::new();
@@ -608,7 +608,7 @@ async fn bulk_redeliver_replays_every_failed_event_and_counts_them() {
 #[tokio::test]
 async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
     set_webhook(&app.db, org).await;
     let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
     let id = created["id"].as_str().expect("id").to_owned();
@@ -687,7 +687,7 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
 async fn a_database_outage_answers_503_with_retry_after_and_recovers_without_restart() {
     let test_db = TestDb::new().await.expect("db");
     let app = TestApp::spawn_on(&test_db.url, |_| {}).await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     accept(&app, &key, &json!({"type": "before", "payload": {}})).await;
 
     test_db.cut_off().await.expect("cut off");
@@ -725,7 +725,7 @@ async fn a_database_outage_answers_503_with_retry_after_and_recovers_without_res
 #[tokio::test]
 async fn queued_events_are_written_before_shutdown_completes() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let db = app.db.clone();
     let results = futures::future::join_all((0..30).map(|i| {
         let (app, key) = (&app, &key);
@@ -745,7 +745,7 @@ async fn queued_events_are_written_before_shutdown_completes() {
 #[tokio::test]
 async fn ingest_metrics_count_accepted_and_rejected_events_and_batches() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     accept(&app, &key, &json!({"type": "m", "payload": {}})).await;
     let res = post_event(&app, &key, &json!({"type": "", "payload": {}})).await;
     assert_eq!(res.status(), 422);
@@ -781,8 +781,8 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
 #[tokio::test]
 async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_duplicates() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org_a) = create_org_sql(&test_db.pool, "pro").await;
-    let (_, org_b) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org_a) = org_with_key(&test_db.pool, "pro").await;
+    let (_, org_b) = org_with_key(&test_db.pool, "pro").await;
     let writer = BatchWriter::start(test_db.pool.clone());
     let events = [
         new_event(org_a, Some("k")),
@@ -819,7 +819,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
 #[tokio::test]
 async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_accepted() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org) = org_with_key(&test_db.pool, "pro").await;
     let writer = BatchWriter::start(test_db.pool.clone());
     let tasks: Vec<_> = (0..200)
         .map(|_| {
@@ -859,7 +859,7 @@ async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_acc
 #[tokio::test]
 async fn concurrent_events_are_written_in_shared_transactions() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org) = org_with_key(&test_db.pool, "pro").await;
     set_webhook(&test_db.pool, org).await;
     let writer = BatchWriter::start(test_db.pool.clone());
     let outcomes =
@@ -879,7 +879,7 @@ async fn concurrent_events_are_written_in_shared_transactions() {
 #[tokio::test]
 async fn a_payload_is_kept_as_json_text_so_numbers_keep_every_digit() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     // Decoded into a tree these would become f64s (1.2345678901234568e29) or fail outright.
     let body = r#"{"type": "t", "payload": {"big": 123456789012345678901234567890, "exact": 0.1000000000000000000001}}"#;
     let res = post_raw(&app, &key, Some("application/json"), body.as_bytes().to_vec()).await;

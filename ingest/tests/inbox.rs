@@ -33,8 +33,8 @@ fn ids_of(page: &Value) -> Vec<String> {
 #[tokio::test]
 async fn the_inbox_lists_oldest_first_with_offset_pagination() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
-    let (other, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
+    let (other, _) = org_with_key(&app.db, "pro").await;
     let ids = seed(&app, &key, 7, "p").await;
     seed(&app, &other, 2, "p").await;
 
@@ -68,7 +68,7 @@ async fn the_inbox_lists_oldest_first_with_offset_pagination() {
 #[tokio::test]
 async fn cursor_pagination_neither_repeats_nor_skips_under_concurrent_inserts() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "enterprise").await;
+    let (key, _) = org_with_key(&app.db, "enterprise").await;
     let initial = seed(&app, &key, 13, "c").await;
 
     // Keep inserting while paging.
@@ -129,7 +129,7 @@ async fn cursor_pagination_neither_repeats_nor_skips_under_concurrent_inserts() 
 #[tokio::test]
 async fn the_status_filter_accepts_dead_letter_as_a_synonym_of_failed() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let ids = seed(&app, &key, 4, "s").await;
     sqlx::query("UPDATE events SET status = 'failed' WHERE id = $1::uuid")
         .bind(&ids[0])
@@ -160,7 +160,7 @@ async fn the_status_filter_accepts_dead_letter_as_a_synonym_of_failed() {
 #[tokio::test]
 async fn bad_query_parameters_are_422() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     for (query, field) in [
         ("status=archived", "status"),
         ("limit=0", "limit"),
@@ -189,7 +189,7 @@ async fn bad_query_parameters_are_422() {
 #[tokio::test]
 async fn the_type_filter_takes_sql_metacharacters_literally() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let a = seed(&app, &key, 2, "a.b").await;
     seed(&app, &key, 1, "aXb").await;
     let (status, page) = get_json(&app, &key, "/api/inbox?type=a.b").await;
@@ -206,7 +206,7 @@ async fn the_type_filter_takes_sql_metacharacters_literally() {
 #[tokio::test]
 async fn ack_marks_delivered_and_a_second_ack_returns_the_first_timestamp() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let ids = seed(&app, &key, 1, "k").await;
     let (status, first) = post_json(&app, &key, &format!("/api/ack/{}", ids[0]), None).await;
     assert_eq!(status, 200, "{first}");
@@ -231,8 +231,8 @@ async fn ack_marks_delivered_and_a_second_ack_returns_the_first_timestamp() {
 #[tokio::test]
 async fn ack_of_an_unknown_malformed_or_foreign_id_is_404() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
-    let (other, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
+    let (other, _) = org_with_key(&app.db, "pro").await;
     let theirs = seed(&app, &other, 1, "x").await;
     for id in [theirs[0].clone(), Uuid::now_v7().to_string(), "zzz".to_owned()] {
         let (status, body) = post_json(&app, &key, &format!("/api/ack/{id}"), None).await;
@@ -251,8 +251,8 @@ async fn ack_of_an_unknown_malformed_or_foreign_id_is_404() {
 #[tokio::test]
 async fn batch_ack_lists_acknowledged_and_not_found_ids() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
-    let (other, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
+    let (other, _) = org_with_key(&app.db, "pro").await;
     let mine = seed(&app, &key, 3, "b").await;
     let theirs = seed(&app, &other, 1, "b").await;
     // One of mine was acknowledged before: it still counts as acknowledged.
@@ -286,7 +286,7 @@ async fn batch_ack_lists_acknowledged_and_not_found_ids() {
 #[tokio::test]
 async fn a_nul_in_any_query_parameter_is_422_not_500() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     for (query, field) in [
         ("type=a%00b", "type"),
         ("status=pending%00", "status"),
@@ -303,7 +303,7 @@ async fn a_nul_in_any_query_parameter_is_422_not_500() {
 #[tokio::test]
 async fn offset_is_bounded_at_10000_and_the_cursor_pages_deeper() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     let (status, body) = get_json(&app, &key, "/api/inbox?offset=10001").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["details"][0]["field"], "offset", "{body}");
@@ -315,7 +315,7 @@ async fn offset_is_bounded_at_10000_and_the_cursor_pages_deeper() {
 #[tokio::test]
 async fn include_total_false_answers_a_null_total_and_anything_else_is_422() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
     seed(&app, &key, 3, "t").await;
     let (status, page) = get_json(&app, &key, "/api/inbox?limit=2&include_total=false").await;
     assert_eq!(status, 200);
@@ -333,7 +333,7 @@ async fn include_total_false_answers_a_null_total_and_anything_else_is_422() {
 #[tokio::test]
 async fn a_page_of_large_payloads_ends_at_8_mib_and_the_cursor_serves_the_rest_once() {
     let app = TestApp::spawn().await;
-    let (key, org_id) = create_org_sql(&app.db, "pro").await;
+    let (key, org_id) = org_with_key(&app.db, "pro").await;
     // 40 payloads of ~384 KB as Postgres prints them: ~15 MB, two or three pages.
     insert_large_events(&app.db, org_id, 40).await;
 

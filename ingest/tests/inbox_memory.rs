@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::TestApp;
-use fixtures::{LARGE_PAYLOAD_ITEMS, create_org_sql, insert_large_events};
+use fixtures::{LARGE_PAYLOAD_ITEMS, insert_large_events, org_with_key};
 use serde_json::Value;
 use triggers_shared::testing::TestDb;
 
@@ -78,7 +78,7 @@ async fn read_pages(client: reqwest::Client, base: String, key: String) -> usize
 #[tokio::test]
 async fn eight_concurrent_inbox_pages_over_300_large_payloads_keep_ingest_under_256_mb() {
     let db = TestDb::new().await.expect("test database");
-    let (key, org_id) = create_org_sql(&db.pool, "enterprise").await;
+    let (key, org_id) = org_with_key(&db.pool, "enterprise").await;
     insert_large_events(&db.pool, org_id, EVENTS).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")

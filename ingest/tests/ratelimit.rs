@@ -41,7 +41,7 @@ async fn a_free_organisation_gets_about_100_of_150_quick_requests_across_two_ins
     let test_db = TestDb::new().await.expect("db");
     let one = TestApp::spawn_on(&test_db.url, |_| {}).await;
     let two = TestApp::spawn_on(&test_db.url, |_| {}).await;
-    let (key, org) = create_org_sql(&one.db, "free").await;
+    let (key, org) = org_with_key(&one.db, "free").await;
 
     let statuses: Vec<u16> = futures::stream::iter(0..150)
         .map(|i| {
@@ -75,7 +75,7 @@ async fn a_free_organisation_gets_about_100_of_150_quick_requests_across_two_ins
 #[tokio::test]
 async fn over_the_limit_answers_429_with_limit_window_and_retry_after() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "free").await;
+    let (key, org) = org_with_key(&app.db, "free").await;
     exhaust(&app, org, 100).await;
 
     let res = post_event(&app, &key, &json!({"type": "a", "payload": {}})).await;
@@ -105,7 +105,7 @@ async fn over_the_limit_answers_429_with_limit_window_and_retry_after() {
 #[tokio::test]
 async fn every_answer_after_authentication_carries_rate_limit_headers_and_consumes_a_token() {
     let app = TestApp::spawn().await;
-    let (key, _) = create_org_sql(&app.db, "pro").await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
 
     let res = post_event(&app, &key, &json!({"type": "a", "payload": {}, "dedup_id": "x"})).await;
     assert_eq!(res.status(), 202);
@@ -144,7 +144,7 @@ async fn every_answer_after_authentication_carries_rate_limit_headers_and_consum
 #[tokio::test]
 async fn capacity_returns_as_the_previous_minute_decays() {
     let app = TestApp::spawn().await;
-    let (key, org) = create_org_sql(&app.db, "free").await;
+    let (key, org) = org_with_key(&app.db, "free").await;
     // Only the previous minute is full: part of it has already slid out of the window, so some
     // capacity is there unless the minute has just begun.
     sqlx::query(
@@ -177,7 +177,7 @@ async fn capacity_returns_as_the_previous_minute_decays() {
 #[tokio::test]
 async fn two_limiters_on_one_database_never_grant_more_than_the_limit_together() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org) = create_org_sql(&test_db.pool, "free").await;
+    let (_, org) = org_with_key(&test_db.pool, "free").await;
     let one = RateLimiter::new(test_db.pool.clone());
     let two = RateLimiter::new(test_db.pool.clone());
     let mut allowed = 0;
@@ -205,7 +205,7 @@ async fn two_limiters_on_one_database_never_grant_more_than_the_limit_together()
 #[tokio::test]
 async fn a_lease_the_database_cannot_answer_is_a_fast_503_and_the_limiter_recovers() {
     let test_db = TestDb::new().await.expect("db");
-    let (_, org) = create_org_sql(&test_db.pool, "pro").await;
+    let (_, org) = org_with_key(&test_db.pool, "pro").await;
     let limiter = RateLimiter::new(test_db.pool.clone());
     test_db.cut_off().await.expect("cut off");
     let started = std::time::Instant::now();

@@ -77,7 +77,8 @@ impl CommonConfig {
         })
     }
 
-    /// A configuration for tests and tools: the given database, defaults elsewhere.
+    /// A configuration for tests: the given database, defaults elsewhere (`testing` feature).
+    #[cfg(feature = "testing")]
     pub fn for_database(database_url: impl Into<String>) -> Self {
         Self {
             database_url: Secret::new(database_url),
@@ -127,6 +128,7 @@ impl IngestConfig {
     }
 
     /// A configuration for tests: the given database, port 0, private webhooks allowed.
+    #[cfg(feature = "testing")]
     pub fn for_tests(database_url: impl Into<String>) -> Self {
         Self {
             common: CommonConfig::for_database(database_url),
@@ -241,6 +243,7 @@ impl WorkerConfig {
     }
 
     /// A configuration for tests: short retries, private targets allowed, port 0.
+    #[cfg(feature = "testing")]
     pub fn for_tests(database_url: impl Into<String>) -> Self {
         Self {
             common: CommonConfig::for_database(database_url),

@@ -1,11 +1,14 @@
-//! Fixtures for the events, inbox and rate-limit tests: organisations and keys created directly
-//! in SQL (independent of `POST /api/keys/generate`), webhooks set in SQL, and small request
-//! helpers.
+//! Fixtures for the events, inbox and rate-limit tests: organisations and keys created by the
+//! same transaction as `POST /api/keys/generate` but without its HTTP round trip, webhooks set in
+//! SQL, and small request helpers.
 #![allow(dead_code)]
 
 use serde_json::Value;
 use sqlx::PgPool;
-use triggers_shared::{apikey, db::queue, models::Tier};
+use triggers_shared::{
+    db::{organizations, queue},
+    models::{OrganizationName, Tier},
+};
 use uuid::Uuid;
 
 use super::TestApp;
@@ -26,28 +29,15 @@ pub const INBOX_ITEM_FIELDS: [&str; 12] = [
     "acknowledged_at",
 ];
 
-/// Create an organisation of `tier` with one key; returns (api_key, organization_id).
-pub async fn create_org_sql(pool: &PgPool, tier: &str) -> (String, Uuid) {
-    let limit = Tier::parse(tier).expect("known tier").rate_limit_per_minute();
-    let key = apikey::generate().await.expect("generate key");
-    let org_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO organizations (id, name, tier, rate_limit_per_minute) VALUES ($1, $2, $3, $4)")
-        .bind(org_id)
-        .bind(format!("org-{org_id}"))
-        .bind(tier)
-        .bind(limit)
-        .execute(pool)
+/// Create an organisation of `tier` with one key, by the transaction the API and the CLI use
+/// (`db::organizations::create_with_key`); returns (api_key, organization_id).
+pub async fn org_with_key(pool: &PgPool, tier: &str) -> (String, Uuid) {
+    let tier = Tier::parse(tier).expect("known tier");
+    let name = OrganizationName::parse("test organisation").expect("a valid name");
+    let (org, key) = organizations::create_with_key(pool, &name, tier)
         .await
-        .expect("insert organization");
-    sqlx::query("INSERT INTO api_keys (id, organization_id, prefix, key_hash) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(org_id)
-        .bind(&key.prefix)
-        .bind(&key.hash)
-        .execute(pool)
-        .await
-        .expect("insert api key");
-    (key.key, org_id)
+        .expect("create organisation");
+    (key.key, org.id)
 }
 
 /// Configure a webhook URL for the organisation (directly in SQL).

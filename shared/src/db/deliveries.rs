@@ -1,8 +1,10 @@
 //! SQL of the worker: deliveries.
 //!
-//! What a delivery reads before it sends (the event and its organisation's webhook), and the one
-//! short transaction it writes afterwards (an attempt row and the event's new state). Nothing
-//! here is held across the HTTP call.
+//! What deliveries read before they send (the event and its organisation's webhook, for many
+//! events at once), the last check before a request goes out, and what they write afterwards:
+//! [`record_attempts`], one statement for a batch of attempts (their `delivery_attempts` rows and
+//! their events' new state), run by the worker's recorder in its group-commit transaction.
+//! Nothing here is held across the HTTP call.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -24,24 +26,6 @@ pub struct DeliveryTarget {
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub webhook_url: Option<String>,
     pub signing_secret: Option<String>,
-}
-
-/// Load event `event_id` of `organization_id` with its organisation's webhook (`None`: gone).
-pub async fn load_target(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    event_id: Uuid,
-) -> sqlx::Result<Option<DeliveryTarget>> {
-    sqlx::query_as::<_, DeliveryTarget>(
-        "SELECT e.id AS event_id, e.type, e.dedup_id, e.payload, e.status, e.attempts, e.created_at,
-                e.acknowledged_at, o.webhook_url, o.signing_secret
-         FROM events e JOIN organizations o ON o.id = e.organization_id
-         WHERE e.id = $1 AND e.organization_id = $2",
-    )
-    .bind(event_id)
-    .bind(organization_id)
-    .fetch_optional(conn)
-    .await
 }
 
 /// One finished attempt of an event, as the worker records it: its `delivery_attempts` row (the
@@ -69,8 +53,9 @@ pub struct Recorded {
     pub status_applied: bool,
 }
 
-/// [`load_target`] for many events at once (one query for every delivery starting together).
-/// Returns the targets found, in no particular order; an id that is missing is gone.
+/// The targets of many events at once (one query for every delivery starting together), each
+/// with its organisation's id. Returns the targets found, in no particular order; an id that is
+/// missing is gone.
 pub async fn load_targets(
     conn: &mut PgConnection,
     event_ids: &[Uuid],

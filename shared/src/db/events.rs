@@ -1,7 +1,8 @@
 //! SQL of the `events` table and of its companion `dedup_keys`: the rows of the ingest path's
 //! batch insert (the statement itself, which also writes each event's first delivery job, is
-//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery (the whole transaction of a bulk
-//! redelivery: [`redeliver_failed`]). Every function on tenant data takes the organisation id.
+//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery (the whole
+//! transaction of a bulk redelivery: [`redeliver_failed`]). Every function on tenant data takes
+//! the organisation id.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Test harness for the worker: a fresh database, the real worker in-process (or as a process),
-//! fixtures written directly in SQL, and a webhook receiver that records every request and
-//! answers from a script.
+//! fixtures written with `shared::db` functions or directly in SQL, and a webhook receiver that
+//! records every request and answers from a script.
 #![allow(dead_code)]
 
 use std::{
@@ -27,7 +27,9 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub use triggers_shared::db::queue;
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
+    db::organizations,
     jobs::{self, DeliveryJob},
+    models::Tier,
     signing, telemetry,
     testing::TestDb,
 };
@@ -121,22 +123,21 @@ pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)]) -> Child {
 
 // ---------------------------------------------------------------- fixtures
 
-/// An organisation whose webhook is `webhook_url`; returns its id and signing secret.
+/// A `pro` organisation (no API key: the worker never reads one) whose webhook is `webhook_url`,
+/// created by the same `db::organizations` functions as the API; returns its id and its signing
+/// secret (stored only with a webhook, as the API does).
 pub async fn create_org(pool: &PgPool, webhook_url: Option<&str>) -> (Uuid, String) {
     let id = Uuid::now_v7();
     let secret = signing::generate_secret();
-    sqlx::query(
-        "INSERT INTO organizations (id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                                    webhook_updated_at)
-         VALUES ($1, $2, 'pro', 1000, $3, $4, now())",
-    )
-    .bind(id)
-    .bind(format!("org-{id}"))
-    .bind(webhook_url)
-    .bind(&secret)
-    .execute(pool)
-    .await
-    .expect("insert organization");
+    let mut conn = pool.acquire().await.expect("connection");
+    organizations::insert(&mut conn, id, &format!("org-{id}"), Tier::Pro)
+        .await
+        .expect("insert organization");
+    if let Some(url) = webhook_url {
+        organizations::set_webhook(&mut conn, id, url, &secret)
+            .await
+            .expect("set webhook");
+    }
     (id, secret)
 }
 
