@@ -387,7 +387,8 @@ pub async fn redeliver_events(
     org: Org,
     ApiJson(body): ApiJson<RedeliverAllIn>,
 ) -> Result<(StatusCode, Json<RedeliverAllOut>), ApiError> {
-    if !matches!(body.status.as_str(), "failed" | "dead_letter") {
+    // `dead_letter` is parsed as `failed`, its synonym.
+    if EventStatus::parse(&body.status) != Some(EventStatus::Failed) {
         return Err(ApiError::invalid(
             "status",
             "must be `failed` (or its synonym `dead_letter`)",
