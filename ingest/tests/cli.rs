@@ -9,7 +9,10 @@ use common::TestApp;
 use serde_json::Value;
 use sqlx::PgPool;
 use triggers_shared::{
+    db::organizations,
     jobs::{self, DeliveryJob},
+    models::Tier,
+    signing,
     testing::TestDb,
 };
 use uuid::Uuid;
@@ -199,15 +202,14 @@ async fn key_rotate_issues_a_new_key_and_the_old_one_stops_working() {
 /// An organisation with a webhook and, per `(status, hours ago)`, one event.
 async fn org_with_events(pool: &PgPool, events: &[(&str, i32)]) -> (Uuid, Vec<Uuid>) {
     let org = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO organizations (id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                                    webhook_updated_at)
-         VALUES ($1, 'cli', 'pro', 1000, 'http://127.0.0.1:9/', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', now())",
-    )
-    .bind(org)
-    .execute(pool)
-    .await
-    .expect("insert organisation");
+    let mut conn = pool.acquire().await.expect("connection");
+    organizations::insert(&mut conn, org, "cli", Tier::Pro)
+        .await
+        .expect("insert organisation");
+    organizations::set_webhook(&mut conn, org, "http://127.0.0.1:9/", &signing::generate_secret())
+        .await
+        .expect("set webhook");
+    drop(conn);
     let mut ids = Vec::new();
     for (status, hours_ago) in events {
         let id = Uuid::now_v7();
