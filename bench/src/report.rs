@@ -61,7 +61,8 @@ pub fn to_json(o: &Outcome) -> Value {
         "delivery": delivery,
         "open_loop": open_loop,
         "isolation": isolation,
-        "peak_backlog": o.samples.iter().map(|s| s.backlog()).max(),
+        // Without webhooks nothing is delivered to us, so there is no backlog to speak of.
+        "peak_backlog": o.webhook.as_ref().and(o.samples.iter().map(|s| s.backlog()).max()),
         "timeline_step_s": round3(crate::load::SAMPLE_EVERY.as_secs_f64()),
         "timeline": timeline,
         "hit_time_limit": o.hit_time_limit,
