@@ -9,10 +9,14 @@ pub const MAX_EVENTS: u64 = 1_000_000;
 pub const MAX_CONCURRENCY: usize = 1024;
 pub const MAX_ORGS: usize = 1000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+pub const MAX_RATE: u64 = 100_000;
+pub const MAX_SLOW_EVENTS: u64 = 100_000;
 
 pub const USAGE: &str = "\
 usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
-                      [--webhook] [--drain-start CMD] [--duration-limit 120s] [--json]
+                      [--webhook] [--drain-start CMD] [--rate R --duration S]
+                      [--slow-org N [--slow-delay 3s]] [--chart RUN.svg]
+                      [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
 
 Load-tests a Triggers ingest on this machine: creates K enterprise organisations, sends N events
@@ -25,9 +29,23 @@ TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
 sent; once all are answered the bench runs `sh -c CMD` (which starts the worker and returns), and
 the delivery rate is taken from the first to the last webhook received after that.
 
+--rate R --duration S: an open-loop run. Arrivals follow a fixed schedule of R events/s for S
+seconds and do not wait for answers (at most C in flight: an arrival that finds C requests
+outstanding is not sent and counts as `not_sent_in_flight_full`), so queueing shows; latencies
+count from the scheduled arrival. N is R x S.
+
+--slow-org N (with --webhook): isolation. One more organisation, whose webhook endpoint answers
+only after --slow-delay (3s), first gets N events queued; then the measured events are sent for
+the other organisations. The slow organisation's events are not waited for nor counted.
+
+With --webhook, the accepted and delivered counts (and the backlog, accepted - delivered) are
+sampled every 250 ms into the JSON's `timeline`; --chart writes an SVG of throughput, backlog
+and end-to-end latency over time. Runs longer than 3 s print a progress line on stderr.
+
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
-Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, duration limit <= 1h
+Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
+duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
 /// One run of the load test.
@@ -43,6 +61,13 @@ pub struct RunArgs {
     pub drain_start: Option<String>,
     pub duration_limit: Duration,
     pub json: bool,
+    /// An open-loop run: events per second (with `events` = rate x duration).
+    pub rate: Option<u64>,
+    /// An isolation run: events queued first for an organisation whose endpoint is slow.
+    pub slow_events: u64,
+    pub slow_delay: Duration,
+    /// Where to write the SVG chart of the run's timeline.
+    pub chart: Option<PathBuf>,
 }
 
 impl Default for RunArgs {
@@ -56,6 +81,10 @@ impl Default for RunArgs {
             drain_start: None,
             duration_limit: Duration::from_secs(120),
             json: false,
+            rate: None,
+            slow_events: 0,
+            slow_delay: Duration::from_secs(3),
+            chart: None,
         }
     }
 }
@@ -79,6 +108,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         return Ok(Command::Summarize(files));
     }
     let mut run = RunArgs::default();
+    let mut duration = None;
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -119,11 +149,40 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--webhook" if inline.is_none() => run.webhook = true,
             "--drain-start" => run.drain_start = Some(value("--drain-start")?),
             "--json" if inline.is_none() => run.json = true,
+            "--rate" => run.rate = Some(parse_bounded("--rate", &value("--rate")?, 1, MAX_RATE)?),
+            "--duration" => duration = Some(parse_duration(&value("--duration")?)?),
+            "--slow-org" => {
+                run.slow_events = parse_bounded("--slow-org", &value("--slow-org")?, 1, MAX_SLOW_EVENTS)?
+            }
+            "--slow-delay" => {
+                let d = parse_duration(&value("--slow-delay")?)?;
+                if d > Duration::from_secs(60) {
+                    return Err("--slow-delay must be at most 60s".into());
+                }
+                run.slow_delay = d;
+            }
+            "--chart" => run.chart = Some(PathBuf::from(value("--chart")?)),
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
     if run.drain_start.is_some() && !run.webhook {
         return Err("--drain-start needs --webhook".into());
+    }
+    if run.slow_events > 0 && !run.webhook {
+        return Err("--slow-org needs --webhook".into());
+    }
+    match (run.rate, duration) {
+        (Some(rate), Some(d)) => {
+            let events = (rate as f64 * d.as_secs_f64()).round() as u64;
+            if events == 0 || events > MAX_EVENTS {
+                return Err(format!(
+                    "--rate x --duration must be between 1 and {MAX_EVENTS} events, got {events}"
+                ));
+            }
+            run.events = events;
+        }
+        (None, None) => {}
+        _ => return Err("--rate and --duration go together".into()),
     }
     Ok(Command::Run(run))
 }
@@ -222,6 +281,7 @@ mod tests {
                 drain_start: None,
                 duration_limit: Duration::from_secs(90),
                 json: true,
+                ..RunArgs::default()
             })
         );
     }
@@ -234,6 +294,30 @@ mod tests {
         assert_eq!(run.drain_start.as_deref(), Some("echo go"));
         let err = parse(["--drain-start", "echo go"].map(String::from)).expect_err("needs --webhook");
         assert!(err.contains("--webhook"), "{err}");
+    }
+
+    #[test]
+    fn an_open_loop_run_takes_rate_and_duration_together_and_sets_the_count() {
+        let Ok(Command::Run(run)) = parse(args("--rate 2500 --duration 60s")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!((run.rate, run.events), (Some(2500), 150_000));
+        assert!(parse(args("--rate 2500")).is_err());
+        assert!(parse(args("--duration 60s")).is_err());
+        assert!(parse(args("--rate 100000 --duration 11s")).is_err());
+        assert!(parse(args("--rate 0 --duration 1s")).is_err());
+    }
+
+    #[test]
+    fn an_isolation_run_needs_webhooks_and_a_bounded_delay() {
+        let Ok(Command::Run(run)) = parse(args("--webhook --slow-org 2000 --slow-delay 3s --chart x.svg"))
+        else {
+            panic!("valid arguments")
+        };
+        assert_eq!((run.slow_events, run.slow_delay), (2000, Duration::from_secs(3)));
+        assert_eq!(run.chart, Some(PathBuf::from("x.svg")));
+        assert!(parse(args("--slow-org 2000")).is_err());
+        assert!(parse(args("--webhook --slow-org 10 --slow-delay 2m")).is_err());
     }
 
     #[test]

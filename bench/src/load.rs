@@ -1,14 +1,17 @@
 //! One benchmark run: create the organisations, point their webhooks at the receiver, send the
-//! events over a bounded number of keep-alive connections, then (with `--webhook`) wait, bounded,
-//! for every accepted event to arrive.
+//! events (closed loop: over C keep-alive connections; open loop: on a fixed schedule with at most
+//! C in flight), then (with `--webhook`) wait, bounded, for every accepted event to arrive, while
+//! the accepted and delivered counts are sampled every 250 ms.
 
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::args::RunArgs;
 use crate::receiver::Receiver;
@@ -17,6 +20,10 @@ use crate::timeline::Timeline;
 
 /// Per-request cap, well above any sane latency; the run's own deadline cuts earlier if needed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the accepted and delivered counts are sampled (and the width of a chart's step).
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Runs that last longer than this print a progress line on stderr.
+const PROGRESS_AFTER: Duration = Duration::from_secs(3);
 
 /// What a run measured; `report` renders it.
 #[derive(Debug)]
@@ -31,6 +38,31 @@ pub struct Outcome {
     pub post_latency: Option<Latency>,
     pub webhook: Option<WebhookOutcome>,
     pub hit_time_limit: bool,
+    /// Counts sampled every `SAMPLE_EVERY` from the first POST to the end of the run.
+    pub samples: Vec<Sample>,
+    /// Per `SAMPLE_EVERY` step since the first POST: the end-to-end latencies of the events
+    /// that arrived in it.
+    pub end_to_end_by_step: Vec<Option<Latency>>,
+    /// Open loop: accepted - delivered when the schedule ended.
+    pub backlog_at_schedule_end: Option<u64>,
+    /// Isolation: the slow organisation's events accepted before the measured ones were sent.
+    pub slow_accepted: Option<u64>,
+}
+
+/// The counts at one moment of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Since the first POST.
+    pub at: Duration,
+    pub sent: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+}
+
+impl Sample {
+    pub fn backlog(&self) -> u64 {
+        self.accepted.saturating_sub(self.delivered)
+    }
 }
 
 #[derive(Debug)]
@@ -115,43 +147,74 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         .context("building the HTTP client")?;
 
     let receiver = if args.webhook {
-        Some(Receiver::start(timeline.clone()).await?)
+        Some(Receiver::start(timeline.clone(), args.slow_delay).await?)
     } else {
         None
     };
-    let keys = bounded(
+    let (keys, slow_key) = bounded(
         deadline,
         setup_orgs(&client, &args, &run_id, admin_token.as_deref(), receiver.as_ref()),
     )
     .await
     .context("setting up organisations")??;
+    let url = format!("{}/api/events", args.base_url);
 
-    // Send: C tasks share one counter, so the load stays at C requests in flight until N.
-    let next = Arc::new(AtomicU64::new(0));
-    let keys = Arc::new(keys);
-    let send_start = Instant::now();
-    let mut tasks = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        let (client, next, keys, timeline) = (client.clone(), next.clone(), keys.clone(), timeline.clone());
-        let url = format!("{}/api/events", args.base_url);
-        let events = args.events;
-        tasks.push(tokio::spawn(async move {
-            sender(client, url, events, next, keys, timeline, deadline).await
-        }));
-    }
-    let mut sent = 0;
-    let mut accepted = 0;
-    let mut rejected: BTreeMap<String, u64> = BTreeMap::new();
-    let mut latencies = Vec::with_capacity(usize::try_from(args.events).unwrap_or(0));
-    for task in tasks {
-        let s = task.await.context("a sender task panicked")?;
-        sent += s.sent;
-        accepted += s.accepted;
-        for (k, v) in s.rejected {
-            *rejected.entry(k).or_default() += v;
+    // Isolation: the slow organisation's backlog is queued first (tagged with another run id, so
+    // the receiver does not count it).
+    let slow_accepted = match slow_key {
+        Some(key) => {
+            let slow = Arc::new(Timeline::new(args.slow_events, format!("{run_id}-slow")));
+            let s = closed_loop(
+                &client,
+                &url,
+                args.slow_events,
+                args.concurrency,
+                vec![key],
+                slow,
+                deadline,
+            )
+            .await?;
+            Some(s.accepted)
         }
-        latencies.extend(s.latencies);
-    }
+        None => None,
+    };
+
+    let send_start = Instant::now();
+    let sampler = Sampler::start(timeline.clone(), send_start, args.rate.map(|_| args.events));
+    let (s, backlog_at_schedule_end) = match args.rate {
+        Some(rate) => {
+            open_loop(
+                &client,
+                &url,
+                rate,
+                args.events,
+                args.concurrency,
+                Arc::new(keys),
+                &timeline,
+                deadline,
+            )
+            .await
+        }
+        None => (
+            closed_loop(
+                &client,
+                &url,
+                args.events,
+                args.concurrency,
+                keys,
+                timeline.clone(),
+                deadline,
+            )
+            .await?,
+            None,
+        ),
+    };
+    let SenderResult {
+        sent,
+        accepted,
+        rejected,
+        mut latencies,
+    } = s;
     let send_end = Instant::now();
     let send_wall = send_end - send_start;
 
@@ -167,6 +230,12 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         }
         None => None,
     };
+    let samples = sampler.stop().await;
+    let end_to_end_by_step = timeline
+        .end_to_end_by_arrival(send_start, SAMPLE_EVERY)
+        .into_iter()
+        .map(|mut b| Latency::of(&mut b))
+        .collect();
     Ok(Outcome {
         args,
         run_id,
@@ -177,7 +246,158 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         post_latency: Latency::of(&mut latencies),
         webhook,
         hit_time_limit: Instant::now() >= deadline,
+        samples,
+        end_to_end_by_step,
+        backlog_at_schedule_end,
+        slow_accepted,
     })
+}
+
+/// Closed loop: C tasks share one counter, so the load stays at C requests in flight until N.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    events: u64,
+    concurrency: usize,
+    keys: Vec<String>,
+    timeline: Arc<Timeline>,
+    deadline: Instant,
+) -> anyhow::Result<SenderResult> {
+    let next = Arc::new(AtomicU64::new(0));
+    let keys = Arc::new(keys);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (client, next, keys, timeline) = (client.clone(), next.clone(), keys.clone(), timeline.clone());
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            sender(client, url, events, next, keys, timeline, deadline).await
+        }));
+    }
+    let mut out = SenderResult::default();
+    for task in tasks {
+        out.merge(task.await.context("a sender task panicked")?);
+    }
+    Ok(out)
+}
+
+/// Open loop: event `i` is sent at `start + i / rate` whether or not earlier ones were answered,
+/// with at most `max_in_flight` outstanding (an arrival that finds them all busy is counted, not
+/// sent). Latency counts from the scheduled arrival, so a stalled server shows as latency rather
+/// than as a slower schedule. Also returns the backlog (accepted - delivered) when the schedule
+/// ended.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    rate: u64,
+    events: u64,
+    max_in_flight: usize,
+    keys: Arc<Vec<String>>,
+    timeline: &Arc<Timeline>,
+    deadline: Instant,
+) -> (SenderResult, Option<u64>) {
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Result<(), String>, Duration)>();
+    let mut out = SenderResult::default();
+    let start = Instant::now();
+    let step = 1.0 / rate as f64;
+    for seq in 0..events {
+        let due = start + Duration::from_secs_f64(seq as f64 * step);
+        if due >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        out.sent += 1;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            *out.rejected.entry("not_sent_in_flight_full".into()).or_default() += 1;
+            continue;
+        };
+        let Some(key) = keys.get((seq % keys.len().max(1) as u64) as usize).cloned() else {
+            break;
+        };
+        timeline.started(seq as usize, due);
+        let (client, url, tx, timeline) = (client.clone(), url.to_string(), tx.clone(), timeline.clone());
+        tokio::spawn(async move {
+            let answer = post_event(&client, &url, &key, &event_body(&timeline.run_id, seq), deadline).await;
+            if answer.is_ok() {
+                timeline.accepted(seq as usize);
+            }
+            let _ = tx.send((answer, due.elapsed()));
+            drop(permit);
+        });
+    }
+    let backlog = timeline
+        .accepted_count
+        .load(Ordering::Relaxed)
+        .saturating_sub(timeline.first_receipts.load(Ordering::Relaxed));
+    drop(tx);
+    while let Some((answer, latency)) = rx.recv().await {
+        out.record(answer, latency);
+    }
+    (out, Some(backlog))
+}
+
+/// Samples the timeline's counters every `SAMPLE_EVERY` and, on runs longer than a few seconds,
+/// shows them on stderr (one updating line on a terminal, a line every 5 s otherwise).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    fn start(timeline: Arc<Timeline>, from: Instant, planned: Option<u64>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let every = if tty { 4 } else { 20 };
+            let mut samples = Vec::new();
+            let mut tick = tokio::time::interval_at((from + SAMPLE_EVERY).into(), SAMPLE_EVERY);
+            let mut shown = false;
+            loop {
+                tick.tick().await;
+                let done = stopped.load(Ordering::Relaxed);
+                let s = Sample {
+                    at: from.elapsed(),
+                    sent: timeline.started_count.load(Ordering::Relaxed),
+                    accepted: timeline.accepted_count.load(Ordering::Relaxed),
+                    delivered: timeline.first_receipts.load(Ordering::Relaxed),
+                };
+                samples.push(s);
+                if s.at >= PROGRESS_AFTER && (samples.len() % every == 0 || done) {
+                    let of = planned.map_or(String::new(), |p| format!(" of {p}"));
+                    let line = format!(
+                        "triggers-bench: {:>6.1} s  sent {}{of}  accepted {}  delivered {}  backlog {}",
+                        s.at.as_secs_f64(),
+                        s.sent,
+                        s.accepted,
+                        s.delivered,
+                        s.backlog()
+                    );
+                    let mut err = std::io::stderr().lock();
+                    let _ = if tty {
+                        write!(err, "\r{line}\x1b[K")
+                    } else {
+                        writeln!(err, "{line}")
+                    };
+                    shown = true;
+                }
+                if done {
+                    break;
+                }
+            }
+            if shown && tty {
+                eprintln!();
+            }
+            samples
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
 }
 
 fn run_id() -> String {
@@ -203,12 +423,48 @@ async fn setup_orgs(
     run_id: &str,
     admin_token: Option<&str>,
     receiver: Option<&Receiver>,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
     let mut keys = Vec::with_capacity(args.orgs);
     for org in 0..args.orgs {
+        let webhook = receiver.map(|r| r.url_for(org));
+        keys.push(
+            create_org(
+                client,
+                args,
+                &format!("bench-{run_id}-{org}"),
+                admin_token,
+                webhook,
+            )
+            .await?,
+        );
+    }
+    let slow = match receiver {
+        Some(r) if args.slow_events > 0 => Some(
+            create_org(
+                client,
+                args,
+                &format!("bench-{run_id}-slow"),
+                admin_token,
+                Some(r.slow_url()),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    Ok((keys, slow))
+}
+
+async fn create_org(
+    client: &reqwest::Client,
+    args: &RunArgs,
+    name: &str,
+    admin_token: Option<&str>,
+    webhook_url: Option<String>,
+) -> anyhow::Result<String> {
+    {
         let mut req = client
             .post(format!("{}/api/keys/generate", args.base_url))
-            .json(&json!({"organization_name": format!("bench-{run_id}-{org}"), "tier": "enterprise"}));
+            .json(&json!({"organization_name": name, "tier": "enterprise"}));
         if let Some(token) = admin_token {
             req = req.bearer_auth(token);
         }
@@ -221,11 +477,11 @@ async fn setup_orgs(
         let Some(key) = body.get("api_key").and_then(|k| k.as_str()).map(String::from) else {
             bail!("POST /api/keys/generate answered without api_key: {body}");
         };
-        if let Some(receiver) = receiver {
+        if let Some(webhook_url) = webhook_url {
             let resp = client
                 .post(format!("{}/api/webhook/config", args.base_url))
                 .header("X-API-Key", &key)
-                .json(&json!({"webhook_url": receiver.url_for(org)}))
+                .json(&json!({"webhook_url": webhook_url}))
                 .send()
                 .await
                 .context("POST /api/webhook/config")?;
@@ -247,9 +503,8 @@ async fn setup_orgs(
         if !resp.status().is_success() {
             bail!("GET /api/keys with the new key answered {}", resp.status());
         }
-        keys.push(key);
+        Ok(key)
     }
-    Ok(keys)
 }
 
 #[derive(Default)]
@@ -258,6 +513,56 @@ struct SenderResult {
     accepted: u64,
     rejected: BTreeMap<String, u64>,
     latencies: Vec<Duration>,
+}
+
+impl SenderResult {
+    fn record(&mut self, answer: Result<(), String>, latency: Duration) {
+        match answer {
+            Ok(()) => {
+                self.latencies.push(latency);
+                self.accepted += 1;
+            }
+            Err(why) => *self.rejected.entry(why).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: SenderResult) {
+        self.sent += other.sent;
+        self.accepted += other.accepted;
+        for (k, v) in other.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// One `POST /api/events`: `Ok` on 202, else what it was (a status code, `transport_error`,
+/// `cut_at_time_limit`).
+async fn post_event(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+    deadline: Instant,
+) -> Result<(), String> {
+    let request = async {
+        let resp = client
+            .post(url)
+            .header("X-API-Key", key)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        // Read the body so the connection goes back to the pool for keep-alive.
+        let _ = resp.bytes().await;
+        Ok::<_, reqwest::Error>(status)
+    };
+    match tokio::time::timeout_at(deadline.into(), request).await {
+        Ok(Ok(status)) if status == reqwest::StatusCode::ACCEPTED => Ok(()),
+        Ok(Ok(status)) => Err(status.as_u16().to_string()),
+        Ok(Err(_)) => Err("transport_error".into()),
+        Err(_) => Err("cut_at_time_limit".into()),
+    }
 }
 
 /// A small, realistic event: an order with a customer and two line items (about 400 bytes).
@@ -306,28 +611,11 @@ async fn sender(
         let started = Instant::now();
         timeline.started(seq as usize, started);
         out.sent += 1;
-        let request = async {
-            let resp = client
-                .post(&url)
-                .header("X-API-Key", key)
-                .json(&body)
-                .send()
-                .await?;
-            let status = resp.status();
-            // Read the body so the connection goes back to the pool for keep-alive.
-            let _ = resp.bytes().await;
-            Ok::<_, reqwest::Error>(status)
-        };
-        match tokio::time::timeout_at(deadline.into(), request).await {
-            Ok(Ok(status)) if status == reqwest::StatusCode::ACCEPTED => {
-                out.latencies.push(started.elapsed());
-                timeline.accepted(seq as usize);
-                out.accepted += 1;
-            }
-            Ok(Ok(status)) => *out.rejected.entry(status.as_u16().to_string()).or_default() += 1,
-            Ok(Err(_)) => *out.rejected.entry("transport_error".into()).or_default() += 1,
-            Err(_) => *out.rejected.entry("cut_at_time_limit".into()).or_default() += 1,
+        let answer = post_event(&client, &url, key, &body, deadline).await;
+        if answer.is_ok() {
+            timeline.accepted(seq as usize);
         }
+        out.record(answer, started.elapsed());
     }
     out
 }

@@ -2,6 +2,7 @@
 //! See `args::USAGE` and the README's "Benchmark" section.
 
 mod args;
+mod chart;
 mod load;
 mod receiver;
 mod report;
@@ -51,8 +52,15 @@ fn main() -> ExitCode {
                 .ok()
                 .filter(|t| !t.is_empty());
             let json = run.json;
+            let chart = run.chart.clone();
             match runtime.block_on(load::run(run, admin_token)) {
                 Ok(outcome) => {
+                    if let Some(path) = chart
+                        && let Err(e) = std::fs::write(&path, chart::svg(&outcome))
+                    {
+                        eprintln!("triggers-bench: writing the chart {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
                     if json {
                         println!("{}", report::to_json(&outcome));
                     } else {

@@ -1,9 +1,10 @@
 //! The embedded webhook receiver: an axum server on 127.0.0.1:0 that timestamps each delivery
-//! and answers 200 at once, so the measured end-to-end latency is the service's, not ours.
+//! and answers 200 at once, so the measured end-to-end latency is the service's, not ours; and,
+//! for isolation runs, a slow endpoint that answers 200 only after a delay and records nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,12 +22,19 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start(timeline: Arc<Timeline>) -> anyhow::Result<Self> {
+    pub async fn start(timeline: Arc<Timeline>, slow_delay: Duration) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/hook/{org}", post(hook))
-            .with_state(timeline);
+            .with_state(timeline)
+            .route(
+                "/slow",
+                post(move || async move {
+                    tokio::time::sleep(slow_delay).await;
+                    StatusCode::OK
+                }),
+            );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -44,6 +52,10 @@ impl Receiver {
 
     pub fn url_for(&self, org: usize) -> String {
         format!("http://{}/hook/{org}", self.addr)
+    }
+
+    pub fn slow_url(&self) -> String {
+        format!("http://{}/slow", self.addr)
     }
 
     pub async fn stop(mut self) {

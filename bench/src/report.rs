@@ -23,6 +23,28 @@ pub fn to_json(o: &Outcome) -> Value {
         })
     });
     let failure = o.failure();
+    let timeline: Vec<Value> = o
+        .samples
+        .iter()
+        .map(|s| {
+            json!({"t_s": round3(s.at.as_secs_f64()), "sent": s.sent, "accepted": s.accepted,
+                   "delivered": s.delivered, "backlog": s.backlog()})
+        })
+        .collect();
+    let open_loop = o.args.rate.map(|rate| {
+        json!({
+            "rate_eps": rate,
+            "duration_s": round3(o.args.events as f64 / rate as f64),
+            "not_sent_in_flight_full": o.rejected.get("not_sent_in_flight_full").copied().unwrap_or(0),
+            "backlog_at_schedule_end": o.backlog_at_schedule_end,
+        })
+    });
+    let isolation = o.slow_accepted.map(|accepted| {
+        json!({
+            "slow_events_accepted": accepted,
+            "slow_delay_s": round3(o.args.slow_delay.as_secs_f64()),
+        })
+    });
     json!({
         "run_id": o.run_id,
         "url": o.args.base_url,
@@ -37,6 +59,12 @@ pub fn to_json(o: &Outcome) -> Value {
         "ingest_throughput_eps": round3(o.ingest_throughput()),
         "post_latency_ms": o.post_latency.map(Latency::to_json),
         "delivery": delivery,
+        "open_loop": open_loop,
+        "isolation": isolation,
+        // Without webhooks nothing is delivered to us, so there is no backlog to speak of.
+        "peak_backlog": o.webhook.as_ref().and(o.samples.iter().map(|s| s.backlog()).max()),
+        "timeline_step_s": round3(crate::load::SAMPLE_EVERY.as_secs_f64()),
+        "timeline": timeline,
         "hit_time_limit": o.hit_time_limit,
         "ok": failure.is_none(),
         "failure": failure,
@@ -83,6 +111,21 @@ pub fn to_text(o: &Outcome) -> String {
     let _ = writeln!(s, "  wall time        {:.2} s", o.send_wall.as_secs_f64());
     let _ = writeln!(s, "  ingest           {:.0} events/s", o.ingest_throughput());
     let _ = writeln!(s, "  POST latency     {}", lat(o.post_latency));
+    if let Some(rate) = a.rate {
+        let _ = writeln!(
+            s,
+            "  open loop        {rate} events/s scheduled; backlog at the end of the schedule {}",
+            o.backlog_at_schedule_end
+                .map_or("-".to_string(), |b| b.to_string())
+        );
+    }
+    if let Some(slow) = o.slow_accepted {
+        let _ = writeln!(
+            s,
+            "  isolation        {slow} events of a slow organisation ({:.1} s per delivery) queued first",
+            a.slow_delay.as_secs_f64()
+        );
+    }
     if let Some(w) = &o.webhook {
         let _ = writeln!(
             s,
@@ -111,7 +154,7 @@ pub fn to_text(o: &Outcome) -> String {
 }
 
 /// The columns of `summarize`: a header, a JSON pointer into a run's output, and decimals.
-const COLUMNS: [(&str, &str, usize); 8] = [
+const COLUMNS: [(&str, &str, usize); 10] = [
     ("ingest ev/s", "/ingest_throughput_eps", 0),
     ("POST p50 ms", "/post_latency_ms/p50", 1),
     ("POST p99 ms", "/post_latency_ms/p99", 1),
@@ -120,6 +163,8 @@ const COLUMNS: [(&str, &str, usize); 8] = [
     ("e2e p99 ms", "/delivery/e2e_latency_ms/p99", 1),
     ("rejected", "/rejected_total", 0),
     ("missing", "/delivery/missing", 0),
+    ("peak backlog", "/peak_backlog", 0),
+    ("backlog end", "/open_loop/backlog_at_schedule_end", 0),
 ];
 
 /// Read each run's `--json` output and print them with the median of every column. Returns the
@@ -187,7 +232,7 @@ mod tests {
         let median_line = table.lines().last().expect("a median line");
         assert_eq!(
             median_line.split_whitespace().collect::<Vec<_>>(),
-            ["median", "200", "2.0", "9.0", "-", "-", "-", "0", "-"]
+            ["median", "200", "2.0", "9.0", "-", "-", "-", "0", "-", "-", "-"]
         );
         assert!(ok);
         let (_, ok) = summary_table(&[run(1.0, 1.0, true), run(1.0, 1.0, false)]);

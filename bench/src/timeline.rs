@@ -13,6 +13,9 @@ pub struct Timeline {
     started: Vec<AtomicU64>,
     accepted: Vec<AtomicBool>,
     received: Vec<AtomicU64>,
+    /// Events whose POST started, and of those the accepted ones (for the sampled timeline).
+    pub started_count: AtomicU64,
+    pub accepted_count: AtomicU64,
     /// First receipts of a known event; later receipts count as duplicates.
     pub first_receipts: AtomicU64,
     pub duplicates: AtomicU64,
@@ -41,6 +44,8 @@ impl Timeline {
             started: (0..n).map(|_| AtomicU64::new(0)).collect(),
             accepted: (0..n).map(|_| AtomicBool::new(false)).collect(),
             received: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            started_count: AtomicU64::new(0),
+            accepted_count: AtomicU64::new(0),
             first_receipts: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
@@ -54,12 +59,14 @@ impl Timeline {
     pub fn started(&self, seq: usize, at: Instant) {
         if let Some(slot) = self.started.get(seq) {
             slot.store(self.stamp(at), Ordering::Relaxed);
+            self.started_count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn accepted(&self, seq: usize) {
         if let Some(slot) = self.accepted.get(seq) {
             slot.store(true, Ordering::Relaxed);
+            self.accepted_count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -105,6 +112,32 @@ impl Timeline {
     }
 }
 
+impl Timeline {
+    /// End-to-end latencies grouped by when the webhook arrived: bucket `i` holds the events
+    /// received in `[from + i*width, from + (i+1)*width)`.
+    pub fn end_to_end_by_arrival(&self, from: Instant, width: Duration) -> Vec<Vec<Duration>> {
+        let mut buckets: Vec<Vec<Duration>> = Vec::new();
+        let offset = from.saturating_duration_since(self.epoch);
+        let width = width.as_nanos().max(1);
+        for ((accepted, started), received) in self.accepted.iter().zip(&self.started).zip(&self.received) {
+            let (s, r) = (started.load(Ordering::Relaxed), received.load(Ordering::Relaxed));
+            if !accepted.load(Ordering::Relaxed) || r == 0 {
+                continue;
+            }
+            let at = Duration::from_nanos(r - 1).saturating_sub(offset);
+            let i = usize::try_from(at.as_nanos() / width).unwrap_or(usize::MAX);
+            if i >= 1_000_000 {
+                continue;
+            }
+            if buckets.len() <= i {
+                buckets.resize_with(i + 1, Vec::new);
+            }
+            buckets[i].push(Duration::from_nanos(r.saturating_sub(s)));
+        }
+        buckets
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +165,28 @@ mod tests {
         assert_eq!(t.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(t.unknown.load(Ordering::Relaxed), 3);
         assert_eq!(t.first_receipts.load(Ordering::Relaxed), 2);
+        assert_eq!(t.started_count.load(Ordering::Relaxed), 3);
+        assert_eq!(t.accepted_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn end_to_end_latencies_are_bucketed_by_arrival_time() {
+        let t = Timeline::new(3, "run1".into());
+        let t0 = t.epoch;
+        for seq in 0..3 {
+            t.started(seq, t0 + Duration::from_millis(100));
+            t.accepted(seq);
+        }
+        t.received("run1", Some(0), t0 + Duration::from_millis(120));
+        t.received("run1", Some(1), t0 + Duration::from_millis(500));
+        t.received("run1", Some(2), t0 + Duration::from_millis(510));
+        let b = t.end_to_end_by_arrival(t0 + Duration::from_millis(100), Duration::from_millis(250));
+        assert_eq!(
+            b,
+            vec![
+                vec![Duration::from_millis(20)],
+                vec![Duration::from_millis(400), Duration::from_millis(410)]
+            ]
+        );
     }
 }

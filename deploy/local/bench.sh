@@ -4,11 +4,14 @@
 # `triggers-bench` with webhook delivery to its embedded receiver, and the median of each figure.
 #
 #   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [-w WORKERS]
-#                         [--drain] [--no-webhook]
+#                         [--drain] [--no-webhook] [--rate R --duration S] [--slow-org N]
+#   deploy/local/bench.sh --all     # every scenario of BENCHMARKS.md, then latency.sh
 #
 # Defaults (or BENCH_EVENTS, BENCH_CONCURRENCY, BENCH_ORGS, BENCH_RUNS, BENCH_WORKERS): 20000
 # events, 64 connections, 4 organisations, 3 runs, 1 worker. --drain: the workers start only once
-# every event is queued, and the delivery rate is that of draining the backlog. BENCH_PROFILE
+# every event is queued, and the delivery rate is that of draining the backlog. --rate/--duration:
+# open loop (R events/s for S seconds, at most C in flight). --slow-org N: isolation (N events
+# of an organisation whose endpoint takes 3 s are queued before each run). BENCH_PROFILE
 # (default release) picks the cargo profile, BENCH_SERVICE_BIN a folder with prebuilt
 # triggers-ingest and triggers-worker (e.g. of another commit), BENCH_INGEST_ADDR /
 # BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
@@ -16,7 +19,8 @@
 # Also measured in the same run: the commit floor (pgbench, one single-row INSERT per
 # transaction, sequential, 10 s) and, per run, statements and commits per delivered event
 # (pg_stat_statements, loaded into the bench cluster, and pg_stat_database.xact_commit).
-# Each run's JSON, statement report and the service logs land in target/bench/.
+# Each run's JSON, chart (SVG), statement report and the service logs land in target/bench/
+# (BENCH_OUT), and the peak RSS (VmHWM) of ingest and workers in memory.txt.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -28,6 +32,8 @@ runs=${BENCH_RUNS:-3}
 workers=${BENCH_WORKERS:-1}
 drain=0
 webhook=--webhook
+extra=()
+all=0
 while (($#)); do
   case $1 in
     -n | --events) events=$2; shift 2 ;;
@@ -37,7 +43,9 @@ while (($#)); do
     -w | --workers) workers=$2; shift 2 ;;
     --drain) drain=1; shift ;;
     --no-webhook) webhook=""; shift ;;
-    -h | --help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rate | --duration | --slow-org | --slow-delay) extra+=("$1" "$2"); shift 2 ;;
+    --all) all=1; shift ;;
+    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,12 +53,38 @@ done
 [[ $workers =~ ^[1-9][0-9]*$ && $workers -le 8 ]] || { echo "bench.sh: workers must be 1..8" >&2; exit 2; }
 if ((drain)) && [[ -z $webhook ]]; then echo "bench.sh: --drain needs webhooks" >&2; exit 2; fi
 profile=${BENCH_PROFILE:-release}
+
+if ((all)); then
+  # Every scenario of BENCHMARKS.md, each with its own fresh database and 3 runs (medians), then
+  # the sequential latency of a lone POST. Results: target/bench/all/<scenario>/ and summary.txt.
+  base="$root/target/bench/all"
+  rm -rf "$base"
+  mkdir -p "$base"
+  scenario() { # name, then bench.sh arguments
+    local name=$1
+    shift
+    echo "== $name: bench.sh $*" | tee -a "$base/summary.txt"
+    BENCH_OUT="$base/$name" "${BASH_SOURCE[0]}" "$@" 2>&1 | tee "$base/$name.log" \
+      | sed -n '/^Triggers benchmark/,$p' | tee -a "$base/summary.txt"
+    grep -h 'commits and' "$base/$name.log" | tee -a "$base/summary.txt" || true
+  }
+  scenario drain-1 --drain -n 20000 -w 1
+  scenario drain-2 --drain -n 20000 -w 2
+  scenario open-loop --rate 2500 --duration 60 -c 256 -w 1
+  scenario burst-webhook -n 60000 -c 64 -w 1
+  scenario burst-no-webhook -n 60000 -c 64 --no-webhook
+  scenario isolation --slow-org 2000 -n 300 -c 64 -k 1 -w 1
+  echo "== sequential: latency.sh -r 3" | tee -a "$base/summary.txt"
+  deploy/local/latency.sh -r 3 2>&1 | tee "$base/latency.log" | tail -n 12 | tee -a "$base/summary.txt"
+  echo "all results: $base/summary.txt"
+  exit 0
+fi
 ingest_addr=${BENCH_INGEST_ADDR:-127.0.0.1:18080}
 worker_addr=${BENCH_WORKER_ADDR:-127.0.0.1:18091}
 limit=${BENCH_DURATION_LIMIT:-120s}
-out="$root/target/bench"
+out=${BENCH_OUT:-$root/target/bench}
 mkdir -p "$out"
-rm -f "$out"/run-*.json "$out"/statements-*.txt
+rm -f "$out"/run-*.json "$out"/run-*.svg "$out"/statements-*.txt "$out"/memory.txt
 
 log() { echo "bench.sh: $*" >&2; }
 port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
@@ -77,8 +111,20 @@ fi
 psql -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 
 pids=()
+# Peak resident memory (VmHWM) of a service process, recorded before it is stopped.
+peak_rss() { # name pid
+  local kb
+  kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$2/status" 2>/dev/null || true)
+  [[ -n $kb ]] && echo "$1 $((kb / 1024)) MB" >>"$out/memory.txt"
+  return 0
+}
 cleanup() {
   local pid
+  [[ -n ${ingest_pid:-} ]] && peak_rss ingest "$ingest_pid"
+  for pid in ${worker_pids[@]+"${worker_pids[@]}"}; do peak_rss worker "$pid"; done
+  if [[ -s $out/memory.txt ]]; then
+    log "peak RSS: $(sort -k2 -n "$out/memory.txt" | awk '{ m[$1] = $2 } END { for (k in m) printf "%s %d MB  ", k, m[k] }')"
+  fi
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ ${BENCH_KEEP_PG:-0} != 1 ]]; then deploy/local/postgres.sh stop || true; fi
@@ -102,6 +148,7 @@ export TRIGGERS_INGEST_ADDR=$ingest_addr TRIGGERS_WORKER_ADDR=$worker_addr
 export RUST_LOG=${RUST_LOG:-warn}
 "$service_bin/triggers-ingest" migrate
 "$service_bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
+ingest_pid=$!
 pids+=($!)
 
 # The workers (for a drain, started by the bench once every event is queued).
@@ -116,6 +163,7 @@ start_workers() {
 }
 stop_workers() {
   local pid
+  for pid in "${worker_pids[@]}"; do peak_rss worker "$pid"; done
   for pid in "${worker_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${worker_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   worker_pids=()
@@ -153,7 +201,8 @@ for ((i = 1; i <= runs; i++)); do
   fi
   # One JSON object per run; the bench's exit status says whether the run was complete.
   "$bin/triggers-bench" --url "http://$ingest_addr" --events "$events" --concurrency "$concurrency" \
-    --orgs "$orgs" $webhook "${drain_args[@]}" --duration-limit "$limit" --json >"$out/run-$i.json" &
+    --orgs "$orgs" $webhook "${drain_args[@]}" "${extra[@]}" --duration-limit "$limit" --json \
+    --chart "$out/run-$i.svg" >"$out/run-$i.json" &
   bench_pid=$!
   if ((drain)); then
     while [[ ! -e $out/drain-go ]] && kill -0 "$bench_pid" 2>/dev/null; do sleep 0.01; done
@@ -187,7 +236,9 @@ shopt -s nullglob
 files=("$out"/run-*.json)
 if ((${#files[@]} > 0)); then
   echo
-  echo "Triggers benchmark, $(date -u +%Y-%m-%dT%H:%MZ): $events events, $concurrency connections, $orgs orgs, ${webhook:-no webhook}; $profile build"
+  what="$events events"
+  ((${#extra[@]})) && what="${extra[*]}"
+  echo "Triggers benchmark, $(date -u +%Y-%m-%dT%H:%MZ): $what, $concurrency connections, $orgs orgs, ${webhook:-no webhook}; $profile build"
   "$bin/triggers-bench" summarize "${files[@]}" || status=1
 fi
 
@@ -200,5 +251,5 @@ metric_mean() { # name of a Prometheus histogram → sum / count
 echo "ingest batches: mean $(metric_mean triggers_ingest_batch_size) events per transaction," \
   "mean commit $(metric_mean triggers_ingest_batch_commit_seconds) s"
 echo "commit floor: ${floor_tps:-?} sequential single-row commits/s (pgbench -n -c1 -T10)"
-echo "runs: $out/run-*.json; statements per run: $out/statements-*.txt; logs: $out/{ingest,worker-*}.log"
+echo "runs: $out/run-*.json, charts $out/run-*.svg; statements per run: $out/statements-*.txt; logs: $out/{ingest,worker-*}.log"
 exit "$status"

@@ -28,7 +28,8 @@ while (($#)); do
 done
 binaries=("$@")
 if ((${#binaries[@]} == 0)); then
-  cargo build --release -p triggers-ingest --bin triggers-ingest
+  # The same feature set as bench.sh's build, so the two share compiled artifacts.
+  cargo build --release --workspace --bins
   binaries=("$root/target/release/triggers-ingest")
 fi
 addr=${LATENCY_ADDR:-127.0.0.1:18180}

@@ -34,4 +34,5 @@ fi
 # The README quickstart and the example receivers against a real instance (whole suite only).
 if [[ $# -eq 0 ]]; then
   deploy/local/integration-test.sh
+  deploy/local/bench-smoke.sh
 fi
