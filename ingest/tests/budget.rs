@@ -5,15 +5,14 @@
 mod common;
 #[path = "common/events_fixtures.rs"]
 mod fixtures;
+#[path = "common/process.rs"]
+mod process;
 
-use std::{
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use common::TestApp;
 use fixtures::org_with_key;
+use process::IngestProcess;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -114,64 +113,6 @@ async fn a_request_over_the_bytes_budget_is_503_with_retry_after_until_the_budge
     app.stop().await;
 }
 
-/// The real binary as a process, so its memory can be read from `/proc`.
-struct Ingest {
-    child: Child,
-    addr: std::net::SocketAddr,
-    base: String,
-}
-
-impl Ingest {
-    async fn start(db_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_triggers-ingest"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", db_url)
-            .env("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn triggers-ingest");
-        let ingest = Self {
-            child,
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        for _ in 0..300 {
-            let ready = client.get(format!("{}/health/ready", ingest.base)).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
-                return ingest;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("triggers-ingest did not become ready");
-    }
-
-    /// Peak resident memory (`VmHWM`) in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM");
-        kib * 1024
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// POST `body` over a raw connection, holding back its last byte until every client of the
 /// barrier has sent the rest, so all bodies are in the server at once. Returns the status (0
 /// when the connection was closed without an answer).
@@ -203,7 +144,7 @@ async fn post_together(base: std::net::SocketAddr, key: &str, body: &[u8], barri
 async fn a_hundred_concurrent_one_mib_bodies_keep_ingest_under_256_mb() {
     let test_db = TestDb::new().await.expect("db");
     let (key, _) = org_with_key(&test_db.pool, "enterprise").await;
-    let ingest = Ingest::start(&test_db.url).await;
+    let ingest = IngestProcess::start(&test_db.url).await;
     let ingest_addr = ingest.addr;
     // Just under the 1 MiB body limit, over the payload limit, and of the shape that costs most
     // once decoded (an array of small numbers: ~16 bytes of tree per byte of text).
@@ -220,7 +161,7 @@ async fn a_hundred_concurrent_one_mib_bodies_keep_ingest_under_256_mb() {
         .map(|r| r.expect("join"))
         .collect();
     let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
-    let peak = ingest.peak_rss();
+    let peak = ingest.peak_rss_kb() * 1024;
     eprintln!(
         "peak RSS {} MiB; 413: {}, 503: {}, no answer: {}",
         peak / MIB as u64,

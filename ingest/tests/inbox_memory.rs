@@ -7,14 +7,12 @@
 mod common;
 #[path = "common/events_fixtures.rs"]
 mod fixtures;
-
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+#[path = "common/process.rs"]
+mod process;
 
 use common::TestApp;
 use fixtures::{LARGE_PAYLOAD_ITEMS, insert_large_events, org_with_key};
+use process::IngestProcess;
 use serde_json::Value;
 use triggers_shared::testing::TestDb;
 
@@ -22,31 +20,6 @@ const EVENTS: i64 = 300;
 const CLIENTS: usize = 8;
 const PAGES: usize = 2;
 const RSS_BOUND_KB: u64 = 256 * 1024;
-
-struct Ingest(Child);
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A `kB` line of /proc/<pid>/status.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
-}
 
 /// The first `PAGES` pages of the inbox; returns how many events they held.
 async fn read_pages(client: reqwest::Client, base: String, key: String) -> usize {
@@ -81,38 +54,10 @@ async fn eight_concurrent_inbox_pages_over_300_large_payloads_keep_ingest_under_
     let (key, org_id) = org_with_key(&db.pool, "enterprise").await;
     insert_large_events(&db.pool, org_id, EVENTS).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child = Command::new(env!("CARGO_BIN_EXE_triggers-ingest"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &db.url)
-        .env("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn triggers-ingest");
-    let ingest = Ingest(child);
-    let pid = ingest.0.id();
-    let base = format!("http://127.0.0.1:{port}");
+    let ingest = IngestProcess::start(&db.url).await;
+    let base = ingest.base.clone();
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while !client
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "ingest never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let idle_kb = status_kb(pid, "VmHWM:");
+    let idle_kb = ingest.peak_rss_kb();
 
     let readers: Vec<_> = (0..CLIENTS)
         .map(|_| tokio::spawn(read_pages(client.clone(), base.clone(), key.clone())))
@@ -125,7 +70,7 @@ async fn eight_concurrent_inbox_pages_over_300_large_payloads_keep_ingest_under_
         );
     }
 
-    let peak_kb = status_kb(pid, "VmHWM:");
+    let peak_kb = ingest.peak_rss_kb();
     eprintln!("ingest VmHWM: {idle_kb} kB idle, {peak_kb} kB after {CLIENTS} concurrent readers");
     assert!(
         peak_kb < RSS_BOUND_KB,
