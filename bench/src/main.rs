@@ -13,6 +13,10 @@ use std::process::ExitCode;
 
 use args::Command;
 
+/// The same allocator as the services, so the client costs the shared cores as little as it can.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let command = match args::parse(std::env::args().skip(1)) {
         Ok(c) => c,
