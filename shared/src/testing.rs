@@ -111,16 +111,8 @@ async fn ensure_template(admin: &mut PgConnection, base: &PgConnectOptions) -> a
                 .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{building}""#)))
                 .await?;
             {
-                let mut conn = PgConnection::connect_with(&base.clone().database(&building)).await?;
-                db::MIGRATOR
-                    .run(&mut conn)
-                    .await
-                    .context("migrating the template")?;
-                conn.close().await?;
                 let pool = PgPool::connect_with(base.clone().database(&building)).await?;
-                apalis_postgres::PostgresStorage::setup(&pool)
-                    .await
-                    .context("apalis setup on the template")?;
+                db::migrate(&pool).await.context("migrating the template")?;
                 pool.close().await;
             }
             admin

@@ -4,14 +4,16 @@
 //! queue for later when its organisation holds enough already. With a slot: load the event
 //! (batched with every delivery starting now; acknowledged, delivered, deleted or webhook
 //! removed: nothing to send), check the target and sign, check once more right before sending
-//! that the event is still pending and unacknowledged (batched too), send the signed POST with
+//! that the event is still pending and unacknowledged if that took over [`RECHECK_AFTER`]
+//! (batched too), send the signed POST with
 //! no transaction open, then hand the attempt to the group commit (`recorder`): it records the
 //! attempt, moves the event on, enqueues any next attempt as a new job whose `run_at` lies in
-//! the future and marks this job done, in one transaction shared with other deliveries. The
+//! the future and finishes (deletes) this job, in one transaction shared with other deliveries. The
 //! handler returns after that commit. apalis itself never retries a webhook failure (it would
 //! re-fetch at once, with its backoff kept only in memory).
 
 use std::{
+    collections::HashMap,
     panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -53,6 +55,9 @@ pub const HOLD_PER_SLOT: usize = 16;
 
 /// The most events one load or re-check statement asks for.
 const MAX_READ_BATCH: usize = 256;
+
+/// How old the event's load may be when the request goes out before it is read again.
+const RECHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// The longest `last_error` we store.
 const MAX_ERROR_LEN: usize = 4096;
@@ -137,11 +142,12 @@ impl Deliverer {
                 let pool = pool.clone();
                 async move {
                     let mut conn = pool.acquire().await?;
-                    let found = deliveries::load_targets(&mut conn, &ids).await?;
-                    Ok(ids
-                        .iter()
-                        .map(|id| found.iter().find(|(_, t)| t.event_id == *id).cloned())
-                        .collect())
+                    let found: HashMap<Uuid, (Uuid, DeliveryTarget)> = deliveries::load_targets(&mut conn, &ids)
+                        .await?
+                        .into_iter()
+                        .map(|found| (found.1.event_id, found))
+                        .collect();
+                    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
                 }
             })
         };
@@ -208,6 +214,7 @@ impl Deliverer {
         let _inflight = InflightGuard::new();
 
         let target = self.loader.call(job.event_id).await.map_err(share)?;
+        let loaded = Instant::now();
         let target = match target {
             Some((org, target)) if org == job.organization_id => target,
             _ => return self.drop_job(task, "event no longer exists").await,
@@ -228,8 +235,10 @@ impl Deliverer {
         let clock = Instant::now();
         let observed = match self.prepare(&target, url, secret).await {
             Ok((url, headers, body)) => {
-                // Last look before the request: an ack that committed since the load wins.
-                if !self.recheck.call(job.event_id).await.map_err(share)? {
+                // Last look before the request, when preparing took a while (a slow DNS answer):
+                // an ack that committed since the load wins. Right after the load a second read
+                // would only narrow a window that is as wide between any read and the send.
+                if loaded.elapsed() >= RECHECK_AFTER && !self.recheck.call(job.event_id).await.map_err(share)? {
                     return self.drop_job(task, "event acknowledged before sending").await;
                 }
                 match self.client.post(url, headers, body).await {

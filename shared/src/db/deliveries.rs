@@ -153,15 +153,15 @@ pub async fn record_attempts(
     .bind(&durations)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(event_ids
-        .iter()
-        .map(|id| {
-            rows.iter()
-                .find(|(row_id, _, _)| row_id == id)
-                .map(|&(_, attempt, status_applied)| Recorded {
-                    attempt,
-                    status_applied,
-                })
+    let rows: std::collections::HashMap<Uuid, Recorded> = rows
+        .into_iter()
+        .map(|(id, attempt, status_applied)| {
+            let recorded = Recorded {
+                attempt,
+                status_applied,
+            };
+            (id, recorded)
         })
-        .collect())
+        .collect();
+    Ok(event_ids.iter().map(|id| rows.get(id).copied()).collect())
 }

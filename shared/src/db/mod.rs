@@ -34,13 +34,14 @@ pub fn pool(config: &CommonConfig) -> anyhow::Result<PgPool> {
         .context("DATABASE_URL is not a valid Postgres URL")
 }
 
-/// Apply our migrations and apalis' own schema. Safe to run any number of times, from any
-/// number of processes at once (sqlx takes an advisory lock).
+/// Apply apalis' own schema, then our migrations (some of which trim apalis' tables). Safe to
+/// run any number of times, from any number of processes at once (sqlx takes an advisory lock;
+/// each keeps its own history table).
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("applying Triggers migrations")?;
     apalis_postgres::PostgresStorage::setup(pool)
         .await
         .context("applying apalis' migrations")?;
+    MIGRATOR.run(pool).await.context("applying Triggers migrations")?;
     Ok(())
 }
 

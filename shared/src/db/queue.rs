@@ -400,15 +400,16 @@ pub async fn insert_batch(
         .collect())
 }
 
-/// Mark claimed jobs finished (`Done`), in the transaction that recorded what they did: the
-/// worker acknowledges its jobs itself instead of apalis' per-batch result statement.
+/// Finish claimed jobs by deleting them, in the transaction that recorded what they did: the
+/// worker acknowledges its jobs itself instead of apalis' per-batch result statement. A finished
+/// job has nothing left to tell (the attempt and the event's new state are recorded in that
+/// transaction), and a delete writes no new row version and no index entries, where marking it
+/// `Done` wrote both and left the row for the janitor.
 pub async fn finish_jobs(conn: &mut PgConnection, task_ids: &[String]) -> sqlx::Result<u64> {
     if task_ids.is_empty() {
         return Ok(0);
     }
-    let done = sqlx::query(
-        "UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = ANY($1) AND status IN ('Queued', 'Running')",
-    )
+    let done = sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1) AND status IN ('Queued', 'Running')")
     .bind(task_ids)
     .execute(conn)
     .await?;

@@ -94,15 +94,17 @@ pub async fn count_claimed(conn: &mut PgConnection) -> i64 {
     .expect("count claimed jobs")
 }
 
-/// How many distinct workers finished jobs successfully.
-pub async fn count_finishing_workers(conn: &mut PgConnection) -> i64 {
+/// The workers holding claimed jobs right now (finished jobs are deleted, so who delivered
+/// what is seen only while it is claimed).
+pub async fn claiming_workers(conn: &mut PgConnection) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT count(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'",
+        "SELECT DISTINCT lock_by FROM apalis.jobs
+         WHERE job_type = $1 AND status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
     )
     .bind(DELIVERY_QUEUE)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await
-    .expect("count workers")
+    .expect("list claiming workers")
 }
 
 /// Force job `id` into `state`, finished `ago`.
