@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A smoke run of every triggers-bench mode against real binaries: closed loop, open loop
 # (--rate/--duration), drain (--drain-start) and isolation (--slow-org), each with a handful of
-# events and a chart. No timing is asserted: it fails only when a mode breaks (an accepted event
+# events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted: it fails only when a mode breaks (an accepted event
 # not delivered, errors, no chart). `deploy/local/test.sh` runs it after the tests.
 #
 #   DATABASE_URL=postgres://... deploy/local/bench-smoke.sh
@@ -64,6 +64,10 @@ stop_worker() {
 }
 
 "$bin/triggers-ingest" migrate
+# bench.sh --prefill's history (a few rows here): the modes below then run beside it.
+"$psql_bin" "$DATABASE_URL" -q -v n=500 -f deploy/local/sql/prefill.sql >/dev/null
+[[ $("$psql_bin" "$DATABASE_URL" -Atc "SELECT count(*) FROM events e JOIN delivery_attempts a ON a.event_id = e.id JOIN dedup_keys d ON d.event_id = e.id WHERE e.status = 'delivered'") == 500 ]] \
+  || { log "prefill.sql did not store 500 delivered events with their attempts and dedup keys"; exit 1; }
 "$bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
 pids+=($!)
 wait_ready "http://$ingest_addr/health/ready"

@@ -5,13 +5,17 @@
 #
 #   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [-w WORKERS]
 #                         [--drain] [--no-webhook] [--rate R --duration S] [--slow-org N]
+#                         [--prefill N]
 #   deploy/local/bench.sh --all     # every scenario of BENCHMARKS.md, then latency.sh
+#                                   # (BENCH_SCENARIOS="drain-1 scale ..." runs only those)
 #
 # Defaults (or BENCH_EVENTS, BENCH_CONCURRENCY, BENCH_ORGS, BENCH_RUNS, BENCH_WORKERS): 20000
 # events, 64 connections, 4 organisations, 3 runs, 1 worker. --drain: the workers start only once
 # every event is queued, and the delivery rate is that of draining the backlog. --rate/--duration:
 # open loop (R events/s for S seconds, at most C in flight). --slow-org N: isolation (N events
-# of an organisation whose endpoint takes 3 s are queued before each run). BENCH_PROFILE
+# of an organisation whose endpoint takes 3 s are queued before each run). --prefill N: the
+# database first gets N events of history (delivered, with dedup keys and attempts, of 16 other
+# organisations; deploy/local/sql/prefill.sql), to show the per-event cost at scale. BENCH_PROFILE
 # (default release) picks the cargo profile, BENCH_SERVICE_BIN a folder with prebuilt
 # triggers-ingest and triggers-worker (e.g. of another commit), BENCH_INGEST_ADDR /
 # BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
@@ -34,6 +38,7 @@ drain=0
 webhook=--webhook
 extra=()
 all=0
+prefill=0
 while (($#)); do
   case $1 in
     -n | --events) events=$2; shift 2 ;;
@@ -45,10 +50,12 @@ while (($#)); do
     --no-webhook) webhook=""; shift ;;
     --rate | --duration | --slow-org | --slow-delay) extra+=("$1" "$2"); shift 2 ;;
     --all) all=1; shift ;;
-    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --prefill) prefill=$2; shift 2 ;;
+    -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ $prefill =~ ^[0-9]+$ ]] || { echo "bench.sh: --prefill takes a number of events" >&2; exit 2; }
 [[ $runs =~ ^[1-9][0-9]*$ && $runs -le 20 ]] || { echo "bench.sh: runs must be 1..20" >&2; exit 2; }
 [[ $workers =~ ^[1-9][0-9]*$ && $workers -le 8 ]] || { echo "bench.sh: workers must be 1..8" >&2; exit 2; }
 if ((drain)) && [[ -z $webhook ]]; then echo "bench.sh: --drain needs webhooks" >&2; exit 2; fi
@@ -58,11 +65,12 @@ if ((all)); then
   # Every scenario of BENCHMARKS.md, each with its own fresh database and 3 runs (medians), then
   # the sequential latency of a lone POST. Results: target/bench/all/<scenario>/ and summary.txt.
   base="$root/target/bench/all"
-  rm -rf "$base"
+  if [[ -z ${BENCH_SCENARIOS:-} ]]; then rm -rf "$base"; fi
   mkdir -p "$base"
   scenario() { # name, then bench.sh arguments
     local name=$1
     shift
+    if [[ -n ${BENCH_SCENARIOS:-} && " $BENCH_SCENARIOS " != *" $name "* ]]; then return 0; fi
     echo "== $name: bench.sh $*" | tee -a "$base/summary.txt"
     BENCH_OUT="$base/$name" "${BASH_SOURCE[0]}" "$@" 2>&1 | tee "$base/$name.log" \
       | sed -n '/^Triggers benchmark/,$p' | tee -a "$base/summary.txt"
@@ -74,8 +82,11 @@ if ((all)); then
   scenario burst-webhook -n 60000 -c 64 -w 1
   scenario burst-no-webhook -n 60000 -c 64 --no-webhook
   scenario isolation --slow-org 2000 -n 300 -c 64 -k 1 -w 1
-  echo "== sequential: latency.sh -r 3" | tee -a "$base/summary.txt"
-  deploy/local/latency.sh -r 3 2>&1 | tee "$base/latency.log" | tail -n 12 | tee -a "$base/summary.txt"
+  scenario scale --prefill 10000000 -n 60000 -c 64 -w 1
+  if [[ -z ${BENCH_SCENARIOS:-} || " $BENCH_SCENARIOS " == *" sequential "* ]]; then
+    echo "== sequential: latency.sh -r 3" | tee -a "$base/summary.txt"
+    deploy/local/latency.sh -r 3 2>&1 | tee "$base/latency.log" | tail -n 12 | tee -a "$base/summary.txt"
+  fi
   echo "all results: $base/summary.txt"
   exit 0
 fi
@@ -147,6 +158,12 @@ export TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true
 export TRIGGERS_INGEST_ADDR=$ingest_addr TRIGGERS_WORKER_ADDR=$worker_addr
 export RUST_LOG=${RUST_LOG:-warn}
 "$service_bin/triggers-ingest" migrate
+if ((prefill > 0)); then
+  log "prefilling $prefill events of history (deploy/local/sql/prefill.sql)"
+  started=$SECONDS
+  psql -v n="$prefill" -f deploy/local/sql/prefill.sql >/dev/null
+  log "prefilled in $((SECONDS - started)) s: $(psql -c "SELECT count(*) FROM events") events, database $(psql -c "SELECT pg_size_pretty(pg_database_size(current_database()))")"
+fi
 "$service_bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
 ingest_pid=$!
 pids+=($!)

@@ -3,14 +3,13 @@
 //! The job waits in the worker for a slot of its organisation (`fair`), or is put back in the
 //! queue for later when its organisation holds enough already. With a slot: load the event
 //! (batched with every delivery starting now; acknowledged, delivered, deleted or webhook
-//! removed: nothing to send), check the target and sign, check once more right before sending
-//! that the event is still pending and unacknowledged if that took over [`RECHECK_AFTER`]
-//! (batched too), send the signed POST with
-//! no transaction open, then hand the attempt to the group commit (`recorder`): it records the
-//! attempt, moves the event on, enqueues any next attempt as a new job whose `run_at` lies in
-//! the future and finishes (deletes) this job, in one transaction shared with other deliveries. The
-//! handler returns after that commit. apalis itself never retries a webhook failure (it would
-//! re-fetch at once, with its backoff kept only in memory).
+//! removed: nothing to send), check the target and sign, check once more that the event is
+//! still pending and unacknowledged if that took over [`RECHECK_AFTER`] (batched too), send the
+//! signed POST with no transaction open, then hand the attempt to the group commit (`recorder`):
+//! it records the attempt, moves the event on, enqueues any next attempt as a new job whose
+//! `run_at` lies in the future and finishes (deletes) this job, in one transaction shared with
+//! other deliveries. The handler returns after that commit. apalis itself never retries a
+//! webhook failure (it would re-fetch at once, with its backoff kept only in memory).
 
 use std::{
     collections::HashMap,
@@ -142,11 +141,12 @@ impl Deliverer {
                 let pool = pool.clone();
                 async move {
                     let mut conn = pool.acquire().await?;
-                    let found: HashMap<Uuid, (Uuid, DeliveryTarget)> = deliveries::load_targets(&mut conn, &ids)
-                        .await?
-                        .into_iter()
-                        .map(|found| (found.1.event_id, found))
-                        .collect();
+                    let found: HashMap<Uuid, (Uuid, DeliveryTarget)> =
+                        deliveries::load_targets(&mut conn, &ids)
+                            .await?
+                            .into_iter()
+                            .map(|found| (found.1.event_id, found))
+                            .collect();
                     Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
                 }
             })
@@ -238,7 +238,9 @@ impl Deliverer {
                 // Last look before the request, when preparing took a while (a slow DNS answer):
                 // an ack that committed since the load wins. Right after the load a second read
                 // would only narrow a window that is as wide between any read and the send.
-                if loaded.elapsed() >= RECHECK_AFTER && !self.recheck.call(job.event_id).await.map_err(share)? {
+                if loaded.elapsed() >= RECHECK_AFTER
+                    && !self.recheck.call(job.event_id).await.map_err(share)?
+                {
                     return self.drop_job(task, "event acknowledged before sending").await;
                 }
                 match self.client.post(url, headers, body).await {

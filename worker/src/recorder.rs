@@ -2,8 +2,8 @@
 //! statement that updates their events and inserts their attempt rows), their follow-up retry
 //! jobs, and the claimed jobs they finish or put back, all in ONE transaction. Each delivery
 //! waits for that commit before its handler returns, so "an attempt is recorded before its job
-//! is done" holds batch by batch: the job is finished (deleted) in the very transaction that records
-//! its attempt.
+//! is done" holds batch by batch: the job is finished (deleted) in the very transaction that
+//! records its attempt.
 
 use std::time::Duration;
 

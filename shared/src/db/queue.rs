@@ -410,9 +410,9 @@ pub async fn finish_jobs(conn: &mut PgConnection, task_ids: &[String]) -> sqlx::
         return Ok(0);
     }
     let done = sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1) AND status IN ('Queued', 'Running')")
-    .bind(task_ids)
-    .execute(conn)
-    .await?;
+        .bind(task_ids)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected())
 }
 
