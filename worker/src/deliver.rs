@@ -116,7 +116,7 @@ struct WebhookBody<'a> {
     event_type: &'a str,
     timestamp: String,
     dedup_id: Option<&'a str>,
-    data: &'a serde_json::Value,
+    data: &'a serde_json::value::RawValue,
 }
 
 /// What one attempt produced, before it is recorded.
@@ -365,12 +365,15 @@ fn share(e: crate::coalesce::BatchError) -> anyhow::Error {
 
 /// The headers and exact body bytes of one delivery (signed over those bytes).
 fn signed_request(target: &DeliveryTarget, secret: &str) -> anyhow::Result<(HeaderMap, Vec<u8>)> {
+    // Checked, not parsed into a tree: the stored text goes into the body as it is.
+    let data: &serde_json::value::RawValue =
+        serde_json::from_str(&target.payload).context("the stored payload is not JSON")?;
     let body = serde_json::to_vec(&WebhookBody {
         id: target.event_id,
         event_type: &target.event_type,
         timestamp: target.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         dedup_id: target.dedup_id.as_deref(),
-        data: &target.payload,
+        data,
     })?;
     let id = target.event_id.to_string();
     let now = SystemTime::now()

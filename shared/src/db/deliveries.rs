@@ -19,7 +19,9 @@ pub struct DeliveryTarget {
     #[sqlx(rename = "type")]
     pub event_type: String,
     pub dedup_id: Option<String>,
-    pub payload: serde_json::Value,
+    /// The payload as JSON text, as stored: put into the webhook body without being parsed
+    /// into a tree and written out again.
+    pub payload: String,
     pub status: EventStatus,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -61,7 +63,7 @@ pub async fn load_targets(
     event_ids: &[Uuid],
 ) -> sqlx::Result<Vec<(Uuid, DeliveryTarget)>> {
     let rows: Vec<DeliveryTargetRow> = sqlx::query_as(
-        "SELECT e.organization_id, e.id AS event_id, e.type, e.dedup_id, e.payload, e.status, e.attempts,
+        "SELECT e.organization_id, e.id AS event_id, e.type, e.dedup_id, e.payload::text AS payload, e.status, e.attempts,
                 e.created_at, e.acknowledged_at, o.webhook_url, o.signing_secret
          FROM events e JOIN organizations o ON o.id = e.organization_id
          WHERE e.id = ANY($1)",
