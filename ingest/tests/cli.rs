@@ -301,8 +301,11 @@ async fn events_redeliver_refuses_an_organisation_without_a_webhook() {
 #[tokio::test]
 async fn queue_stats_reports_depth_by_state_oldest_due_age_and_the_busiest_organisations() {
     let db = TestDb::new().await.expect("test database");
-    let (busy, busy_events) =
-        org_with_events(&db.pool, &[("pending", 0), ("pending", 0), ("pending", 0)]).await;
+    let (busy, busy_events) = org_with_events(
+        &db.pool,
+        &[("pending", 0), ("pending", 0), ("pending", 0), ("pending", 0)],
+    )
+    .await;
     let (quiet, quiet_events) = org_with_events(&db.pool, &[("pending", 0), ("pending", 0)]).await;
     let mut tx = db.pool.begin().await.expect("begin");
     let due: Vec<_> = busy_events
@@ -330,11 +333,25 @@ async fn queue_stats_reports_depth_by_state_oldest_due_age_and_the_busiest_organ
     .execute(&db.pool)
     .await
     .expect("age a job");
+    // A claimed job is running, not due; a failed one with runs left is due again (what the
+    // worker's queue gauges count too).
+    for (event, status, attempts) in [(busy_events[1], "Queued", 0), (busy_events[2], "Failed", 1)] {
+        sqlx::query(
+            "UPDATE apalis.jobs SET status = $2, attempts = $3
+             WHERE convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1::text",
+        )
+        .bind(event)
+        .bind(status)
+        .bind(attempts)
+        .execute(&db.pool)
+        .await
+        .expect("set a job's state");
+    }
 
     let stats = stdout_json(&run(Some(&db.url), &["queue", "stats", "--json"]).await);
     assert_eq!(
         (&stats["due"], &stats["scheduled"], &stats["running"]),
-        (&4.into(), &1.into(), &0.into())
+        (&4.into(), &1.into(), &1.into())
     );
     let oldest = stats["oldest_due_age_seconds"].as_f64().expect("oldest");
     assert!((299.0..400.0).contains(&oldest), "oldest due age {oldest}");

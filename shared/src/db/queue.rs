@@ -83,17 +83,21 @@ impl JobCounts {
     }
 }
 
+/// A job waiting to be claimed (due now or scheduled later): pending, or failed with runs left
+/// (apalis fetches those again). A claimed job is `Queued` (or `Running`) until it finishes.
+/// The one definition behind the queue gauges, `queue stats` and the oldest-due age.
+const WAITING: &str = "(status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))";
+
 /// Count the live jobs of the delivery queue by state.
 pub async fn count_jobs(conn: &mut PgConnection) -> sqlx::Result<JobCounts> {
-    sqlx::query_as(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT
              count(*) FILTER (WHERE waiting AND run_at <= now()) AS due,
              count(*) FILTER (WHERE waiting AND run_at > now()) AS scheduled,
              count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS running
-         FROM (SELECT status, run_at,
-                      status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts) AS waiting
-               FROM apalis.jobs WHERE job_type = $1) j",
-    )
+         FROM (SELECT status, run_at, {WAITING} AS waiting
+               FROM apalis.jobs WHERE job_type = $1) j"
+    )))
     .bind(DELIVERY_QUEUE)
     .fetch_one(conn)
     .await
@@ -101,12 +105,11 @@ pub async fn count_jobs(conn: &mut PgConnection) -> sqlx::Result<JobCounts> {
 
 /// How long the oldest due, unclaimed job has been due (zero when none is).
 pub async fn oldest_due_age(conn: &mut PgConnection) -> sqlx::Result<Duration> {
-    let secs: f64 = sqlx::query_scalar(
+    let secs: f64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT coalesce(extract(epoch FROM now() - min(run_at))::float8, 0)
          FROM apalis.jobs
-         WHERE job_type = $1 AND run_at <= now()
-           AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))",
-    )
+         WHERE job_type = $1 AND run_at <= now() AND {WAITING}"
+    )))
     .bind(DELIVERY_QUEUE)
     .fetch_one(conn)
     .await?;
@@ -116,10 +119,11 @@ pub async fn oldest_due_age(conn: &mut PgConnection) -> sqlx::Result<Duration> {
 /// The delivery queue at a glance (what the operator command `queue stats` prints).
 #[derive(Debug, serde::Serialize)]
 pub struct QueueStats {
-    /// Jobs whose time has come and that no worker runs yet.
+    /// Jobs whose time has come and that no worker has claimed yet.
     pub due: i64,
     /// Jobs waiting for a later retry.
     pub scheduled: i64,
+    /// Jobs claimed by a worker (held for a slot, or being delivered).
     pub running: i64,
     /// Seconds since the oldest due job became due (0 when none is due).
     pub oldest_due_age_seconds: f64,
@@ -135,38 +139,30 @@ pub struct OrgBacklog {
     pub oldest_due_age_seconds: f64,
 }
 
-/// Depth by state, oldest due age and the top 10 organisations of the delivery queue.
+/// Depth by state, oldest due age and the top 10 organisations of the delivery queue: the
+/// same counts as the queue gauges ([`count_jobs`], [`oldest_due_age`]).
 pub async fn stats(conn: &mut PgConnection) -> sqlx::Result<QueueStats> {
-    let (due, scheduled, running, oldest): (i64, i64, i64, f64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status IN ('Pending', 'Queued') AND run_at <= now()),
-                count(*) FILTER (WHERE status IN ('Pending', 'Queued') AND run_at > now()),
-                count(*) FILTER (WHERE status = 'Running'),
-                coalesce(extract(epoch FROM now() - min(run_at)
-                    FILTER (WHERE status IN ('Pending', 'Queued') AND run_at <= now())), 0)::float8
-         FROM apalis.jobs WHERE job_type = $1",
-    )
-    .bind(DELIVERY_QUEUE)
-    .fetch_one(&mut *conn)
-    .await?;
-    let top_organizations = sqlx::query_as::<_, OrgBacklog>(
+    let counts = count_jobs(&mut *conn).await?;
+    let oldest = oldest_due_age(&mut *conn).await?;
+    let top_organizations = sqlx::query_as::<_, OrgBacklog>(sqlx::AssertSqlSafe(format!(
         "SELECT (convert_from(job, 'UTF8')::jsonb ->> 'organization_id')::uuid AS organization_id,
                 count(*) AS waiting,
                 coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
                     AS oldest_due_age_seconds
          FROM apalis.jobs
-         WHERE job_type = $1 AND status IN ('Pending', 'Queued')
+         WHERE job_type = $1 AND {WAITING}
          GROUP BY 1
          ORDER BY waiting DESC, organization_id
-         LIMIT 10",
-    )
+         LIMIT 10"
+    )))
     .bind(DELIVERY_QUEUE)
     .fetch_all(&mut *conn)
     .await?;
     Ok(QueueStats {
-        due,
-        scheduled,
-        running,
-        oldest_due_age_seconds: oldest,
+        due: counts.due,
+        scheduled: counts.scheduled,
+        running: counts.running,
+        oldest_due_age_seconds: oldest.as_secs_f64(),
         top_organizations,
     })
 }
