@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A smoke run of every triggers-bench mode against real binaries: closed loop, open loop
 # (--rate/--duration), drain (--drain-start) and isolation (--slow-org), each with a handful of
-# events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted: it fails only when a mode breaks (an accepted event
-# not delivered, errors, no chart). `deploy/local/test.sh` runs it after the tests.
+# events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted:
+# it fails only when a mode breaks (an accepted event not delivered, errors, no chart, a prefill
+# that stored less than asked). `deploy/local/test.sh` runs it after the tests.
 #
 #   DATABASE_URL=postgres://... deploy/local/bench-smoke.sh
 #

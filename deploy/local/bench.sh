@@ -67,10 +67,11 @@ if ((all)); then
   base="$root/target/bench/all"
   if [[ -z ${BENCH_SCENARIOS:-} ]]; then rm -rf "$base"; fi
   mkdir -p "$base"
+  wanted() { [[ -z ${BENCH_SCENARIOS:-} || " $BENCH_SCENARIOS " == *" $1 "* ]]; }
   scenario() { # name, then bench.sh arguments
     local name=$1
     shift
-    if [[ -n ${BENCH_SCENARIOS:-} && " $BENCH_SCENARIOS " != *" $name "* ]]; then return 0; fi
+    wanted "$name" || return 0
     echo "== $name: bench.sh $*" | tee -a "$base/summary.txt"
     BENCH_OUT="$base/$name" "${BASH_SOURCE[0]}" "$@" 2>&1 | tee "$base/$name.log" \
       | sed -n '/^Triggers benchmark/,$p' | tee -a "$base/summary.txt"
@@ -83,7 +84,7 @@ if ((all)); then
   scenario burst-no-webhook -n 60000 -c 64 --no-webhook
   scenario isolation --slow-org 2000 -n 300 -c 64 -k 1 -w 1
   scenario scale --prefill 10000000 -n 60000 -c 64 -w 1
-  if [[ -z ${BENCH_SCENARIOS:-} || " $BENCH_SCENARIOS " == *" sequential "* ]]; then
+  if wanted sequential; then
     echo "== sequential: latency.sh -r 3" | tee -a "$base/summary.txt"
     deploy/local/latency.sh -r 3 2>&1 | tee "$base/latency.log" | tail -n 12 | tee -a "$base/summary.txt"
   fi
