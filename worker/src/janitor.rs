@@ -1,6 +1,7 @@
 //! The janitor: keeps every pending event deliverable and the tables bounded. Each run it
-//! dead-letters events whose job apalis gave up on, deletes finished jobs (a given-up job only
-//! once its event was handled), gives stranded events (pending, webhook configured, no live job)
+//! dead-letters events whose job apalis gave up on, deletes the finished jobs its workers did not
+//! (a delivered job is deleted when its attempt is recorded; a given-up or killed one only once
+//! its event was handled, and `Done` rows of older versions), gives stranded events (pending, webhook configured, no live job)
 //! a new job, deletes expired dedup keys, and applies retention to delivered events, dead letters,
 //! dead API keys, rate-limit windows and departed workers. Every worker runs it on a timer; a
 //! Postgres advisory lock on a dedicated connection makes sure at most one run happens at a time
@@ -20,7 +21,8 @@ use triggers_shared::{
 /// Rows changed per statement: small, so no statement holds many locks for long.
 pub const BATCH: i64 = 1000;
 
-/// Finished job rows are kept this long (enough to inspect a just-finished job).
+/// Given-up, killed and `Done` job rows are kept this long (enough to inspect a just-failed job;
+/// delivered jobs are deleted by the worker when it records their attempt).
 pub const FINISHED_JOB_GRACE: Duration = Duration::from_secs(60);
 
 /// Worker registrations unseen this long (and holding no job) are deleted.

@@ -214,9 +214,10 @@ pub async fn dead_letter_given_up(conn: &mut PgConnection, batch: i64) -> sqlx::
     Ok(res.rows_affected())
 }
 
-/// Delete up to `batch` finished jobs finished more than `older_than` ago: done ones, and given-up
-/// ones whose event was handled (no longer a pending, unacknowledged event). A given-up job of a
-/// still-pending event is kept: it is what [`dead_letter_given_up`] finds the event by.
+/// Delete up to `batch` finished jobs finished more than `older_than` ago: `Done` ones (left by
+/// versions before workers deleted their jobs on finishing), and given-up ones whose event was
+/// handled (no longer a pending, unacknowledged event). A given-up job of a still-pending event
+/// is kept: it is what [`dead_letter_given_up`] finds the event by.
 pub async fn delete_finished_jobs(
     conn: &mut PgConnection,
     older_than: Duration,
