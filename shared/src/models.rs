@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod patterns;
 mod values;
 
+pub use patterns::{EventTypePattern, any_matches};
 pub use values::{
     DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,
 };
