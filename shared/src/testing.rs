@@ -146,3 +146,44 @@ fn with_database(url: &str, name: &str) -> String {
         None => format!("{prefix}/{name}"),
     }
 }
+
+/// Store events of `org` as ingest does: routed to the organisation's endpoints as they are
+/// now, with their deliveries and first jobs, through the ingest statement itself
+/// (`db::queue::event_batch`). `events` are `(dedup_id, payload)`; returns the ids of the
+/// events, in their order.
+pub async fn store_events(
+    pool: &PgPool,
+    org: uuid::Uuid,
+    event_type: &str,
+    events: &[(Option<String>, serde_json::Value)],
+) -> anyhow::Result<Vec<uuid::Uuid>> {
+    use db::queue::event_batch::{NewEvents, Written, insert_batch};
+
+    let mut conn = pool.acquire().await?;
+    let routes = db::routing::load(&mut conn, org)
+        .await?
+        .context("no such organisation")?;
+    let fanout = routes.fanout(event_type);
+    let texts: Vec<String> = events.iter().map(|(_, payload)| payload.to_string()).collect();
+    let mut rows = NewEvents::default();
+    for (i, text) in texts.iter().enumerate() {
+        rows.ids.push(uuid::Uuid::now_v7());
+        rows.organization_ids.push(org);
+        rows.types.push(event_type);
+        rows.dedup_ids.push(events[i].0.as_deref());
+        rows.payloads.push(text);
+        rows.endpoints_versions.push(fanout.version);
+        rows.deliveries.extend(
+            fanout
+                .deliveries
+                .iter()
+                .map(|&(endpoint, status)| (i, endpoint, status)),
+        );
+    }
+    let written = insert_batch(&mut conn, &rows, std::time::Duration::from_secs(3600)).await?;
+    anyhow::ensure!(
+        written.iter().all(|w| matches!(w, Written::Inserted { .. })),
+        "not every event was stored: {written:?}"
+    );
+    Ok(rows.ids)
+}

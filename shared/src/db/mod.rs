@@ -11,6 +11,8 @@ pub mod janitor;
 pub mod organizations;
 pub mod queue;
 pub mod rate_limits;
+pub mod routing;
+pub mod webhook;
 
 use std::time::Duration;
 
