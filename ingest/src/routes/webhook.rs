@@ -12,18 +12,11 @@
 //! - `DELETE` removes the URL and the signing secret (idempotent: `200` even when nothing was
 //!   configured); a later configuration gets a new secret.
 
-use std::time::Duration;
-
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use triggers_shared::{
-    db::organizations,
-    models::Organization,
-    net::{self, UrlRejection, WebhookUrl},
-    signing,
-};
+use triggers_shared::{db::organizations, models::Organization, net::WebhookUrl, signing};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -32,11 +25,8 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
-    validate::{Parse, Problems, json_string},
+    validate::{Parse, Problems, json_string, public_target},
 };
-
-/// How long resolving a webhook host may take before the URL is refused.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Body of `POST /api/webhook/config`, as read; [`WebhookConfigIn::parse`] checks the URL's
-/// shape, [`allowed`] where it points.
+/// shape, [`public_target`] where it points.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfigIn {
     /// http or https, at most 2,048 characters (also once normalised), no user-info, not an
@@ -132,7 +122,7 @@ pub async fn set_webhook_config(
     ApiJson(body): ApiJson<WebhookConfigIn>,
 ) -> Result<Json<WebhookConfigOut>, ApiError> {
     let url = body.parse()?;
-    allowed(&url, state.config.allow_private_webhooks).await?;
+    public_target("webhook_url", &url, state.config.allow_private_webhooks).await?;
     let mut conn = state.db.acquire().await?;
     let row = organizations::set_webhook(&mut conn, org.id, url.as_str(), &signing::generate_secret())
         .await?
@@ -223,17 +213,6 @@ pub async fn rotate_webhook_secret(
         updated_at: updated_at(&row),
         message: "Signing secret rotated. Deliveries are signed with the new secret from now on.",
     }))
-}
-
-/// Where the URL points must be public (unless the operator allows private targets): else
-/// `webhook_url_not_allowed`, whose message never names an address. A host that does not
-/// resolve in time is refused the same way.
-async fn allowed(url: &WebhookUrl, allow_private: bool) -> Result<(), ApiError> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(url.as_url(), allow_private)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(UrlRejection::Invalid(message))) => Err(ApiError::invalid("webhook_url", message)),
-        Ok(Err(UrlRejection::NotAllowed)) | Err(_) => Err(ApiError::WebhookUrlNotAllowed),
-    }
 }
 
 /// Every statement that changes the configuration sets `webhook_updated_at`.
