@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod attempts;
 pub mod deliveries;
+pub mod endpoints;
 pub mod events;
 pub mod janitor;
 pub mod organizations;
