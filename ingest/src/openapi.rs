@@ -21,6 +21,7 @@ use crate::AppState;
     tags(
         (name = "keys", description = "Organisations and API keys"),
         (name = "webhook", description = "Webhook configuration"),
+        (name = "endpoints", description = "Endpoints: many per organisation, each subscribed to chosen event types"),
         (name = "events", description = "Event ingestion and inspection"),
         (name = "inbox", description = "Pull consumption and acknowledgement"),
         (name = "operations", description = "Health and metrics"),

@@ -23,8 +23,8 @@ use triggers_shared::db;
 use uuid::Uuid;
 
 pub use triggers_shared::db::{
+    endpoints::CHANNEL as ENDPOINTS_CHANNEL,
     routing::{Fanout, Routes},
-    webhook::ENDPOINTS_CHANNEL,
 };
 
 use crate::{error::ApiError, listener::Subscriber};

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use common::TestApp;
 use fixtures::*;
 use serde_json::{Value, json};
-use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
+use triggers_ingest::{
+    batcher::{BatchWriter, NewEvent, Outcome},
+    routing::{Fanout, RoutingCache},
+};
 use triggers_shared::{
     db::queue,
     models::{DedupId, EventType, Payload},
@@ -775,7 +778,21 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
         event_type: EventType::parse("direct").expect("event type"),
         dedup_id: dedup_id.map(|d| DedupId::parse(d).expect("dedup id")),
         payload: Payload::try_from("{}".to_owned()).expect("payload"),
+        // The organisation has no endpoint and its endpoints were never changed.
+        fanout: Fanout {
+            version: 0,
+            deliveries: vec![],
+        },
     }
+}
+
+/// The batch writer as ingest starts it, on the test database.
+fn writer_of(pool: &sqlx::PgPool) -> BatchWriter {
+    BatchWriter::start(
+        pool.clone(),
+        RoutingCache::new(pool.clone()),
+        Duration::from_secs(24 * 3600),
+    )
 }
 
 #[tokio::test]
@@ -783,7 +800,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
     let test_db = TestDb::new().await.expect("db");
     let (_, org_a) = org_with_key(&test_db.pool, "pro").await;
     let (_, org_b) = org_with_key(&test_db.pool, "pro").await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let events = [
         new_event(org_a, Some("k")),
         new_event(org_a, None),
@@ -820,7 +837,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
 async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_accepted() {
     let test_db = TestDb::new().await.expect("db");
     let (_, org) = org_with_key(&test_db.pool, "pro").await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let (writer, event) = (writer.clone(), new_event(org, None));
@@ -861,7 +878,7 @@ async fn concurrent_events_are_written_in_shared_transactions() {
     let test_db = TestDb::new().await.expect("db");
     let (_, org) = org_with_key(&test_db.pool, "pro").await;
     set_webhook(&test_db.pool, org).await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let outcomes =
         futures::future::join_all((0..300).map(|i| writer.submit(new_event(org, Some(&format!("b-{i}"))))))
             .await;

@@ -1,13 +1,21 @@
 //! Rows as the database stores them, the domain enums they carry, and (in `values`) the
-//! validated values of an event and of an organisation.
+//! validated values of an event and of an organisation; an endpoint's row and values are in
+//! `endpoint`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod endpoint;
 mod patterns;
 mod values;
 
+pub use endpoint::{
+    Description, DisabledReason, Endpoint, EndpointHeaders, EventTypes, ItemProblem, MASKED_VALUE,
+    MAX_DESCRIPTION_CHARS, MAX_EVENT_TYPES, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_CHARS, MAX_HEADERS,
+    RATE_LIMIT_RANGE, REFUSED_HEADER_NAMES, REFUSED_HEADER_PREFIXES, RateLimit, RequestedHeaders,
+    SENSITIVE_NAME_PARTS, is_sensitive_header, masked_without_stored_value_message, rate_limit_range_message,
+};
 pub use patterns::{EventTypePattern, any_matches};
 pub use values::{
     DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,

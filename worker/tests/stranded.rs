@@ -11,8 +11,9 @@ use queue::testing::{self as q, ForcedState};
 use sqlx::PgPool;
 use triggers_shared::{
     config::WorkerConfig,
-    db::webhook,
+    db::endpoints,
     jobs::{DeliveryJob, JobId},
+    net::WebhookUrl,
 };
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
@@ -122,7 +123,8 @@ async fn pending_deliveries_without_a_live_job_get_a_new_chain_once_past_the_gra
     drop(conn);
     let receiver = Receiver::answering(200).await;
     let mut tx = pool.begin().await.expect("begin");
-    webhook::set(&mut tx, org, &receiver.url, "unused: the secret is kept")
+    let url = WebhookUrl::parse(&receiver.url).expect("URL");
+    endpoints::set_default(&mut tx, org, &url, "unused: the secret is kept")
         .await
         .expect("point the webhook at the receiver");
     tx.commit().await.expect("commit");

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_shared::{
-    db::{api_keys, organizations, webhook},
+    db::{api_keys, endpoints, organizations},
     models::{OrganizationName, Tier},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -195,7 +195,7 @@ pub async fn get_keys(org: Org, State(state): State<AppState>) -> Result<Json<Ke
     let key = api_keys::newest_active(&mut conn, org.id)
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
-    let webhook = webhook::find(&mut conn, org.id).await?;
+    let webhook = endpoints::find_default(&mut conn, org.id).await?;
     Ok(Json(KeysOut {
         organization_id: row.id,
         organization_name: row.name,

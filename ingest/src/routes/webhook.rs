@@ -15,17 +15,11 @@
 //! - `DELETE` deletes the default endpoint, cancelling its pending deliveries (idempotent: `200`
 //!   even when nothing was configured); a later configuration gets a new secret.
 
-use std::time::Duration;
-
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use triggers_shared::{
-    db::webhook,
-    net::{self, UrlRejection, WebhookUrl},
-    signing,
-};
+use triggers_shared::{db::endpoints, net::WebhookUrl, signing};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -34,11 +28,8 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
-    validate::{Parse, Problems, json_string},
+    validate::{Parse, Problems, json_string, public_target},
 };
-
-/// How long resolving a webhook host may take before the URL is refused.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -51,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Body of `POST /api/webhook/config`, as read; [`WebhookConfigIn::parse`] checks the URL's
-/// shape, [`allowed`] where it points.
+/// shape, [`public_target`] where it points.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfigIn {
     /// http or https, at most 2,048 characters (also once normalised), no user-info, not an
@@ -134,9 +125,9 @@ pub async fn set_webhook_config(
     ApiJson(body): ApiJson<WebhookConfigIn>,
 ) -> Result<Json<WebhookConfigOut>, ApiError> {
     let url = body.parse()?;
-    allowed(&url, state.config.allow_private_webhooks).await?;
+    public_target("webhook_url", &url, state.config.allow_private_webhooks).await?;
     let mut tx = state.db.begin().await?;
-    let endpoint = webhook::set(&mut tx, org.id, url.as_str(), &signing::generate_secret()).await?;
+    let endpoint = endpoints::set_default(&mut tx, org.id, &url, &signing::generate_secret()).await?;
     tx.commit().await?;
     tracing::info!(org_id = %org.id, endpoint_id = %endpoint.id, "webhook configured");
     Ok(Json(WebhookConfigOut {
@@ -161,7 +152,7 @@ pub async fn get_webhook_config(
     State(state): State<AppState>,
 ) -> Result<Json<WebhookStatusOut>, ApiError> {
     let mut conn = state.db.acquire().await?;
-    let endpoint = webhook::find(&mut conn, org.id).await?;
+    let endpoint = endpoints::find_default(&mut conn, org.id).await?;
     Ok(Json(WebhookStatusOut {
         updated_at: endpoint.as_ref().map(|e| e.updated_at),
         webhook_url: endpoint.map(|e| e.url),
@@ -183,13 +174,13 @@ pub async fn delete_webhook_config(
     State(state): State<AppState>,
 ) -> Result<Json<WebhookDeletedOut>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let deleted = webhook::delete(&mut tx, org.id).await?;
+    let existed = endpoints::delete_default(&mut tx, org.id).await?;
     tx.commit().await?;
-    tracing::info!(org_id = %org.id, existed = deleted.is_some(), "webhook removed");
+    tracing::info!(org_id = %org.id, existed, "webhook removed");
     Ok(Json(WebhookDeletedOut {
         organization_id: org.id,
         webhook_url: None,
-        updated_at: Some(deleted.map_or_else(Utc::now, |e| e.updated_at)),
+        updated_at: Some(Utc::now()),
         message: "Webhook removed. Events wait in the inbox for pull consumers.",
     }))
 }
@@ -208,7 +199,7 @@ pub async fn rotate_webhook_secret(
     State(state): State<AppState>,
 ) -> Result<Json<SecretRotatedOut>, ApiError> {
     let mut tx = state.db.begin().await?;
-    let endpoint = webhook::rotate_secret(&mut tx, org.id, &signing::generate_secret())
+    let endpoint = endpoints::rotate_default_secret(&mut tx, org.id, &signing::generate_secret())
         .await?
         .ok_or(ApiError::WebhookNotConfigured)?;
     tx.commit().await?;
@@ -219,15 +210,4 @@ pub async fn rotate_webhook_secret(
         updated_at: endpoint.updated_at,
         message: "Signing secret rotated. Deliveries are signed with the new secret from now on.",
     }))
-}
-
-/// Where the URL points must be public (unless the operator allows private targets): else
-/// `webhook_url_not_allowed`, whose message never names an address. A host that does not
-/// resolve in time is refused the same way.
-async fn allowed(url: &WebhookUrl, allow_private: bool) -> Result<(), ApiError> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(url.as_url(), allow_private)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(UrlRejection::Invalid(message))) => Err(ApiError::invalid("webhook_url", message)),
-        Ok(Err(UrlRejection::NotAllowed)) | Err(_) => Err(ApiError::WebhookUrlNotAllowed),
-    }
 }

@@ -27,7 +27,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub use triggers_shared::db::queue;
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
-    db::{self, organizations, webhook},
+    db::{self, endpoints, organizations},
     models::Tier,
     signing, telemetry,
     testing::{self, TestDb},
@@ -133,7 +133,8 @@ pub async fn create_org(pool: &PgPool, webhook_url: Option<&str>) -> (Uuid, Stri
         .await
         .expect("insert organization");
     if let Some(url) = webhook_url {
-        secret = webhook::set(&mut tx, id, url, &secret)
+        let url = triggers_shared::net::WebhookUrl::parse(url).expect("a webhook URL");
+        secret = endpoints::set_default(&mut tx, id, &url, &secret)
             .await
             .expect("set webhook")
             .signing_secret;
