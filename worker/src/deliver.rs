@@ -183,7 +183,8 @@ impl Deliverer {
     /// Deliver one job. `Err` only for database trouble (the job is then failed back to apalis).
     #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, try_number = job.try_number))]
     pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
-        let admission = match self.gate.admit(job.organization_id) {
+        // One endpoint per organisation until jobs carry theirs.
+        let admission = match self.gate.admit(job.organization_id, job.organization_id) {
             Admission::Wait(slot) => slot.await.ok(),
             Admission::Defer(delay) => Some(Grant::Defer(delay)),
             Admission::Closed => None,
