@@ -189,7 +189,7 @@ impl Deliverer {
         try_number = job.try_number,
     ))]
     pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
-        let admission = match self.gate.admit(job.organization_id) {
+        let admission = match self.gate.admit(job.organization_id, job.endpoint_id) {
             Admission::Wait(slot) => slot.await.ok(),
             Admission::Defer(delay) => Some(Grant::Defer(delay)),
             Admission::Closed => None,
