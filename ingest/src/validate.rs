@@ -102,6 +102,13 @@ pub fn integer_in(text: &str, min: i64, max: i64) -> Option<i64> {
     text.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
 }
 
+/// A query parameter that must be an RFC 3339 timestamp (`2026-12-04T17:00:00Z`, any offset).
+pub fn timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-12-04T17:00:00Z".to_owned())
+}
+
 /// Where a webhook URL points must be public (unless the operator allows private targets): else
 /// `webhook_url_not_allowed`, whose message never names an address. A host that does not
 /// resolve in time is refused the same way. The second check of a URL, after its shape

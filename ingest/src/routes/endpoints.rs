@@ -21,6 +21,7 @@
 //! - `201` carries `Location: /api/endpoints/{id}`; `too_many_endpoints` carries `limit`.
 //! - The list is oldest first (ids are UUID v7); `next_cursor` is present only when `has_more`.
 
+mod deliveries;
 mod validate;
 
 use axum::{
@@ -40,6 +41,7 @@ use triggers_shared::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+pub use deliveries::{EndpointDeliveriesOut, EndpointDeliveriesQuery, EndpointDeliveryOut};
 pub use validate::{EndpointIn, EndpointPatchIn, EndpointsQuery};
 
 use crate::{
@@ -54,6 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_endpoint, list_endpoints))
         .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
+        .routes(routes!(deliveries::list_endpoint_deliveries))
 }
 
 /// An endpoint as every answer shows it (never its secret; sensitive header values masked).

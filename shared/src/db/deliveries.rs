@@ -550,3 +550,63 @@ pub async fn lock_failed(
     .fetch_all(conn)
     .await
 }
+
+/// One delivery of an endpoint, as its listing shows it (with its event's type).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EndpointDelivery {
+    #[sqlx(flatten)]
+    pub delivery: Delivery,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+}
+
+/// Filters of an endpoint's deliveries.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` deliveries of one endpoint, newest first (by `created_at`, then event id),
+/// strictly before `before` when given, and whether more follow. One backward range scan of
+/// `deliveries_endpoint_idx`: the organisation and endpoint fix its prefix, the time window and
+/// the cursor bound it, the status filters what it reads.
+pub async fn list_for_endpoint(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    endpoint_id: Uuid,
+    filter: &DeliveryFilter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<(Vec<EndpointDelivery>, bool)> {
+    let mut rows = sqlx::query_as::<_, EndpointDelivery>(
+        "SELECT d.event_id, d.endpoint_id, d.status, d.attempts, d.response_status, d.last_error,
+                d.next_attempt_at, d.created_at, d.delivered_at, e.type
+         FROM deliveries d
+         JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
+         WHERE d.organization_id = $1 AND d.endpoint_id = $2
+           AND ($3::text IS NULL OR d.status = $3)
+           AND d.created_at >= coalesce($4, '-infinity'::timestamptz)
+           AND d.created_at < coalesce($5, 'infinity'::timestamptz)
+           AND (d.created_at, d.event_id)
+               < (coalesce($6, 'infinity'::timestamptz), coalesce($7, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))
+         ORDER BY d.created_at DESC, d.event_id DESC
+         LIMIT $8",
+    )
+    .bind(organization_id)
+    .bind(endpoint_id)
+    .bind(filter.status.map(DeliveryStatus::as_str))
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(before.map(|(at, _)| at))
+    .bind(before.map(|(_, id)| id))
+    .bind(limit.saturating_add(1))
+    .fetch_all(conn)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((rows, has_more))
+}
