@@ -143,6 +143,51 @@ pub async fn create_org(pool: &PgPool, webhook_url: Option<&str>) -> (Uuid, Stri
     (id, secret)
 }
 
+/// An endpoint of `org` at `url`, subscribed to `patterns`, with custom `headers`, created by
+/// `db::endpoints::create` as the API creates it; returns its id and its signing secret.
+pub async fn create_endpoint(
+    pool: &PgPool,
+    org: Uuid,
+    url: &str,
+    patterns: &[&str],
+    headers: &[(&str, &str)],
+) -> (Uuid, String) {
+    use triggers_shared::{
+        db::endpoints::{Created, NewEndpoint},
+        models::{Description, EventTypes},
+    };
+    let new = NewEndpoint {
+        url: triggers_shared::net::WebhookUrl::parse(url).expect("a webhook URL"),
+        description: Description::parse("").expect("description"),
+        event_types: EventTypes::try_from(patterns.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+            .expect("patterns"),
+        enabled: true,
+        headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
+        rate_limit_per_second: None,
+    };
+    let secret = signing::generate_secret();
+    let mut conn = pool.acquire().await.expect("connection");
+    match endpoints::create(&mut conn, org, i64::MAX, &new, &secret, false)
+        .await
+        .expect("create endpoint")
+    {
+        Created::Endpoint(e) => (e.id, secret),
+        Created::OverCap => panic!("no cap in tests"),
+    }
+}
+
+/// `n` events of `org` of type `event_type`, stored as ingest stores them.
+pub async fn create_events_of(pool: &PgPool, org: Uuid, event_type: &str, n: usize) -> Vec<Uuid> {
+    let events: Vec<_> = (0..n).map(|i| (None, serde_json::json!({"n": i}))).collect();
+    testing::store_events(pool, org, event_type, &events)
+        .await
+        .expect("store events")
+}
+
 /// `n` events of `org` of type `order.created`, stored as ingest stores them (one statement,
 /// with their deliveries and first jobs).
 pub async fn create_events(pool: &PgPool, org: Uuid, n: usize) -> Vec<Uuid> {
