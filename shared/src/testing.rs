@@ -49,6 +49,29 @@ impl TestDb {
         })
     }
 
+    /// A fresh database with no schema at all (to build an older schema in it, say).
+    pub async fn empty() -> anyhow::Result<Self> {
+        let base = std::env::var("DATABASE_URL")
+            .context("DATABASE_URL is not set: run the tests through deploy/local/test.sh")?;
+        let base_opts: PgConnectOptions = base.parse().context("DATABASE_URL")?;
+        let mut admin = PgConnection::connect_with(&base_opts.clone().database("postgres"))
+            .await
+            .context("connecting to the test server")?;
+        let name = format!("triggers_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .with_context(|| format!("creating {name}"))?;
+        let url = with_database(&base, &name);
+        let pool = db::pool(&CommonConfig::for_database(url.clone()))?;
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url: with_database(&base, "postgres"),
+        })
+    }
+
     /// Simulate an outage: refuse new connections to this database and end the open ones.
     pub async fn cut_off(&self) -> anyhow::Result<()> {
         self.set_allow_connections(false).await?;
