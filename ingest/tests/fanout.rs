@@ -107,7 +107,7 @@ async fn stored_deliveries(pool: &sqlx::PgPool, event: Uuid) -> BTreeMap<Uuid, (
 
 #[tokio::test]
 async fn an_event_gets_one_delivery_per_matching_endpoint_with_its_job_and_a_skipped_one_for_a_disabled_endpoint()
-{
+ {
     let app = TestApp::spawn().await;
     let client = Client::new(&app).await;
     let all = client.endpoint(&["*"], true).await;
@@ -135,19 +135,29 @@ async fn an_event_gets_one_delivery_per_matching_endpoint_with_its_job_and_a_ski
         let (status, job) = &stored[&endpoint];
         assert_eq!(status, "pending");
         let job = &jobs[job.as_deref().expect("a job")];
-        assert_eq!((job.organization_id, job.event_id, job.endpoint_id), (client.org, order, endpoint));
+        assert_eq!(
+            (job.organization_id, job.event_id, job.endpoint_id),
+            (client.org, order, endpoint)
+        );
         assert_eq!(job.try_number, 1);
     }
     drop(conn);
 
     // The read side: the event's deliveries by endpoint id, its status summing them up.
-    let (status, body) = client.send(Method::GET, &format!("/api/events/{order}"), None).await;
+    let (status, body) = client
+        .send(Method::GET, &format!("/api/events/{order}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "pending");
     let deliveries = body["deliveries"].as_array().expect("deliveries");
     let shown: Vec<(String, String)> = deliveries
         .iter()
-        .map(|d| (d["endpoint_id"].as_str().expect("id").to_owned(), d["status"].as_str().expect("status").to_owned()))
+        .map(|d| {
+            (
+                d["endpoint_id"].as_str().expect("id").to_owned(),
+                d["status"].as_str().expect("status").to_owned(),
+            )
+        })
         .collect();
     let mut expected: Vec<(String, String)> = [(all, "pending"), (orders, "pending"), (paused, "skipped")]
         .iter()
@@ -166,9 +176,23 @@ async fn an_event_gets_one_delivery_per_matching_endpoint_with_its_job_and_a_ski
     let invoice = client.event("invoice.paid").await;
     let mut expected = vec![all, invoices];
     expected.sort();
-    assert_eq!(stored_deliveries(&app.db, invoice).await.keys().copied().collect::<Vec<_>>(), expected);
+    assert_eq!(
+        stored_deliveries(&app.db, invoice)
+            .await
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        expected
+    );
     let signup = client.event("user.signup").await;
-    assert_eq!(stored_deliveries(&app.db, signup).await.keys().copied().collect::<Vec<_>>(), [all]);
+    assert_eq!(
+        stored_deliveries(&app.db, signup)
+            .await
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [all]
+    );
     app.stop().await;
 }
 
@@ -184,8 +208,13 @@ async fn an_event_no_endpoint_matches_waits_in_the_inbox_with_no_delivery_and_no
     drop(conn);
     let (_, inbox) = client.send(Method::GET, "/api/inbox?status=pending", None).await;
     assert_eq!(inbox["events"][0]["id"], event.to_string());
-    let (status, body) = client.send(Method::POST, &format!("/api/events/{event}/redeliver"), None).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::CONFLICT, Some("webhook_not_configured")));
+    let (status, body) = client
+        .send(Method::POST, &format!("/api/events/{event}/redeliver"), None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("webhook_not_configured"))
+    );
     app.stop().await;
 }
 
@@ -204,17 +233,31 @@ async fn a_change_of_endpoints_applies_to_the_next_event_on_another_instance() {
         let endpoint = on_a.endpoint(&["order.*"], true).await;
         let event = on_b.event("order.created").await;
         let stored = stored_deliveries(&db.pool, event).await;
-        assert_eq!(stored.get(&endpoint).map(|d| d.0.as_str()), Some("pending"), "round {round}: created");
+        assert_eq!(
+            stored.get(&endpoint).map(|d| d.0.as_str()),
+            Some("pending"),
+            "round {round}: created"
+        );
 
         let (status, _) = on_a
-            .send(Method::PATCH, &format!("/api/endpoints/{endpoint}"), Some(json!({"enabled": false})))
+            .send(
+                Method::PATCH,
+                &format!("/api/endpoints/{endpoint}"),
+                Some(json!({"enabled": false})),
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         let event = on_b.event("order.created").await;
         let stored = stored_deliveries(&db.pool, event).await;
-        assert_eq!(stored.get(&endpoint).map(|d| d.0.as_str()), Some("skipped"), "round {round}: disabled");
+        assert_eq!(
+            stored.get(&endpoint).map(|d| d.0.as_str()),
+            Some("skipped"),
+            "round {round}: disabled"
+        );
 
-        let (status, _) = on_a.send(Method::DELETE, &format!("/api/endpoints/{endpoint}"), None).await;
+        let (status, _) = on_a
+            .send(Method::DELETE, &format!("/api/endpoints/{endpoint}"), None)
+            .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
         let event = on_b.event("order.created").await;
         assert!(
@@ -233,7 +276,11 @@ async fn an_event_routed_by_endpoints_that_changed_since_is_rerouted_before_it_i
     let app = TestApp::spawn().await;
     let client = Client::new(&app).await;
     let endpoint = client.endpoint(&["*"], true).await;
-    let writer = BatchWriter::start(app.db.clone(), RoutingCache::new(app.db.clone()), Duration::from_secs(60));
+    let writer = BatchWriter::start(
+        app.db.clone(),
+        RoutingCache::new(app.db.clone()),
+        Duration::from_secs(60),
+    );
     let event = NewEvent {
         id: Uuid::now_v7(),
         organization_id: client.org,
@@ -248,14 +295,21 @@ async fn an_event_routed_by_endpoints_that_changed_since_is_rerouted_before_it_i
     };
     let id = event.id;
     let outcome = writer.submit(event).await.expect("stored");
-    assert!(matches!(outcome, Outcome::Accepted { id: stored, .. } if stored == id), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Accepted { id: stored, .. } if stored == id),
+        "{outcome:?}"
+    );
     let stored = stored_deliveries(&app.db, id).await;
     assert_eq!(stored.keys().copied().collect::<Vec<_>>(), [endpoint]);
     let key: Option<Uuid> = sqlx::query_scalar("SELECT event_id FROM dedup_keys WHERE dedup_id = 'stale-1'")
         .fetch_optional(&app.db)
         .await
         .expect("dedup key");
-    assert_eq!(key, Some(id), "the dedup key was claimed once, by the rerouted write");
+    assert_eq!(
+        key,
+        Some(id),
+        "the dedup key was claimed once, by the rerouted write"
+    );
     writer.shutdown().await;
     app.stop().await;
 }
@@ -269,26 +323,51 @@ async fn acknowledging_cancels_pending_deliveries_and_deleting_an_endpoint_cance
     let acked = client.event("order.created").await;
     let kept = client.event("order.created").await;
 
-    let (status, body) = client.send(Method::POST, &format!("/api/ack/{acked}"), None).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("delivered")));
+    let (status, body) = client
+        .send(Method::POST, &format!("/api/ack/{acked}"), None)
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("delivered"))
+    );
     let stored = stored_deliveries(&app.db, acked).await;
-    assert!(stored.values().all(|(s, job)| s == "cancelled" && job.is_none()), "{stored:?}");
+    assert!(
+        stored.values().all(|(s, job)| s == "cancelled" && job.is_none()),
+        "{stored:?}"
+    );
 
-    let (status, _) = client.send(Method::DELETE, &format!("/api/endpoints/{second}"), None).await;
+    let (status, _) = client
+        .send(Method::DELETE, &format!("/api/endpoints/{second}"), None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let stored = stored_deliveries(&app.db, kept).await;
     assert_eq!(stored[&first].0, "pending");
     assert_eq!(stored[&second], ("cancelled".to_owned(), None));
-    let (_, body) = client.send(Method::GET, &format!("/api/events/{kept}"), None).await;
-    assert_eq!(body["status"], "pending", "the first endpoint's delivery is still pending");
+    let (_, body) = client
+        .send(Method::GET, &format!("/api/events/{kept}"), None)
+        .await;
+    assert_eq!(
+        body["status"], "pending",
+        "the first endpoint's delivery is still pending"
+    );
 
     // A redelivery restarts what is not pending (the cancelled one; its endpoint is gone, so
     // the worker will cancel it again) and leaves the pending one alone.
-    let (status, body) = client.send(Method::POST, &format!("/api/events/{kept}/redeliver"), None).await;
-    assert_eq!((status, body["message"].as_str()), (StatusCode::ACCEPTED, Some("redelivery enqueued")));
+    let (status, body) = client
+        .send(Method::POST, &format!("/api/events/{kept}/redeliver"), None)
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (StatusCode::ACCEPTED, Some("redelivery enqueued"))
+    );
     let stored = stored_deliveries(&app.db, kept).await;
-    assert!(stored.values().all(|(s, job)| s == "pending" && job.is_some()), "{stored:?}");
-    let (status, body) = client.send(Method::POST, &format!("/api/events/{kept}/redeliver"), None).await;
+    assert!(
+        stored.values().all(|(s, job)| s == "pending" && job.is_some()),
+        "{stored:?}"
+    );
+    let (status, body) = client
+        .send(Method::POST, &format!("/api/events/{kept}/redeliver"), None)
+        .await;
     assert_eq!(
         (status, body["message"].as_str()),
         (StatusCode::ACCEPTED, Some("delivery already pending"))
@@ -308,12 +387,14 @@ async fn an_endpoints_deliveries_are_listed_newest_first_filtered_and_paged_and_
     }
     client.event("invoice.paid").await; // not this endpoint's
     // One of them failed (as the worker leaves a dead letter).
-    sqlx::query("UPDATE deliveries SET status = 'failed', job_id = NULL WHERE event_id = $1 AND endpoint_id = $2")
-        .bind(events[1])
-        .bind(orders)
-        .execute(&app.db)
-        .await
-        .expect("fail one");
+    sqlx::query(
+        "UPDATE deliveries SET status = 'failed', job_id = NULL WHERE event_id = $1 AND endpoint_id = $2",
+    )
+    .bind(events[1])
+    .bind(orders)
+    .execute(&app.db)
+    .await
+    .expect("fail one");
 
     let path = format!("/api/endpoints/{orders}/deliveries");
     let (status, body) = client.send(Method::GET, &path, None).await;
@@ -327,18 +408,32 @@ async fn an_endpoints_deliveries_are_listed_newest_first_filtered_and_paged_and_
     let newest_first: Vec<String> = events.iter().rev().map(Uuid::to_string).collect();
     assert_eq!(listed, newest_first);
     let one = &body["deliveries"][0];
-    let mut fields: Vec<&str> = one.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut fields: Vec<&str> = one
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     fields.sort_unstable();
     assert_eq!(
         fields,
         [
-            "attempts", "created_at", "delivered_at", "event_id", "last_error", "next_attempt_at",
-            "response_status", "status", "type"
+            "attempts",
+            "created_at",
+            "delivered_at",
+            "event_id",
+            "last_error",
+            "next_attempt_at",
+            "response_status",
+            "status",
+            "type"
         ]
     );
     assert_eq!(one["type"], "order.created");
 
-    let (_, failed) = client.send(Method::GET, &format!("{path}?status=dead_letter"), None).await;
+    let (_, failed) = client
+        .send(Method::GET, &format!("{path}?status=dead_letter"), None)
+        .await;
     let failed: Vec<&Value> = failed["deliveries"].as_array().expect("list").iter().collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["event_id"], events[1].to_string());
@@ -364,22 +459,46 @@ async fn an_endpoints_deliveries_are_listed_newest_first_filtered_and_paged_and_
     assert_eq!(seen, newest_first);
 
     // A window: `until` is exclusive, `since` inclusive.
-    let (_, third) = client.send(Method::GET, &format!("/api/events/{}", events[2]), None).await;
+    let (_, third) = client
+        .send(Method::GET, &format!("/api/events/{}", events[2]), None)
+        .await;
     let created = third["created_at"].as_str().expect("created_at").to_owned();
     let encoded = created.replace('+', "%2B");
-    let (_, window) = client.send(Method::GET, &format!("{path}?since={encoded}&until={encoded}"), None).await;
+    let (_, window) = client
+        .send(
+            Method::GET,
+            &format!("{path}?since={encoded}&until={encoded}"),
+            None,
+        )
+        .await;
     assert_eq!(window["deliveries"], json!([]));
 
-    for bad in ["status=sent", "since=yesterday", "until=2026-13-01T00:00:00Z", "limit=0", "limit=1001", "cursor=nope", "status=%00"] {
+    for bad in [
+        "status=sent",
+        "since=yesterday",
+        "until=2026-13-01T00:00:00Z",
+        "limit=0",
+        "limit=1001",
+        "cursor=nope",
+        "status=%00",
+    ] {
         let (status, body) = client.send(Method::GET, &format!("{path}?{bad}"), None).await;
-        assert_eq!((status, body["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed")), "{bad}");
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed")),
+            "{bad}"
+        );
     }
 
     // Another organisation's endpoint answers as an unknown one.
     let stranger = Client::new(&app).await;
     let (status, foreign) = stranger.send(Method::GET, &path, None).await;
     let (_, unknown) = stranger
-        .send(Method::GET, &format!("/api/endpoints/{}/deliveries", Uuid::now_v7()), None)
+        .send(
+            Method::GET,
+            &format!("/api/endpoints/{}/deliveries", Uuid::now_v7()),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(foreign, unknown);
@@ -403,7 +522,10 @@ async fn listing_an_endpoints_deliveries_reads_an_index_range_not_the_table() {
             .await
             .expect("store");
     }
-    sqlx::query("ANALYZE deliveries, events").execute(&db.pool).await.expect("analyze");
+    sqlx::query("ANALYZE deliveries, events")
+        .execute(&db.pool)
+        .await
+        .expect("analyze");
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT d.event_id FROM deliveries d
          JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id

@@ -42,7 +42,8 @@ pub const DELIVERY_END_TO_END_SECONDS: &str = "triggers_delivery_end_to_end_seco
 pub const DELIVERY_INFLIGHT: &str = "triggers_delivery_inflight";
 /// Counter: jobs put back on the queue because their organisation was at its cap.
 pub const DELIVERY_DEFERRED_TOTAL: &str = "triggers_delivery_deferred_total";
-/// Counter: events moved to `failed` (the dead-letter queue).
+/// Counter: deliveries moved to `failed` (the dead-letter queue). The name is kept from the
+/// one-webhook model, where an event had one delivery, so dashboards and alerts keep working.
 pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "triggers_events_dead_lettered_total";
 /// Gauge: delivery jobs due or scheduled (not running).
 pub const QUEUE_DEPTH: &str = "triggers_queue_depth";

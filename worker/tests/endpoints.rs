@@ -47,12 +47,21 @@ async fn each_endpoint_receives_the_events_it_subscribed_to_signed_with_its_secr
     .await;
     let ids = |ids: &[Uuid]| ids.iter().map(Uuid::to_string).collect::<HashSet<_>>();
     assert_eq!(received(&billing), ids(&invoices));
-    assert_eq!(received(&analytics), ids(&[invoices.clone(), orders.clone()].concat()));
+    assert_eq!(
+        received(&analytics),
+        ids(&[invoices.clone(), orders.clone()].concat())
+    );
     for (receiver, secret) in [(&billing, &billing_secret), (&analytics, &analytics_secret)] {
         for r in receiver.requests() {
             let timestamp: i64 = r.header("webhook-timestamp").parse().expect("timestamp");
             assert!(
-                signing::verify(secret, &r.event_id(), timestamp, &r.body, r.header("webhook-signature")),
+                signing::verify(
+                    secret,
+                    &r.event_id(),
+                    timestamp,
+                    &r.body,
+                    r.header("webhook-signature")
+                ),
                 "signed with the endpoint's own secret"
             );
         }
@@ -62,15 +71,24 @@ async fn each_endpoint_receives_the_events_it_subscribed_to_signed_with_its_secr
         assert_eq!(r.header("x-tenant"), "acme");
         assert_eq!(r.header("content-type"), "application/json");
     }
-    assert!(analytics.requests().iter().all(|r| r.headers.get("x-tenant").is_none()));
+    assert!(
+        analytics
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("x-tenant").is_none())
+    );
     // Each event sums its deliveries up: delivered once all are.
     for id in invoices.iter().chain(&orders) {
         eventually("the event is delivered", PATIENCE, || async {
             event(&db.pool, *id).await.status == "delivered"
         })
         .await;
-        let statuses: Vec<DeliveryStatus> = deliveries(&db.pool, *id).await.iter().map(|d| d.status).collect();
-        assert!(statuses.iter().all(|s| *s == DeliveryStatus::Delivered), "{statuses:?}");
+        let statuses: Vec<DeliveryStatus> =
+            deliveries(&db.pool, *id).await.iter().map(|d| d.status).collect();
+        assert!(
+            statuses.iter().all(|s| *s == DeliveryStatus::Delivered),
+            "{statuses:?}"
+        );
     }
 }
 
@@ -89,7 +107,9 @@ async fn a_delivery_whose_endpoint_was_disabled_or_deleted_before_sending_is_ski
         enabled: Some(false),
         ..EndpointPatch::default()
     };
-    endpoints::update(&mut conn, org, disabled, patch).await.expect("disable");
+    endpoints::update(&mut conn, org, disabled, patch)
+        .await
+        .expect("disable");
     // Deleting cancels the pending deliveries at once; the worker finds them closed.
     assert!(endpoints::delete(&mut conn, org, deleted).await.expect("delete"));
     // What an ingest statement that ran concurrently with a deletion leaves: a pending delivery
@@ -121,7 +141,10 @@ async fn a_delivery_whose_endpoint_was_disabled_or_deleted_before_sending_is_ski
         expected.sort_by_key(|(endpoint, ..)| *endpoint);
         assert_eq!(by_endpoint, expected);
         let row = event(&db.pool, *id).await;
-        assert_eq!(row.status, "pending", "only skipped or cancelled: it waits to be acknowledged");
+        assert_eq!(
+            row.status, "pending",
+            "only skipped or cancelled: it waits to be acknowledged"
+        );
     }
     let skipped = metric(worker.admin, "triggers_deliveries_total{outcome=\"skipped\"}").await;
     let cancelled = metric(worker.admin, "triggers_deliveries_total{outcome=\"cancelled\"}").await;
@@ -145,12 +168,17 @@ async fn a_slow_endpoints_backlog_does_not_hold_back_another_endpoint_of_the_sam
     .await;
     // The slow endpoint's backlog is being worked on: every slot the organisation has is on it.
     create_events_of(&db.pool, org, "slow.thing", 400).await;
-    eventually("the slow endpoint is busy", PATIENCE, || async { slow.inflight() >= 4 }).await;
+    eventually("the slow endpoint is busy", PATIENCE, || async {
+        slow.inflight() >= 4
+    })
+    .await;
     let burst = create_events_of(&db.pool, org, "fast.thing", 100).await;
     // Served one after the other behind 3 s answers, the burst would take minutes.
-    eventually("the fast endpoint's burst is delivered", Duration::from_secs(10), || async {
-        fast.count() == burst.len()
-    })
+    eventually(
+        "the fast endpoint's burst is delivered",
+        Duration::from_secs(10),
+        || async { fast.count() == burst.len() },
+    )
     .await;
     assert!(slow.count() < 400, "the slow backlog is still being worked on");
 }

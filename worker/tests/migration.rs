@@ -30,13 +30,23 @@ async fn previous_schema(pool: &PgPool) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     for entry in std::fs::read_dir(&source).expect("migrations") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        let version: i64 = name.split('_').next().and_then(|v| v.parse().ok()).unwrap_or(i64::MAX);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let version: i64 = name
+            .split('_')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MAX);
         if version < ENDPOINTS_MIGRATION {
             std::fs::copy(&path, dir.join(&name)).expect("copy migration");
         }
     }
-    let old = Migrator::new(dir.as_path()).await.expect("the previous migrations");
+    let old = Migrator::new(dir.as_path())
+        .await
+        .expect("the previous migrations");
     old.run(pool).await.expect("migrate to the previous schema");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -113,8 +123,16 @@ async fn an_upgraded_database_keeps_each_webhook_as_a_default_endpoint_and_deliv
         .await
         .expect("read")
         .expect("the webhook became the default endpoint");
-    assert_eq!((default.url.as_str(), default.signing_secret.as_str()), (receiver.url.as_str(), secret.as_str()));
-    assert!(db::endpoints::find_default(&mut conn, inbox_org).await.expect("read").is_none());
+    assert_eq!(
+        (default.url.as_str(), default.signing_secret.as_str()),
+        (receiver.url.as_str(), secret.as_str())
+    );
+    assert!(
+        db::endpoints::find_default(&mut conn, inbox_org)
+            .await
+            .expect("read")
+            .is_none()
+    );
     drop(conn);
     let only = |id: Uuid| async move {
         let mut ds = deliveries(pool, id).await;
@@ -127,7 +145,10 @@ async fn an_upgraded_database_keeps_each_webhook_as_a_default_endpoint_and_deliv
         assert_eq!(only(*id).await.status, DeliveryStatus::Pending);
     }
     let retry = only(retrying).await;
-    assert_eq!((retry.status, retry.attempts, retry.response_status), (DeliveryStatus::Pending, 2, Some(500)));
+    assert_eq!(
+        (retry.status, retry.attempts, retry.response_status),
+        (DeliveryStatus::Pending, 2, Some(500))
+    );
     assert_eq!(only(delivered).await.status, DeliveryStatus::Delivered);
     assert_eq!(only(failed).await.status, DeliveryStatus::Failed);
     assert!(deliveries(pool, inbox).await.is_empty());
@@ -149,13 +170,21 @@ async fn an_upgraded_database_keeps_each_webhook_as_a_default_endpoint_and_deliv
 
     // The new worker delivers what was queued before the upgrade, signed with the same secret.
     let _worker = TestWorker::spawn(&db.url, |_| {}).await;
-    eventually("the queued events are delivered", Duration::from_secs(20), || async {
-        receiver.count() == 4
-    })
+    eventually(
+        "the queued events are delivered",
+        Duration::from_secs(20),
+        || async { receiver.count() == 4 },
+    )
     .await;
     for r in receiver.requests() {
         let timestamp: i64 = r.header("webhook-timestamp").parse().expect("timestamp");
-        assert!(signing::verify(&secret, &r.event_id(), timestamp, &r.body, r.header("webhook-signature")));
+        assert!(signing::verify(
+            &secret,
+            &r.event_id(),
+            timestamp,
+            &r.body,
+            r.header("webhook-signature")
+        ));
     }
     for id in queued.iter().chain([&retrying]) {
         eventually("delivered", Duration::from_secs(10), || async {
@@ -163,7 +192,11 @@ async fn an_upgraded_database_keeps_each_webhook_as_a_default_endpoint_and_deliv
         })
         .await;
     }
-    assert_eq!(deliveries(pool, retrying).await[0].attempts, 3, "its attempts kept counting");
+    assert_eq!(
+        deliveries(pool, retrying).await[0].attempts,
+        3,
+        "its attempts kept counting"
+    );
     assert_eq!(event(pool, inbox).await.status, "pending");
 }
 

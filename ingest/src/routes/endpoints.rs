@@ -21,7 +21,7 @@
 //! - `201` carries `Location: /api/endpoints/{id}`; `too_many_endpoints` carries `limit`.
 //! - The list is oldest first (ids are UUID v7); `next_cursor` is present only when `has_more`.
 
-mod deliveries;
+pub mod deliveries;
 mod validate;
 
 use axum::{

@@ -77,10 +77,13 @@ impl Routes {
     }
 }
 
+/// One row of [`load`]: the organisation's version, and one endpoint (none without endpoints).
+type LoadRow = (i64, Option<Uuid>, Option<Vec<String>>, Option<bool>);
+
 /// The organisation's endpoints and the version they are at, read in one snapshot. `None`: no
 /// such organisation.
 pub async fn load(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<Option<Routes>> {
-    let rows: Vec<(i64, Option<Uuid>, Option<Vec<String>>, Option<bool>)> = sqlx::query_as(
+    let rows: Vec<LoadRow> = sqlx::query_as(
         "SELECT o.endpoints_version, ep.id, ep.event_types, ep.disabled_reason IS NULL
          FROM organizations o
          LEFT JOIN endpoints ep ON ep.organization_id = o.id

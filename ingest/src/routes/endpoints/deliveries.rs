@@ -162,7 +162,8 @@ pub async fn list_endpoint_deliveries(
     }
     let before = request.before.map(|k| (k.created_at, k.id));
     let (rows, has_more) =
-        db::deliveries::list_for_endpoint(&mut conn, org.id, id, &request.filter, before, request.limit).await?;
+        db::deliveries::list_for_endpoint(&mut conn, org.id, id, &request.filter, before, request.limit)
+            .await?;
     let next_cursor = rows.last().filter(|_| has_more).map(|r| {
         encode_cursor(Keyset {
             created_at: r.delivery.created_at,
