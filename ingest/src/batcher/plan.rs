@@ -197,7 +197,8 @@ mod tests {
             event(1, Some("z")),
         ];
         let plan = Plan::new(&events);
-        let rows = plan.rows(&events, &HashMap::new(), None);
+        let not_rerouted = HashMap::new();
+        let rows = plan.rows(&events, &not_rerouted, None);
         let sent: Vec<Uuid> = [1, 4, 2, 0].iter().map(|&i| events[i].id).collect();
         assert_eq!(rows.ids, sent);
         assert_eq!(rows.dedup_ids, vec![None, Some("z"), Some("a"), Some("b")]);
