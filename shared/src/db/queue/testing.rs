@@ -155,6 +155,16 @@ pub async fn backdate_due_jobs(conn: &mut PgConnection, ago: Duration) {
     .expect("backdate jobs");
 }
 
+/// Make job `id` due `secs` from now (negative: due for that long already).
+pub async fn set_due_in(conn: &mut PgConnection, id: &str, secs: f64) {
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2) WHERE id = $1")
+        .bind(id)
+        .bind(secs)
+        .execute(conn)
+        .await
+        .expect("reschedule job");
+}
+
 /// Delete every job of these events (stranding their deliveries).
 pub async fn delete_jobs_of_events(conn: &mut PgConnection, event_ids: &[Uuid]) {
     let ids: Vec<String> = decoded_jobs(&mut *conn)
@@ -163,8 +173,13 @@ pub async fn delete_jobs_of_events(conn: &mut PgConnection, event_ids: &[Uuid]) 
         .filter(|(_, job)| event_ids.contains(&job.event_id))
         .map(|(id, _)| id)
         .collect();
+    delete_jobs(conn, &ids).await;
+}
+
+/// Delete these jobs (in any state), as a worker deletes the jobs it finished.
+pub async fn delete_jobs(conn: &mut PgConnection, ids: &[String]) {
     sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
-        .bind(&ids)
+        .bind(ids)
         .execute(conn)
         .await
         .expect("delete jobs");
