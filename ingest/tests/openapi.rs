@@ -20,6 +20,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/api/endpoints/{id}", "endpoints", "api_key"),
     ("patch", "/api/endpoints/{id}", "endpoints", "api_key"),
     ("delete", "/api/endpoints/{id}", "endpoints", "api_key"),
+    ("get", "/api/endpoints/{id}/deliveries", "endpoints", "api_key"),
     ("post", "/api/events", "events", "api_key"),
     ("get", "/api/events/{id}", "events", "api_key"),
     ("post", "/api/events/{id}/redeliver", "events", "api_key"),
