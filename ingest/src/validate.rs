@@ -92,6 +92,19 @@ pub fn json_string(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str(raw.get()).map_err(|_| format!("must be a string, not {}", json_kind(raw)))
 }
 
+/// The longest grace period a rotation (of an API key or of a signing secret) may give the
+/// previous one: 7 days.
+pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
+
+/// A JSON `grace_period_seconds`: an integer from 0 to [`MAX_GRACE_PERIOD_SECS`].
+pub fn grace_period(raw: &RawValue) -> Result<Duration, String> {
+    serde_json::from_str::<u64>(raw.get())
+        .ok()
+        .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
+}
+
 /// A query parameter: an empty value counts as absent.
 pub fn non_empty(param: Option<String>) -> Option<String> {
     param.filter(|v| !v.is_empty())

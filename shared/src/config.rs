@@ -194,6 +194,11 @@ pub struct WorkerConfig {
     pub stranded_event_grace: Duration,
     /// How often the queue gauges are sampled (by one worker of the fleet at a time).
     pub queue_sample_interval: Duration,
+    /// Deliveries a recovery restarts per transaction.
+    pub recovery_batch: usize,
+    /// A worker adds a recovery's next batch only while fewer recovered jobs than this wait in
+    /// the queue: recoveries go as fast as deliveries leave, never far ahead of them.
+    pub recovery_backlog: usize,
 }
 
 impl WorkerConfig {
@@ -231,6 +236,14 @@ impl WorkerConfig {
         if sample_secs == 0 {
             bail!("TRIGGERS_QUEUE_SAMPLE_SECS must be at least 1");
         }
+        let recovery_batch: usize = env_or("TRIGGERS_RECOVERY_BATCH", 500)?;
+        if !(1..=10_000).contains(&recovery_batch) {
+            bail!("TRIGGERS_RECOVERY_BATCH must be from 1 to 10000");
+        }
+        let recovery_backlog: usize = env_or("TRIGGERS_RECOVERY_BACKLOG", 1000)?;
+        if recovery_backlog == 0 {
+            bail!("TRIGGERS_RECOVERY_BACKLOG must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env()?,
             addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
@@ -251,6 +264,8 @@ impl WorkerConfig {
             rate_limit_window_retention: Duration::from_secs(window_retention),
             stranded_event_grace: Duration::from_secs(env_or("TRIGGERS_STRANDED_EVENT_GRACE_SECS", 300)?),
             queue_sample_interval: Duration::from_secs(sample_secs),
+            recovery_batch,
+            recovery_backlog,
         })
     }
 
@@ -277,6 +292,8 @@ impl WorkerConfig {
             rate_limit_window_retention: Duration::from_secs(3600),
             stranded_event_grace: Duration::from_secs(300),
             queue_sample_interval: Duration::from_secs(10),
+            recovery_batch: 500,
+            recovery_backlog: 1000,
         }
     }
 }

@@ -56,6 +56,8 @@ pub const QUEUE_OLDEST_PENDING_AGE_SECONDS: &str = "triggers_queue_oldest_pendin
 pub const DELIVERIES_WITHOUT_JOB: &str = "triggers_deliveries_without_job";
 /// Counter `{table}`: rows the janitor deleted.
 pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
+/// Counter: deliveries given a new chain by recoveries (`POST /api/endpoints/{id}/recover`).
+pub const RECOVERED_DELIVERIES_TOTAL: &str = "triggers_recovered_deliveries_total";
 
 /// Request methods that get their own `method` label; anything else is `other`.
 pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -184,6 +186,7 @@ pub fn init_worker() {
     }
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(0.0);
     metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(0.0);
+    metrics::counter!(RECOVERED_DELIVERIES_TOTAL).absolute(0);
     for table in [
         "apalis.jobs",
         "dedup_keys",

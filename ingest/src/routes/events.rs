@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use triggers_shared::{
     db::{self, events::Redelivery},
-    jobs::QueueError,
     metrics as m,
     models::{DedupId, Delivery, DeliveryAttempt, DeliveryStatus, Event, EventStatus, EventType, Payload},
 };
@@ -367,8 +366,7 @@ pub async fn redeliver_event(
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
     let outcome = db::events::redeliver(&mut tx, org.id, id, None)
-        .await
-        .map_err(queue_error)?
+        .await?
         .ok_or(ApiError::EventNotFound)?;
     let message = match outcome {
         Redelivery::NoDelivery => return Err(ApiError::RedeliveryWithoutWebhook),
@@ -384,14 +382,6 @@ pub async fn redeliver_event(
             message,
         }),
     ))
-}
-
-/// A queue write's failure as the API reports it (an unreachable database is a `503`).
-fn queue_error(err: QueueError) -> ApiError {
-    match err {
-        QueueError::Database(e) => e.into(),
-        other => ApiError::internal(other),
-    }
 }
 
 /// Replay every dead-lettered (`failed`) delivery of your organisation.
@@ -429,8 +419,6 @@ pub async fn redeliver_events(
     if !routes.has_endpoints() {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    let count = db::events::redeliver_failed(&state.db, org.id, None)
-        .await
-        .map_err(queue_error)?;
+    let count = db::events::redeliver_failed(&state.db, org.id, None).await?;
     Ok((StatusCode::ACCEPTED, Json(RedeliverAllOut { count })))
 }

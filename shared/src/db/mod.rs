@@ -12,6 +12,7 @@ pub mod janitor;
 pub mod organizations;
 pub mod queue;
 pub mod rate_limits;
+pub mod recoveries;
 pub mod routing;
 
 use std::time::Duration;
