@@ -282,7 +282,7 @@ async fn a_recovery_goes_on_from_its_last_batch_after_its_worker_is_killed() {
         enqueued = now;
     }
     assert!(
-        enqueued >= 50 && enqueued <= 150 && enqueued % 50 == 0,
+        (50..=150).contains(&enqueued) && enqueued % 50 == 0,
         "paced by the backlog: {enqueued} enqueued"
     );
     child.kill().expect("SIGKILL");
