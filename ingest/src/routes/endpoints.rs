@@ -25,6 +25,7 @@ pub mod deliveries;
 pub mod recover;
 pub mod resend;
 pub mod secret;
+pub mod stats;
 mod validate;
 
 use axum::{
@@ -64,6 +65,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resend::resend_delivery))
         .routes(routes!(recover::recover_endpoint))
         .routes(routes!(recover::get_recovery))
+        .routes(routes!(stats::get_endpoint_stats))
 }
 
 /// An endpoint as every answer shows it (never its secret; sensitive header values masked).
