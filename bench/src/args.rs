@@ -11,11 +11,12 @@ pub const MAX_ORGS: usize = 1000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_RATE: u64 = 100_000;
 pub const MAX_SLOW_EVENTS: u64 = 100_000;
+pub const MAX_RECOVER_EVENTS: u64 = 100_000;
 
 pub const USAGE: &str = "\
 usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
                       [--webhook] [--drain-start CMD] [--rate R --duration S]
-                      [--slow-org N [--slow-delay 3s]] [--chart RUN.svg]
+                      [--slow-org N [--slow-delay 3s]] [--recover N] [--chart RUN.svg]
                       [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
 
@@ -38,6 +39,12 @@ count from the scheduled arrival. N is R x S.
 only after --slow-delay (3s), first gets N events queued; then the measured events are sent for
 the other organisations. The slow organisation's events are not waited for nor counted.
 
+--recover N (with --webhook): a recovery under load. One more organisation's endpoint misses N
+events (disabled while they are sent, so they are `skipped`), is enabled again, and
+POST /api/endpoints/{id}/recover restarts them; the measured events are sent right after. The
+recovered deliveries go to a route of the receiver that only counts them; their rate and the
+recovery's progress at the end of the run are reported beside the measured events' latency.
+
 With --webhook, the accepted and delivered counts (and the backlog, accepted - delivered) are
 sampled every 250 ms into the JSON's `timeline`; --chart writes an SVG of throughput, backlog
 and end-to-end latency over time. Runs longer than 3 s print a progress line on stderr.
@@ -45,6 +52,7 @@ and end-to-end latency over time. Runs longer than 3 s print a progress line on 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
 Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
+recover N <= 100000,
 duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
@@ -66,6 +74,8 @@ pub struct RunArgs {
     /// An isolation run: events queued first for an organisation whose endpoint is slow.
     pub slow_events: u64,
     pub slow_delay: Duration,
+    /// A recovery under load: events missed by one more organisation, recovered during the run.
+    pub recover_events: u64,
     /// Where to write the SVG chart of the run's timeline.
     pub chart: Option<PathBuf>,
 }
@@ -84,6 +94,7 @@ impl Default for RunArgs {
             rate: None,
             slow_events: 0,
             slow_delay: Duration::from_secs(3),
+            recover_events: 0,
             chart: None,
         }
     }
@@ -161,6 +172,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 }
                 run.slow_delay = d;
             }
+            "--recover" => {
+                run.recover_events = parse_bounded("--recover", &value("--recover")?, 1, MAX_RECOVER_EVENTS)?
+            }
             "--chart" => run.chart = Some(PathBuf::from(value("--chart")?)),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -170,6 +184,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     }
     if run.slow_events > 0 && !run.webhook {
         return Err("--slow-org needs --webhook".into());
+    }
+    if run.recover_events > 0 && !run.webhook {
+        return Err("--recover needs --webhook".into());
     }
     match (run.rate, duration) {
         (Some(rate), Some(d)) => {
@@ -306,6 +323,18 @@ mod tests {
         assert!(parse(args("--duration 60s")).is_err());
         assert!(parse(args("--rate 100000 --duration 11s")).is_err());
         assert!(parse(args("--rate 0 --duration 1s")).is_err());
+    }
+
+    #[test]
+    fn a_recovery_run_needs_webhooks_and_at_most_100000_events() {
+        let Ok(Command::Run(run)) = parse(args("--webhook --recover 100000 --rate 500 --duration 40s"))
+        else {
+            panic!("valid arguments")
+        };
+        assert_eq!((run.recover_events, run.events), (100_000, 20_000));
+        assert!(parse(args("--recover 10")).is_err());
+        assert!(parse(args("--webhook --recover 100001")).is_err());
+        assert!(parse(args("--webhook --recover 0")).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::args::RunArgs;
 use crate::receiver::Receiver;
+use crate::recovery::{self, Arrivals, RecoveryOutcome};
 use crate::stats::Latency;
 use crate::timeline::Timeline;
 
@@ -47,6 +48,8 @@ pub struct Outcome {
     pub backlog_at_schedule_end: Option<u64>,
     /// Isolation: the slow organisation's events accepted before the measured ones were sent.
     pub slow_accepted: Option<u64>,
+    /// A recovery under load: how it went.
+    pub recovery: Option<RecoveryOutcome>,
 }
 
 /// The counts at one moment of the run.
@@ -146,8 +149,9 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         .build()
         .context("building the HTTP client")?;
 
+    let recovered = Arc::new(Arrivals::default());
     let receiver = if args.webhook {
-        Some(Receiver::start(timeline.clone(), args.slow_delay).await?)
+        Some(Receiver::start(timeline.clone(), args.slow_delay, recovered.clone()).await?)
     } else {
         None
     };
@@ -177,6 +181,31 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
             Some(s.accepted)
         }
         None => None,
+    };
+
+    // A recovery under load: its organisation misses N events, then they are recovered while
+    // the measured events are sent.
+    let recovery = match (args.recover_events, receiver.as_ref()) {
+        (n, Some(r)) if n > 0 => {
+            let key = bounded(
+                deadline,
+                create_org(
+                    &client,
+                    &args,
+                    &format!("bench-{run_id}-recover"),
+                    admin_token.as_deref(),
+                    Some(r.recover_url()),
+                ),
+            )
+            .await
+            .context("creating the recovering organisation")??;
+            Some(
+                bounded(deadline, recovery::start(&client, &args.base_url, &key, n))
+                    .await
+                    .context("starting the recovery")??,
+            )
+        }
+        _ => None,
     };
 
     let send_start = Instant::now();
@@ -230,6 +259,14 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         }
         None => None,
     };
+    let recovery = match recovery {
+        Some(started) => Some(
+            recovery::outcome(&client, &args.base_url, &started, &recovered)
+                .await
+                .context("reading the recovery's progress")?,
+        ),
+        None => None,
+    };
     let samples = sampler.stop().await;
     let end_to_end_by_step = timeline
         .end_to_end_by_arrival(send_start, SAMPLE_EVERY)
@@ -250,6 +287,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         end_to_end_by_step,
         backlog_at_schedule_end,
         slow_accepted,
+        recovery,
     })
 }
 

@@ -5,6 +5,7 @@ mod args;
 mod chart;
 mod load;
 mod receiver;
+mod recovery;
 mod report;
 mod stats;
 mod timeline;
