@@ -53,6 +53,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// Passed validation, but the database refused to store the event's data (a check
+    /// validation lacks; the cause is logged by the batcher).
+    #[error("the database could not store this event's payload")]
+    PayloadNotStorable,
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
@@ -83,7 +87,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
-            Validation(_) | WebhookUrlNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+            Validation(_) | WebhookUrlNotAllowed | PayloadNotStorable => StatusCode::UNPROCESSABLE_ENTITY,
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,6 +110,7 @@ impl ApiError {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             BodyTooLarge { .. } => "payload_too_large",
+            PayloadNotStorable => "payload_not_storable",
             EventNotFound => "event_not_found",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",

@@ -1,4 +1,5 @@
-//! The event writer on its own (no HTTP): what a waiter learns when its batch fails.
+//! The event writer on its own (no HTTP): what a waiter learns when its batch fails, and what a
+//! failing event costs the others of its batch.
 
 mod common;
 #[path = "common/events_fixtures.rs"]
@@ -7,7 +8,7 @@ mod fixtures;
 // The fixtures reach the harness through the crate root.
 #[allow(unused_imports)]
 use common::TestApp;
-use fixtures::org_with_key;
+use fixtures::{event_statements, job_count, org_with_key, poison_events, set_webhook};
 use triggers_ingest::{
     batcher::{BatchWriter, NewEvent, Outcome},
     error::ApiError,
@@ -19,12 +20,16 @@ use triggers_shared::{
 use uuid::Uuid;
 
 fn event(org: Uuid) -> NewEvent {
+    event_with(org, r#"{"n":1}"#)
+}
+
+fn event_with(org: Uuid, payload: &str) -> NewEvent {
     NewEvent {
         id: Uuid::now_v7(),
         organization_id: org,
         event_type: EventType::parse("batch.test").expect("event type"),
         dedup_id: None,
-        payload: Payload::try_from(r#"{"n":1}"#.to_owned()).expect("JSON"),
+        payload: Payload::try_from(payload.to_owned()).expect("JSON"),
     }
 }
 
@@ -61,5 +66,62 @@ async fn a_failed_event_reaches_its_waiter_with_the_database_error_and_spares_it
         .await
         .expect("count");
     assert_eq!(stored, 5);
+    writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_the_database_refuses_are_split_out_in_log_n_statements_and_answered_422() {
+    let test_db = TestDb::new().await.expect("db");
+    let pool = &test_db.pool;
+    let (_, org) = org_with_key(pool, "enterprise").await;
+    set_webhook(pool, org).await;
+    poison_events(pool).await;
+    let writer = BatchWriter::start(pool.clone());
+    // A data exception (class 22) and a too-deep value (54001), anywhere in a batch of 64.
+    let poison = [(9, "22003"), (40, "54001")];
+    let events: Vec<NewEvent> = (0..64)
+        .map(|i| match poison.iter().find(|(at, _)| *at == i) {
+            Some((_, code)) => event_with(org, &format!(r#"{{"poison":"{code}"}}"#)),
+            None => event(org),
+        })
+        .collect();
+    let before = event_statements(pool).await;
+    // On the test's single thread every submit is queued before the writer runs: one batch.
+    let answers = futures::future::join_all(events.iter().cloned().map(|e| writer.submit(e))).await;
+    let statements = event_statements(pool).await - before;
+
+    for (i, (sent, answer)) in events.iter().zip(answers).enumerate() {
+        if poison.iter().any(|(at, _)| *at == i) {
+            assert!(
+                matches!(answer, Err(ApiError::PayloadNotStorable)),
+                "event {i}: {answer:?}"
+            );
+        } else {
+            assert!(
+                matches!(answer, Ok(Outcome::Accepted { id, .. }) if id == sent.id),
+                "event {i}: {answer:?}"
+            );
+        }
+    }
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .expect("events");
+    let mut expected: Vec<Uuid> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !poison.iter().any(|(at, _)| at == i))
+        .map(|(_, e)| e.id)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+    assert_eq!(job_count(pool).await, 62, "one job per stored event");
+    // The whole batch once, then at each of the log2(64) = 6 levels of halving at most two
+    // parts hold a poisoned event and are written as two halves: at most 1 + 2·2·6 = 25
+    // statements (here 23). Retrying every event alone, as before, took 1 + 64.
+    assert!(
+        (13..=25).contains(&statements),
+        "{statements} statements for a batch of 64 with 2 poisoned events"
+    );
     writer.shutdown().await;
 }

@@ -158,9 +158,13 @@ pub struct RedeliverAllOut {
 /// delivery job are committed. Unknown body fields are ignored; `null` counts as absent; a key
 /// given twice is `422`. The payload is never decoded into a tree: it is checked as JSON text and
 /// stored from that text. A payload over the size limit is `413` even if other fields are
-/// invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
-/// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
-/// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
+/// invalid too; otherwise every bad field is listed in one `422`, including a payload Postgres
+/// could not store (nesting over 64 levels, a lone surrogate escape, a number outside
+/// `numeric`). Should Postgres still refuse an event's data, that event alone is `422
+/// payload_not_storable` (never a `500`, and never a failure of other events). Every
+/// authenticated request consumes one rate-limit token, whether or not it is accepted, and every
+/// response after authentication carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
+/// (approximate) and `X-RateLimit-Reset` (seconds).
 #[utoipa::path(
     post, path = "/api/events", tag = "events",
     request_body = EventIn,
@@ -177,7 +181,7 @@ pub struct RedeliverAllOut {
         (status = 409, description = "`duplicate_event`, with `dedup_id` and the original `event_id`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`, with `limit_bytes`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`, with `details`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `details` naming each bad field; or `payload_not_storable`: the database refused the event's data although it passed validation", body = ErrorBody),
         (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`", body = ErrorBody, headers(
             ("Retry-After" = u64, description = "Seconds until capacity frees up"),
             ("X-RateLimit-Limit" = u32),
