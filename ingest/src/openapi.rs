@@ -1,10 +1,15 @@
 //! The OpenAPI 3.1 document (generated from the handlers' annotations) and `/docs`, a Swagger
 //! UI whose assets are embedded in the binary, so it works without internet access.
 
+use std::time::Duration;
+
 use axum::Router;
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        ContentBuilder, Ref, ResponseBuilder,
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -53,6 +58,47 @@ pub fn base() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = triggers_shared::VERSION.to_string();
     doc
+}
+
+/// Document the request timeout's `408` on every operation it can answer: each route under
+/// `/api/` reads a body or waits on the database. The operations routes (`/health*`,
+/// `/metrics`) do neither past their own bounds, and the documents are static.
+pub fn document_request_timeout(api: &mut utoipa::openapi::OpenApi, limit: Duration) {
+    let timeout = ResponseBuilder::new()
+        .description(format!(
+            "`request_timeout`: the request, body included, was not answered within {} s \
+             (`Connection: close` when its body was not read to the end). A `POST /api/events` \
+             may still have stored its event: retry with the same `dedup_id`.",
+            limit.as_secs()
+        ))
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for (_, item) in api
+        .paths
+        .paths
+        .iter_mut()
+        .filter(|(path, _)| path.starts_with("/api/"))
+    {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("408".to_owned())
+                .or_insert_with(|| timeout.clone().into());
+        }
+    }
 }
 
 /// `/openapi.json` and the browsable `/docs`.

@@ -78,6 +78,19 @@ async fn every_route_of_the_api_is_in_the_openapi_document_with_its_tag_and_secu
             op["responses"].as_object().is_some_and(|r| !r.is_empty()),
             "{method} {path} responses"
         );
+        // The request timeout can answer every API route (each reads a body or waits on the
+        // database), not the operations routes.
+        let timeout = &op["responses"]["408"];
+        if path.starts_with("/api/") {
+            assert!(
+                timeout["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("`request_timeout`")),
+                "{method} {path} does not document its 408: {timeout}"
+            );
+        } else {
+            assert!(timeout.is_null(), "{method} {path} documents a 408");
+        }
     }
 }
 

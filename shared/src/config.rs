@@ -105,6 +105,8 @@ pub struct IngestConfig {
     pub dedup_window: Duration,
     /// Bytes of request bodies ingest holds at once; a request that does not fit is `503`.
     pub request_bytes_budget: usize,
+    /// A request (body included) not answered within this gets `408`: 30 s, shorter in tests.
+    pub request_timeout: Duration,
 }
 
 impl IngestConfig {
@@ -124,6 +126,7 @@ impl IngestConfig {
                 0 => bail!("TRIGGERS_REQUEST_BYTES_BUDGET must be at least 1"),
                 bytes => bytes,
             },
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
         })
     }
 
@@ -138,6 +141,7 @@ impl IngestConfig {
             auth_cache_ttl: Duration::from_secs(60),
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

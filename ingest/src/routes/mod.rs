@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per resource, merged here with the middleware every request
-//! gets (request id, trace span, metrics, body limit) and the JSON fallbacks.
+//! gets (request id, trace span, metrics, request timeout, bytes budget, body limit) and the JSON
+//! fallbacks. The request timeout sits inside the metrics, so a `408` is counted like any answer.
 
 pub mod events;
 pub mod health;
@@ -45,7 +46,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    let (routes, api) = api_routes().split_for_parts();
+    let (routes, mut api) = api_routes().split_for_parts();
+    openapi::document_request_timeout(&mut api, state.config.request_timeout);
     routes
         .merge(openapi::docs_router(api))
         .fallback(service::http::not_found)
@@ -73,6 +75,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(
+                    state.config.request_timeout,
+                    service::request_timeout,
+                ))
                 .layer(middleware::from_fn_with_state(
                     Budget::new(state.config.request_bytes_budget),
                     budget::limit,
