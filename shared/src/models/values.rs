@@ -135,7 +135,7 @@ impl Payload {
     /// most [`MAX_PAYLOAD_BYTES`] without insignificant whitespace, and nothing Postgres' jsonb
     /// would refuse (`\u0000`, nesting over [`MAX_PAYLOAD_DEPTH`], a lone surrogate escape, a
     /// number outside `numeric`). When several problems occur, the size is reported first, then
-    /// the first other one in the text.
+    /// the first other one in the text, then the nesting.
     pub fn parse(raw: Box<RawValue>) -> Result<Self, PayloadProblem> {
         let text = raw.get();
         if !text.starts_with('{') {

@@ -27,43 +27,42 @@ pub(super) struct Scan {
     pub(super) problem: Option<PayloadProblem>,
 }
 
-/// Read the text once: brackets are counted, strings are searched for their escapes (literal
-/// control characters cannot occur in strings of valid JSON, so `\u0000` is the only way to
-/// spell NUL), and numbers that could be out of range are measured as Postgres reads them.
-/// Plain `if`s rather than one `match` on the byte, and the rare paths (escapes, exponents) out
-/// of line: measured, this keeps the pass as fast as the one it replaced on small and
-/// structured payloads (BENCHMARKS.md, "Payload checks").
+/// Read the text once: strings are searched for their escapes (literal control characters
+/// cannot occur in strings of valid JSON, so `\u0000` is the only way to spell NUL), numbers are
+/// measured as Postgres reads them when they could be out of range, and the nesting is counted
+/// (reported after anything else found). Shaped by measurement (`deploy/local/bench-parse.sh`,
+/// BENCHMARKS.md): a chain of `if`s on the byte rather than a `match` (a jump table: measurably
+/// slower on structured payloads), brackets counted without a branch, strings searched out of
+/// line.
 pub(super) fn scan(text: &str) -> Scan {
     let bytes = text.as_bytes();
-    let mut scan = Scan {
-        compact_len: 0,
-        problem: None,
-    };
-    let (mut depth, mut i) = (0, 0);
+    // Locals rather than the fields of a `Scan`: a field next to the `problem` the helpers
+    // borrow would be kept in memory rather than in a register.
+    let mut problem = None;
+    let (mut compact_len, mut depth, mut deepest, mut i) = (0, 0isize, 0isize, 0);
     while let Some(&b) = bytes.get(i) {
         if b == b'"' {
-            let end = string_end(bytes, i + 1, &mut scan.problem);
-            scan.compact_len += end - i;
+            let end = string_end(bytes, i + 1, &mut problem);
+            compact_len += end - i;
             i = end;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
         } else if b.is_ascii_digit() || b == b'-' {
-            let end = number_end(bytes, i, &mut scan.problem);
-            scan.compact_len += end - i;
+            let end = number_end(bytes, i, &mut problem);
+            compact_len += end - i;
             i = end;
         } else {
-            if b == b'{' || b == b'[' {
-                depth += 1;
-                if depth > MAX_PAYLOAD_DEPTH {
-                    note(&mut scan.problem, PayloadProblem::TooDeep);
-                }
-            } else if b == b'}' || b == b']' {
-                depth = depth.saturating_sub(1);
-            }
-            // `,`, `:`, the letters of `true`, `false` and `null`, or whitespace.
-            scan.compact_len += usize::from(!matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+            // Brackets, `,`, `:`, the letters of `true`, `false` and `null`.
+            depth += isize::from(b == b'{' || b == b'[') - isize::from(b == b'}' || b == b']');
+            deepest = deepest.max(depth);
+            compact_len += 1;
             i += 1;
         }
     }
-    scan
+    if deepest > MAX_PAYLOAD_DEPTH as isize {
+        note(&mut problem, PayloadProblem::TooDeep);
+    }
+    Scan { compact_len, problem }
 }
 
 /// Keep the first problem found.
@@ -74,8 +73,8 @@ fn note(problem: &mut Option<PayloadProblem>, found: PayloadProblem) {
 /// The index just past the closing quote of the string whose content starts at `i`; notes an
 /// escaped NUL and lone surrogates. The next quote or backslash is looked for a word at a time
 /// in the next 64 bytes (most strings are short, and memchr's vectorised search costs more to
-/// start), then with memchr for long runs of text.
-#[inline(always)]
+/// start), then with memchr for long runs of text (~10 times faster than a byte at a time).
+#[inline(never)]
 fn string_end(bytes: &[u8], mut i: usize, problem: &mut Option<PayloadProblem>) -> usize {
     let specials = memchr::arch::all::memchr::Two::new(b'"', b'\\');
     loop {
@@ -136,23 +135,26 @@ fn hex_unit(digits: Option<&[u8]>) -> Option<u16> {
 }
 
 /// The index just past the number starting at `i`; notes it when Postgres `numeric` cannot
-/// hold it. Most numbers are short and have no exponent: those always fit.
+/// hold it. Read by the JSON grammar (`-? digits (. digits)? ([eE] [+-]? digits)?`); a number
+/// of at most 6,000 characters with an exponent of at most 4 digits always fits, only others
+/// are measured.
 #[inline(always)]
-fn number_end(bytes: &[u8], i: usize, problem: &mut Option<PayloadProblem>) -> usize {
-    let (mut end, mut exponent) = (i, false);
-    while let Some(&b) = bytes.get(end) {
-        let e = b | 0x20 == b'e';
-        if !(b.is_ascii_digit() || e || b == b'.' || b == b'-' || b == b'+') {
-            break;
-        }
-        exponent |= e;
-        end += 1;
+fn number_end(bytes: &[u8], start: usize, problem: &mut Option<PayloadProblem>) -> usize {
+    let mut i = digits_end(bytes, start + usize::from(bytes.get(start) == Some(&b'-')));
+    if bytes.get(i) == Some(&b'.') {
+        i = digits_end(bytes, i + 1);
     }
-    let number = &bytes[i..end];
-    if (exponent || to_i64(number.len()) > NUMERIC_MAX_SCALE) && !numeric_holds(number) {
+    let mut exponent_digits = 0;
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1 + usize::from(matches!(bytes.get(i + 1), Some(b'+' | b'-')));
+        let digits = i;
+        i = digits_end(bytes, i);
+        exponent_digits = i - digits;
+    }
+    if (exponent_digits > 4 || i - start > 6_000) && !numeric_holds(&bytes[start..i]) {
         note(problem, PayloadProblem::NumberOutOfRange);
     }
-    end
+    i
 }
 
 /// Whether Postgres `numeric` holds this JSON number, counting as `numeric_in` does: the
@@ -201,10 +203,11 @@ fn numeric_holds(number: &[u8]) -> bool {
 }
 
 /// The index of the first byte at or after `i` that is not an ASCII digit.
-fn digits_end(bytes: &[u8], i: usize) -> usize {
-    i + bytes
-        .get(i..)
-        .map_or(0, |rest| rest.iter().take_while(|d| d.is_ascii_digit()).count())
+fn digits_end(bytes: &[u8], mut i: usize) -> usize {
+    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
 }
 
 /// A length as a signed count (a payload's text is far below `i64::MAX` bytes).
@@ -336,5 +339,7 @@ mod tests {
             problem(r#"{"n": 1e1000000, "s": "\u0000"}"#),
             Some(PayloadProblem::NumberOutOfRange)
         );
+        let deep_then_nul = format!(r#"{{"a": {}, "s": "\u0000"}}"#, nested(70, "[", "]"));
+        assert_eq!(problem(&deep_then_nul), Some(PayloadProblem::ContainsNul));
     }
 }
