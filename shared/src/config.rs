@@ -105,6 +105,8 @@ pub struct IngestConfig {
     pub dedup_window: Duration,
     /// Bytes of request bodies ingest holds at once; a request that does not fit is `503`.
     pub request_bytes_budget: usize,
+    /// The most endpoints one organisation may have.
+    pub max_endpoints_per_org: u32,
 }
 
 impl IngestConfig {
@@ -124,6 +126,13 @@ impl IngestConfig {
                 0 => bail!("TRIGGERS_REQUEST_BYTES_BUDGET must be at least 1"),
                 bytes => bytes,
             },
+            max_endpoints_per_org: match env_or(
+                "TRIGGERS_MAX_ENDPOINTS_PER_ORG",
+                DEFAULT_MAX_ENDPOINTS_PER_ORG,
+            )? {
+                0 => bail!("TRIGGERS_MAX_ENDPOINTS_PER_ORG must be at least 1"),
+                cap => cap,
+            },
         })
     }
 
@@ -138,12 +147,15 @@ impl IngestConfig {
             auth_cache_ttl: Duration::from_secs(60),
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
+            max_endpoints_per_org: DEFAULT_MAX_ENDPOINTS_PER_ORG,
         }
     }
 }
 
 /// Default of `TRIGGERS_REQUEST_BYTES_BUDGET`: 64 MiB.
 pub const DEFAULT_REQUEST_BYTES_BUDGET: usize = 64 * 1024 * 1024;
+/// Default of `TRIGGERS_MAX_ENDPOINTS_PER_ORG`.
+pub const DEFAULT_MAX_ENDPOINTS_PER_ORG: u32 = 50;
 
 /// Settings of `triggers-worker`.
 #[derive(Clone, Debug)]
