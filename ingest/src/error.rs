@@ -61,6 +61,10 @@ pub enum ApiError {
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
     EventNotFound,
+    #[error("endpoint not found")]
+    EndpointNotFound,
+    #[error("an organisation may have at most {limit} endpoints: delete one first")]
+    TooManyEndpoints { limit: u32 },
     #[error("an event with this dedup_id was already accepted in the last 24 hours")]
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
@@ -87,11 +91,13 @@ impl ApiError {
         use ApiError::*;
         match self {
             MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
-            Validation(_) | WebhookUrlNotAllowed | PayloadNotStorable => StatusCode::UNPROCESSABLE_ENTITY,
+            Validation(_) | WebhookUrlNotAllowed | TooManyEndpoints { .. } | PayloadNotStorable => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | WebhookNotConfigured => StatusCode::NOT_FOUND,
+            EventNotFound | EndpointNotFound | WebhookNotConfigured => StatusCode::NOT_FOUND,
             DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +118,8 @@ impl ApiError {
             BodyTooLarge { .. } => "payload_too_large",
             PayloadNotStorable => "payload_not_storable",
             EventNotFound => "event_not_found",
+            EndpointNotFound => "endpoint_not_found",
+            TooManyEndpoints { .. } => "too_many_endpoints",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
             WebhookUrlNotAllowed => "webhook_url_not_allowed",
@@ -167,6 +175,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::PayloadTooLarge { limit_bytes } | ApiError::BodyTooLarge { limit_bytes } => {
                 body.insert("limit_bytes".into(), json!(limit_bytes));
+            }
+            ApiError::TooManyEndpoints { limit } => {
+                body.insert("limit".into(), json!(limit));
             }
             ApiError::DuplicateEvent { dedup_id, event_id } => {
                 body.insert("dedup_id".into(), json!(dedup_id));

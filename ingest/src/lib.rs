@@ -7,9 +7,11 @@ pub mod batcher;
 pub mod budget;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod routing;
 pub mod state;
 pub mod validate;
 

@@ -107,6 +107,8 @@ pub struct IngestConfig {
     pub request_bytes_budget: usize,
     /// A request (body included) not answered within this gets `408`: 30 s, shorter in tests.
     pub request_timeout: Duration,
+    /// The most endpoints one organisation may have.
+    pub max_endpoints_per_org: u32,
 }
 
 impl IngestConfig {
@@ -127,6 +129,13 @@ impl IngestConfig {
                 bytes => bytes,
             },
             request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
+            max_endpoints_per_org: match env_or(
+                "TRIGGERS_MAX_ENDPOINTS_PER_ORG",
+                DEFAULT_MAX_ENDPOINTS_PER_ORG,
+            )? {
+                0 => bail!("TRIGGERS_MAX_ENDPOINTS_PER_ORG must be at least 1"),
+                cap => cap,
+            },
         })
     }
 
@@ -142,12 +151,15 @@ impl IngestConfig {
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
             request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
+            max_endpoints_per_org: DEFAULT_MAX_ENDPOINTS_PER_ORG,
         }
     }
 }
 
 /// Default of `TRIGGERS_REQUEST_BYTES_BUDGET`: 64 MiB.
 pub const DEFAULT_REQUEST_BYTES_BUDGET: usize = 64 * 1024 * 1024;
+/// Default of `TRIGGERS_MAX_ENDPOINTS_PER_ORG`.
+pub const DEFAULT_MAX_ENDPOINTS_PER_ORG: u32 = 50;
 
 /// Settings of `triggers-worker`.
 #[derive(Clone, Debug)]

@@ -6,13 +6,15 @@
 //! while a batch is committing, what arrives gathers for the next one (natural group commit).
 //! A second batch (up to [`MAX_IN_FLIGHT`]) starts early only when a full one has gathered.
 //!
-//! A batch is ONE statement ([`write`]): dedup keys, events and their delivery jobs, so a `202`
-//! always means "stored with its job", answered only after the commit. If it fails for an outage,
-//! every waiter gets the cause (503). Any other failure splits the batch in halves, recursively,
-//! until the events at fault stand alone: one bad event costs its batch about 2·log2(n) more
-//! statements, and only it fails. An event Postgres refuses alone for its data (SQLSTATE class
-//! `22` or `54001`: something `Payload::parse` should have caught) is `422 payload_not_storable`
-//! and counted in [`m::EVENTS_UNSTORABLE_TOTAL`]; any other fault of one event stays a `500`.
+//! A batch is ONE statement ([`write`]): dedup keys, events, their deliveries and first jobs, so
+//! a `202` always means "stored with its deliveries", answered only after the commit. (An event
+//! whose organisation's endpoints changed since it was routed is rerouted and written by a
+//! follow-up statement before anyone is answered.) If it fails for an outage, every waiter gets
+//! the cause (503). Any other failure splits the batch in halves, recursively, until the events
+//! at fault stand alone: one bad event costs its batch about 2·log2(n) more statements, and only
+//! it fails. An event Postgres refuses alone for its data (SQLSTATE class `22` or `54001`:
+//! something `Payload::parse` should have caught) is `422 payload_not_storable` and counted in
+//! [`m::EVENTS_UNSTORABLE_TOTAL`]; any other fault of one event stays a `500`.
 //!
 //! Back-pressure and bounds: the queue holds at most [`QUEUE_CAPACITY`] events and
 //! [`QUEUE_BYTES`] of event text; the transaction is bounded by [`BATCH_TIMEOUT`], a request's
@@ -35,7 +37,10 @@ use uuid::Uuid;
 
 pub use write::WriteError;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    routing::{Fanout, RoutingCache},
+};
 
 /// Most events in one statement.
 pub const MAX_BATCH: usize = 500;
@@ -61,6 +66,9 @@ pub struct NewEvent {
     pub event_type: EventType,
     pub dedup_id: Option<DedupId>,
     pub payload: Payload,
+    /// Its deliveries, as its organisation's endpoints (at `fanout.version`) route it. If they
+    /// changed by the time the batch is written, the writer reroutes it.
+    pub fanout: Fanout,
 }
 
 impl NewEvent {
@@ -73,7 +81,7 @@ impl NewEvent {
 /// What happened to a submitted event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stored (with its delivery job if the organisation has a webhook).
+    /// Stored, with its deliveries and their first jobs.
     Accepted { id: Uuid, created_at: DateTime<Utc> },
     /// Its dedup id is held by `event_id`; nothing was stored.
     Duplicate { event_id: Uuid },
@@ -106,15 +114,16 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    /// Start the writer task on the runtime.
-    pub fn start(db: PgPool) -> Self {
-        Self::start_with_window(db, Duration::from_secs(24 * 3600))
-    }
-
-    /// Start the writer; dedup ids are remembered for `dedup_window`.
-    pub fn start_with_window(db: PgPool, dedup_window: Duration) -> Self {
+    /// Start the writer task on the runtime; dedup ids are remembered for `dedup_window`, and
+    /// events whose endpoints changed are rerouted through `routing`.
+    pub fn start(db: PgPool, routing: RoutingCache, dedup_window: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(writer_pool(&db), dedup_window, rx));
+        let writer = Writer {
+            db: writer_pool(&db),
+            routing,
+            window: dedup_window,
+        };
+        tokio::spawn(run(writer, rx));
         Self {
             tx,
             bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
@@ -177,9 +186,17 @@ fn writer_pool(db: &PgPool) -> PgPool {
         .connect_lazy_with((*db.connect_options()).clone())
 }
 
+/// What writing a batch needs.
+#[derive(Clone)]
+struct Writer {
+    db: PgPool,
+    routing: RoutingCache,
+    window: Duration,
+}
+
 /// The writer task: gathers queued events into batches and starts their writes (see the module
 /// header for when). Ends once shut down (or every handle is gone) and all is written.
-async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>) {
     let mut pending: Vec<Item> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut writing: JoinSet<()> = JoinSet::new();
@@ -190,7 +207,7 @@ async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
             && (writing.is_empty() || (pending.len() >= MAX_BATCH && writing.len() < MAX_IN_FLIGHT))
         {
             let batch: Vec<Item> = pending.drain(..pending.len().min(MAX_BATCH)).collect();
-            writing.spawn(write_and_answer(db.clone(), window, batch));
+            writing.spawn(write_and_answer(writer.clone(), batch));
         }
         if !open && pending.is_empty() && writing.is_empty() {
             break;
@@ -221,12 +238,12 @@ async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
 }
 
 /// Write one batch and answer its waiters.
-async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
+async fn write_and_answer(writer: Writer, items: Vec<Item>) {
     metrics::histogram!(m::INGEST_BATCH_SIZE).record(items.len() as f64);
     // Each waiter keeps its share of the queue's bytes until it is answered.
     let (events, waiters): (Vec<NewEvent>, Vec<(Reply, OwnedSemaphorePermit)>) =
         items.into_iter().map(|i| (i.event, (i.reply, i.bytes))).unzip();
-    let answers = write_splitting(&db, window, &events).await;
+    let answers = write_splitting(&writer, &events).await;
     for ((reply, _), answer) in waiters.into_iter().zip(answers) {
         let _ = reply.send(answer);
     }
@@ -235,18 +252,14 @@ async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
 /// One answer per event, in order. A part of the batch that fails for a reason that is not an
 /// outage is split in halves, the left half written first (so the first event with a dedup id
 /// still wins), until the events at fault are alone.
-async fn write_splitting(
-    db: &PgPool,
-    window: Duration,
-    events: &[NewEvent],
-) -> Vec<Result<Outcome, Arc<WriteError>>> {
+async fn write_splitting(writer: &Writer, events: &[NewEvent]) -> Vec<Result<Outcome, Arc<WriteError>>> {
     let mut answers = Vec::with_capacity(events.len());
     // The parts still to write, as a stack with the leftmost on top.
     let mut parts: Vec<Range<usize>> = Vec::new();
     parts.push(0..events.len());
     while let Some(part) = parts.pop() {
         let slice = &events[part.clone()];
-        match write::write_with_retry(db, window, slice).await {
+        match write::write_with_retry(writer, slice).await {
             Ok(outcomes) => answers.extend(outcomes.into_iter().map(Ok)),
             Err(cause) if !cause.is_unavailable() && slice.len() > 1 => {
                 let middle = part.start + slice.len() / 2;

@@ -27,7 +27,7 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery},
-    validate::{Parse, Problems, json_string, non_empty},
+    validate::{Parse, Problems, integer_in, json_string, non_empty},
 };
 
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -125,10 +125,6 @@ impl Parse for InboxQuery {
             include_total: include_total.unwrap_or(true),
         })
     }
-}
-
-fn integer_in(text: &str, min: i64, max: i64) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -2,6 +2,7 @@
 //! gets (request id, trace span, metrics, request timeout, bytes budget, body limit) and the JSON
 //! fallbacks. The request timeout sits inside the metrics, so a `408` is counted like any answer.
 
+pub mod endpoints;
 pub mod events;
 pub mod health;
 pub mod inbox;
@@ -40,6 +41,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(keys::router())
         .merge(webhook::router())
+        .merge(endpoints::router())
         .merge(events::router())
         .merge(inbox::router())
 }

@@ -6,11 +6,13 @@
 pub mod api_keys;
 pub mod attempts;
 pub mod deliveries;
+pub mod endpoints;
 pub mod events;
 pub mod janitor;
 pub mod organizations;
 pub mod queue;
 pub mod rate_limits;
+pub mod routing;
 
 use std::time::Duration;
 
