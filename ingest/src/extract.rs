@@ -5,11 +5,12 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{FromRequest, FromRequestParts, Path, Request},
     http::{header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+use uuid::Uuid;
 
 use crate::{
     error::{ApiError, FieldError},
@@ -140,4 +141,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::invalid("query", e.body_text()))
     }
+}
+
+/// The `{id}` of a route, when it is a UUID. Anything else (including a path segment that is not
+/// valid UTF-8 once decoded) is `None`: to a resource route, simply an unknown id.
+pub async fn path_uuid<S: Send + Sync>(parts: &mut Parts, state: &S) -> Option<Uuid> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, state).await.ok()?;
+    Uuid::try_parse(&raw).ok()
 }

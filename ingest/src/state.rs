@@ -17,12 +17,15 @@ pub struct AppState {
     pub auth: AuthCache,
     pub limiter: RateLimiter,
     pub batcher: BatchWriter,
+    /// Where browsers reach this service (no trailing `/`): the base of console links.
+    pub public_url: Arc<str>,
 }
 
 impl AppState {
     /// Build the state and start its background tasks (batch writer, cache invalidation).
-    pub async fn start(config: Arc<IngestConfig>, db: PgPool) -> anyhow::Result<Self> {
+    pub async fn start(config: Arc<IngestConfig>, db: PgPool, public_url: &str) -> anyhow::Result<Self> {
         Ok(Self {
+            public_url: public_url.trim_end_matches('/').into(),
             metrics: triggers_shared::metrics::install_recorder(),
             auth: AuthCache::start(&config).await?,
             limiter: RateLimiter::new(db.clone()),

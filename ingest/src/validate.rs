@@ -86,6 +86,13 @@ pub fn json_string(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str(raw.get()).map_err(|_| format!("must be a string, not {}", json_kind(raw)))
 }
 
+/// A query parameter that must be an RFC 3339 timestamp (`2026-12-04T17:00:00Z`, any offset).
+pub fn timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-12-04T17:00:00Z".to_owned())
+}
+
 /// A query parameter: an empty value counts as absent.
 pub fn non_empty(param: Option<String>) -> Option<String> {
     param.filter(|v| !v.is_empty())

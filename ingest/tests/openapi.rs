@@ -22,6 +22,9 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/api/inbox", "inbox", "api_key"),
     ("post", "/api/ack/{id}", "inbox", "api_key"),
     ("post", "/api/ack", "inbox", "api_key"),
+    ("post", "/api/portal/sessions", "portal", "api_key"),
+    ("post", "/api/portal/exchange", "portal", ""),
+    ("delete", "/api/portal/sessions/{id}", "portal", "api_key"),
     ("get", "/health", "operations", ""),
     ("get", "/health/live", "operations", ""),
     ("get", "/health/ready", "operations", ""),
@@ -157,11 +160,43 @@ async fn the_document_describes_the_types_that_are_really_parsed_and_the_inbox_b
         .as_array()
         .expect("inbox parameters");
     let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
-    for name in ["status", "limit", "offset", "cursor", "type", "include_total"] {
+    for name in [
+        "status",
+        "limit",
+        "offset",
+        "cursor",
+        "type",
+        "include_total",
+        "since",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     let offset = params.iter().find(|p| p["name"] == "offset").expect("offset");
     assert_eq!(offset["schema"]["maximum"], 10_000, "{offset}");
     let total = doc["components"]["schemas"]["Pagination"]["properties"]["total"].to_string();
     assert!(total.contains("null"), "total must be nullable: {total}");
+}
+
+#[tokio::test]
+async fn every_authenticated_change_documents_why_a_console_session_may_be_refused() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let mut changes = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let authenticated = op["responses"].get("401").is_some();
+            if method == "get" || !authenticated {
+                continue;
+            }
+            changes += 1;
+            let forbidden = op["responses"]["403"]["description"].as_str().unwrap_or_default();
+            assert!(
+                forbidden.contains("read_only_session") || forbidden.contains("api_key_required"),
+                "{method} {path} does not document its 403: {forbidden:?}"
+            );
+        }
+    }
+    assert!(changes >= 10, "{changes} authenticated changes");
+    let bearer = doc["components"]["securitySchemes"]["bearer"]["description"].to_string();
+    assert!(bearer.contains("trg_session_"), "{bearer}");
 }

@@ -10,7 +10,7 @@ mod validate;
 
 use axum::{
     Json,
-    extract::{FromRequest, FromRequestParts, Path, Request, State},
+    extract::{FromRequest, FromRequestParts, Request, State},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -32,7 +32,7 @@ use crate::{
     auth::Org,
     batcher::{NewEvent, Outcome},
     error::{ApiError, ErrorBody},
-    extract::ApiJson,
+    extract::{ApiJson, path_uuid},
     ratelimit::Decision,
     validate::Parse,
 };
@@ -262,12 +262,10 @@ impl<S: Send + Sync> FromRequestParts<S> for EventId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        path_uuid(parts, state)
             .await
-            .map_err(|_| ApiError::EventNotFound)?;
-        Uuid::try_parse(&raw)
             .map(EventId)
-            .map_err(|_| ApiError::EventNotFound)
+            .ok_or(ApiError::EventNotFound)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod deliveries;
 pub mod events;
 pub mod janitor;
 pub mod organizations;
+pub mod portal_sessions;
 pub mod queue;
 pub mod rate_limits;
 
