@@ -27,6 +27,7 @@ use crate::AppState;
         (name = "events", description = "Event ingestion and inspection"),
         (name = "inbox", description = "Pull consumption and acknowledgement"),
         (name = "portal", description = "Console sessions: links that open the console for one organisation"),
+        (name = "console", description = "The web console"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

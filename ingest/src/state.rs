@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use triggers_shared::{config::IngestConfig, service::Ops};
 
-use crate::{auth::AuthCache, batcher::BatchWriter, ratelimit::RateLimiter};
+use crate::{auth::AuthCache, batcher::BatchWriter, console::Console, ratelimit::RateLimiter};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,6 +19,7 @@ pub struct AppState {
     pub batcher: BatchWriter,
     /// Where browsers reach this service (no trailing `/`): the base of console links.
     pub public_url: Arc<str>,
+    pub console: Console,
 }
 
 impl AppState {
@@ -26,6 +27,7 @@ impl AppState {
     pub async fn start(config: Arc<IngestConfig>, db: PgPool, public_url: &str) -> anyhow::Result<Self> {
         Ok(Self {
             public_url: public_url.trim_end_matches('/').into(),
+            console: Console::load()?,
             metrics: triggers_shared::metrics::install_recorder(),
             auth: AuthCache::start(&config).await?,
             limiter: RateLimiter::new(db.clone()),

@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/api/portal/sessions", "portal", "api_key"),
     ("post", "/api/portal/exchange", "portal", ""),
     ("delete", "/api/portal/sessions/{id}", "portal", "api_key"),
+    ("get", "/console", "console", ""),
     ("get", "/health", "operations", ""),
     ("get", "/health/live", "operations", ""),
     ("get", "/health/ready", "operations", ""),

@@ -27,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::{
     AppState,
     budget::{self, Budget},
+    console,
     extract::MAX_BODY_BYTES,
     openapi,
 };
@@ -43,6 +44,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(inbox::router())
         .merge(portal::router())
+        .merge(console::router())
 }
 
 /// The complete application router.
