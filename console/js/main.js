@@ -75,6 +75,8 @@ async function show({ focus, message, notice, initial = false } = {}) {
   if (mine !== ticket) return;
   main.removeAttribute('aria-busy');
   replaceChildren(main, content);
+  // When each view became usable, for whoever measures the page (the browser test does).
+  performance.mark('console:view-shown', { detail: path });
   if (route.view === events) eventsHref = location.hash;
   const heading = document.getElementById('page-title');
   document.title = `${heading?.textContent ?? route.view.title} · Triggers console`;
