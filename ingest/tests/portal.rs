@@ -480,7 +480,13 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
     send_event(&app, &acme, "acme.event", json!({"n": 1})).await;
     let (_, keys) = call(&app, Method::GET, "/api/keys", &globex.key, None).await;
     let globex_prefix = keys["key_prefix"].as_str().expect("key_prefix").to_owned();
-    let secrets = [
+    // Globex's endpoint (its webhook's), where the API has endpoints.
+    let (status, endpoints) = call(&app, Method::GET, "/api/endpoints", &globex.key, None).await;
+    let globex_endpoint = match status {
+        StatusCode::OK => endpoints["endpoints"][0]["id"].as_str().map(str::to_owned),
+        _ => None,
+    };
+    let mut secrets = vec![
         globex.id.as_str(),
         globex_event.as_str(),
         globex_session_id.as_str(),
@@ -490,11 +496,15 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         "globex.only",
         globex_prefix.as_str(),
     ];
-    let ids = [
+    secrets.extend(globex_endpoint.as_deref());
+    let mut ids = vec![
         ("events", globex_event.as_str()),
         ("ack", globex_event.as_str()),
         ("sessions", globex_session_id.as_str()),
     ];
+    if let Some(endpoint) = &globex_endpoint {
+        ids.push(("endpoints", endpoint.as_str()));
+    }
     // Whatever a body of any route might name, it names Globex's ids.
     let body = json!({
         "event_ids": [globex_event],
@@ -537,7 +547,7 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
                 assert_eq!(not_found, json!([globex_event]), "{method} {url}");
             }
             let text = answer.to_string();
-            for secret in secrets {
+            for secret in &secrets {
                 assert!(!text.contains(secret), "{method} {url} revealed {secret}: {text}");
             }
             if path.contains('{') {
