@@ -67,8 +67,8 @@ stop_worker() {
 "$bin/triggers-ingest" migrate
 # bench.sh --prefill's history (a few rows here): the modes below then run beside it.
 "$psql_bin" "$DATABASE_URL" -q -v n=500 -f deploy/local/sql/prefill.sql >/dev/null
-[[ $("$psql_bin" "$DATABASE_URL" -Atc "SELECT count(*) FROM events e JOIN delivery_attempts a ON a.event_id = e.id JOIN dedup_keys d ON d.event_id = e.id WHERE e.status = 'delivered'") == 500 ]] \
-  || { log "prefill.sql did not store 500 delivered events with their attempts and dedup keys"; exit 1; }
+[[ $("$psql_bin" "$DATABASE_URL" -Atc "SELECT count(*) FROM events e JOIN deliveries dl ON dl.event_id = e.id AND dl.status = 'delivered' JOIN delivery_attempts a ON a.event_id = e.id AND a.endpoint_id = dl.endpoint_id JOIN dedup_keys d ON d.event_id = e.id WHERE e.status = 'delivered'") == 500 ]] \
+  || { log "prefill.sql did not store 500 delivered events with their deliveries, attempts and dedup keys"; exit 1; }
 "$bin/triggers-ingest" >"$out/ingest.log" 2>&1 &
 pids+=($!)
 wait_ready "http://$ingest_addr/health/ready"

@@ -49,7 +49,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -f "$root/receiver.log"
+  rm -f "$root/receiver.log" "$root/billing.log"
   [[ ${keep_work:-} ]] || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -73,9 +73,10 @@ log "run.sh is up: ingest :$ingest_port, worker :$worker_port"
 
 # --- 1. the README quickstart ---
 receiver_port=$(free_port)
-python3 - "$root/README.md" "$ingest_port" "$worker_port" "$receiver_port" >"$work/quickstart.sh" <<'PY'
+billing_port=$(free_port)
+python3 - "$root/README.md" "$ingest_port" "$worker_port" "$receiver_port" "$billing_port" >"$work/quickstart.sh" <<'PY'
 import re, sys
-readme, ingest, worker, receiver = sys.argv[1:]
+readme, ingest, worker, receiver, billing = sys.argv[1:]
 text = open(readme, encoding="utf-8").read()
 section = text.split("<!-- quickstart -->", 1)[1].split("<!-- /quickstart -->", 1)[0]
 blocks = re.findall(r"(<!-- quickstart:skip[^>]*-->\s*)?```sh\n(.*?)```", section, re.S)
@@ -85,6 +86,7 @@ if len(run) < 5:
 script = "\n".join(run)
 script = script.replace("127.0.0.1:8080", "127.0.0.1:" + ingest).replace("127.0.0.1:9091", "127.0.0.1:" + worker)
 script = script.replace("127.0.0.1:4000", "127.0.0.1:" + receiver).replace("PORT=4000", "PORT=" + receiver)
+script = script.replace("127.0.0.1:4001", "127.0.0.1:" + billing).replace("PORT=4001", "PORT=" + billing)
 # run.sh runs here with the dev profile (the suite's build), so its binaries are in target/debug.
 script = script.replace("target/release/", "target/debug/")
 print(script)
@@ -97,8 +99,16 @@ PY
   got=$(curl -sf "$ingest/api/events/$EVENT" -H "X-API-Key: $KEY")
   [[ $(jq -r .status <<<"$got") == delivered ]] || fail "quickstart event not delivered: $got"
   [[ $(jq -c '[.attempts_log[].response_status]' <<<"$got") == '[204]' ]] || fail "attempts: $got"
+  [[ $(jq -c '[.deliveries[].status]' <<<"$got") == '["delivered"]' ]] || fail "deliveries: $got"
+  # Two endpoints, one filter: billing got the invoice only; the default endpoint got both.
+  grep -q "verified $INVOICE" "$root/billing.log" || fail "billing did not get the invoice"
+  ! grep -q "verified $ORDER" "$root/billing.log" || fail "billing got the order it did not subscribe to"
+  got=$(curl -sf "$ingest/api/events/$INVOICE" -H "X-API-Key: $KEY")
+  [[ $(jq -c '[.deliveries[].status]' <<<"$got") == '["delivered","delivered"]' ]] || fail "invoice: $got"
+  got=$(curl -sf "$ingest/api/events/$ORDER" -H "X-API-Key: $KEY")
+  [[ $(jq -c '[.deliveries[].status]' <<<"$got") == '["delivered"]' ]] || fail "order: $got"
   got=$(curl -sf "$ingest/api/events/$PULLED" -H "X-API-Key: $KEY")
-  [[ $(jq -r '.type, (.acknowledged_at != null)' <<<"$got" | tr '\n' ' ') == 'invoice.paid true ' ]] \
+  [[ $(jq -r '.type, (.acknowledged_at != null), (.deliveries | length)' <<<"$got" | tr '\n' ' ') == 'user.signup true 0 ' ]] \
     || fail "pulled event not acknowledged: $got"
 ) || { cat "$work/quickstart.out" >&2; fail "README quickstart"; }
 log "README quickstart: ok"

@@ -212,20 +212,20 @@ async fn rotate_key(pool: &PgPool, org_id: Uuid, grace: Duration) -> anyhow::Res
 
 async fn redeliver_failed(pool: &PgPool, org_id: Uuid, since: Option<DateTime<Utc>>) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
-    if organizations::get(&mut conn, org_id).await?.is_none() {
+    let Some(routes) = db::routing::load(&mut conn, org_id).await? else {
         bail!("no organisation {org_id}");
-    }
-    if !db::events::has_webhook(&mut conn, org_id).await? {
-        bail!("organisation {org_id} has no webhook configured: nothing to redeliver to");
+    };
+    if !routes.has_endpoints() {
+        bail!("organisation {org_id} has no endpoint: nothing to redeliver to");
     }
     drop(conn);
     let count = db::events::redeliver_failed(pool, org_id, since).await?;
-    tracing::info!(org_id = %org_id, count, "failed events queued for redelivery");
+    tracing::info!(org_id = %org_id, count, "failed deliveries queued for redelivery");
     print_json(&json!({ "organization_id": org_id, "count": count }))
 }
 
 async fn queue_stats(pool: &PgPool, as_json: bool) -> anyhow::Result<()> {
-    let stats = db::queue::stats(&mut *pool.acquire().await?).await?;
+    let stats = db::queue::stats::stats(&mut *pool.acquire().await?).await?;
     if as_json {
         return print_json(&serde_json::to_value(&stats)?);
     }

@@ -70,6 +70,10 @@ pub enum ApiError {
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
     EventNotFound,
+    #[error("endpoint not found")]
+    EndpointNotFound,
+    #[error("an organisation may have at most {limit} endpoints: delete one first")]
+    TooManyEndpoints { limit: u32 },
     #[error("an event with this dedup_id was already accepted in the last 24 hours")]
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
@@ -99,13 +103,15 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ReadOnlySession | ApiKeyRequired => StatusCode::FORBIDDEN,
-            Validation(_) | WebhookUrlNotAllowed | TooManyPortalSessions { .. } => {
+            Validation(_) | WebhookUrlNotAllowed | TooManyPortalSessions { .. } | TooManyEndpoints { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | WebhookNotConfigured | PortalSessionNotFound => StatusCode::NOT_FOUND,
+            EventNotFound | EndpointNotFound | WebhookNotConfigured | PortalSessionNotFound => {
+                StatusCode::NOT_FOUND
+            }
             DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -131,6 +137,8 @@ impl ApiError {
             PayloadTooLarge { .. } => "payload_too_large",
             BodyTooLarge { .. } => "payload_too_large",
             EventNotFound => "event_not_found",
+            EndpointNotFound => "endpoint_not_found",
+            TooManyEndpoints { .. } => "too_many_endpoints",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
             WebhookUrlNotAllowed => "webhook_url_not_allowed",
@@ -186,6 +194,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::PayloadTooLarge { limit_bytes } | ApiError::BodyTooLarge { limit_bytes } => {
                 body.insert("limit_bytes".into(), json!(limit_bytes));
+            }
+            ApiError::TooManyEndpoints { limit } => {
+                body.insert("limit".into(), json!(limit));
             }
             ApiError::DuplicateEvent { dedup_id, event_id } => {
                 body.insert("dedup_id".into(), json!(dedup_id));

@@ -8,9 +8,11 @@ pub mod budget;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod routing;
 pub mod state;
 pub mod validate;
 

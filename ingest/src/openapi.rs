@@ -17,13 +17,25 @@ use crate::AppState;
 #[openapi(
     info(
         title = "Triggers",
-        description = "Event ingestion and webhook delivery. Errors are JSON: `{\"error\", \"code\", ...}`.",
+        description = "Event ingestion and webhook delivery. Errors are JSON: `{\"error\", \"code\", ...}`.\n\n\
+Delivery model: an organisation has endpoints, each subscribed to event-type patterns. An accepted \
+event gets one delivery per matching endpoint, fixed when it is accepted (a disabled endpoint's is \
+`skipped`; an endpoint created later does not get earlier events). A delivery is the pair (event, \
+endpoint): it has its own attempts, retry clock and status (`pending`, `delivered`, `failed`, \
+`skipped`, `cancelled`). An event's `status` sums its deliveries up: `delivered` once acknowledged \
+(acknowledging cancels its pending deliveries; this reading of the contract puts the \
+acknowledgement first); otherwise `pending` while any delivery is pending, else `failed` if any \
+failed, else `delivered` if any was delivered; with only skipped or cancelled deliveries, or none, \
+`pending`. Its `attempts`, `response_status` and `last_error` are its deliveries' together (all \
+attempts; the latest attempt's answer). `/api/webhook/config` manages the organisation's default \
+endpoint (`event_types [\"*\"]`, `\"default\": true`).",
     ),
     modifiers(&SecuritySchemes),
     components(schemas(crate::error::ErrorBody, crate::error::FieldError)),
     tags(
         (name = "keys", description = "Organisations and API keys"),
         (name = "webhook", description = "Webhook configuration"),
+        (name = "endpoints", description = "Endpoints: many per organisation, each subscribed to chosen event types"),
         (name = "events", description = "Event ingestion and inspection"),
         (name = "inbox", description = "Pull consumption and acknowledgement"),
         (name = "portal", description = "Console sessions: links that open the console for one organisation"),

@@ -3,9 +3,15 @@
 //! validated value, recording every problem in one [`Problems`] list, so a bad request is one
 //! `422 validation_failed` naming every bad field. Handlers only see the parsed values.
 
+use std::time::Duration;
+
 use serde_json::value::RawValue;
+use triggers_shared::net::{self, UrlRejection, WebhookUrl};
 
 use crate::error::{ApiError, FieldError};
+
+/// How long resolving a webhook host may take before the URL is refused.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The raw form of a request, and how it becomes validated values.
 pub trait Parse {
@@ -86,6 +92,16 @@ pub fn json_string(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str(raw.get()).map_err(|_| format!("must be a string, not {}", json_kind(raw)))
 }
 
+/// A query parameter: an empty value counts as absent.
+pub fn non_empty(param: Option<String>) -> Option<String> {
+    param.filter(|v| !v.is_empty())
+}
+
+/// A query parameter that must be an integer from `min` to `max`.
+pub fn integer_in(text: &str, min: i64, max: i64) -> Option<i64> {
+    text.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
+}
+
 /// A query parameter that must be an RFC 3339 timestamp (`2026-12-04T17:00:00Z`, any offset).
 pub fn timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(text)
@@ -93,9 +109,16 @@ pub fn timestamp(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|_| "must be an RFC 3339 timestamp, e.g. 2026-12-04T17:00:00Z".to_owned())
 }
 
-/// A query parameter: an empty value counts as absent.
-pub fn non_empty(param: Option<String>) -> Option<String> {
-    param.filter(|v| !v.is_empty())
+/// Where a webhook URL points must be public (unless the operator allows private targets): else
+/// `webhook_url_not_allowed`, whose message never names an address. A host that does not
+/// resolve in time is refused the same way. The second check of a URL, after its shape
+/// ([`WebhookUrl::parse`]), for every route that takes one (`field` names it).
+pub async fn public_target(field: &str, url: &WebhookUrl, allow_private: bool) -> Result<(), ApiError> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(url.as_url(), allow_private)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(UrlRejection::Invalid(message))) => Err(ApiError::invalid(field, message)),
+        Ok(Err(UrlRejection::NotAllowed)) | Err(_) => Err(ApiError::WebhookUrlNotAllowed),
+    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,17 @@ mod common;
 use std::{process::Output, time::Duration};
 
 use common::TestApp;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use triggers_shared::{
-    db::organizations,
-    jobs::{self, DeliveryJob},
+    db::{
+        endpoints, organizations,
+        queue::testing::{self as q, ForcedState},
+    },
     models::Tier,
+    net::WebhookUrl,
     signing,
-    testing::TestDb,
+    testing::{self, TestDb},
 };
 use uuid::Uuid;
 
@@ -199,32 +202,47 @@ async fn key_rotate_issues_a_new_key_and_the_old_one_stops_working() {
     app.stop().await;
 }
 
-/// An organisation with a webhook and, per `(status, hours ago)`, one event.
+/// An organisation with a webhook (its default endpoint) and, per `(status, hours ago)`, one
+/// event stored as ingest stores it, created that long ago, its one delivery in that status
+/// (the trigger sums the event up). A delivery that is no longer pending has no job any more.
 async fn org_with_events(pool: &PgPool, events: &[(&str, i32)]) -> (Uuid, Vec<Uuid>) {
     let org = Uuid::now_v7();
     let mut conn = pool.acquire().await.expect("connection");
     organizations::insert(&mut conn, org, "cli", Tier::Pro)
         .await
         .expect("insert organisation");
-    organizations::set_webhook(&mut conn, org, "http://127.0.0.1:9/", &signing::generate_secret())
+    let url = WebhookUrl::parse("http://127.0.0.1:9/").expect("a webhook URL");
+    endpoints::set_default(&mut conn, org, &url, &signing::generate_secret())
         .await
         .expect("set webhook");
-    drop(conn);
-    let mut ids = Vec::new();
-    for (status, hours_ago) in events {
-        let id = Uuid::now_v7();
+    let payloads = vec![(None, json!({})); events.len()];
+    let ids = testing::store_events(pool, org, "order.created", &payloads)
+        .await
+        .expect("store events");
+    for (&(status, hours_ago), &id) in events.iter().zip(&ids) {
+        if status != "pending" {
+            sqlx::query(
+                "UPDATE deliveries SET status = $2, attempts = 6, job_id = NULL, next_attempt_at = NULL,
+                        delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+                 WHERE event_id = $1",
+            )
+            .bind(id)
+            .bind(status)
+            .execute(&mut *conn)
+            .await
+            .expect("set the delivery's status");
+            q::delete_jobs_of_events(&mut conn, &[id]).await;
+        }
         sqlx::query(
-            "INSERT INTO events (id, organization_id, type, payload, status, attempts, created_at)
-             VALUES ($1, $2, 'order.created', '{}', $3, 6, now() - make_interval(hours => $4))",
+            "WITH e AS (UPDATE events SET created_at = now() - make_interval(hours => $2) WHERE id = $1
+                        RETURNING id, created_at)
+             UPDATE deliveries d SET created_at = e.created_at FROM e WHERE d.event_id = e.id",
         )
         .bind(id)
-        .bind(org)
-        .bind(status)
         .bind(hours_ago)
-        .execute(pool)
+        .execute(&mut *conn)
         .await
-        .expect("insert event");
-        ids.push(id);
+        .expect("age the event");
     }
     (org, ids)
 }
@@ -237,15 +255,33 @@ async fn status_of(pool: &PgPool, id: Uuid) -> String {
         .expect("event")
 }
 
-async fn jobs_for(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs
-         WHERE status = 'Pending' AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1::text",
+/// Jobs of event `id` (in any state: no worker runs here, so every job is waiting).
+async fn jobs_for(pool: &PgPool, id: Uuid) -> usize {
+    let mut conn = pool.acquire().await.expect("connection");
+    q::jobs_of_event(&mut conn, id).await.len()
+}
+
+/// The one job of event `id` (which has one delivery).
+async fn only_job(conn: &mut sqlx::PgConnection, id: Uuid) -> String {
+    let jobs = q::jobs_of_event(conn, id).await;
+    assert_eq!(jobs.len(), 1, "event {id} has one job");
+    jobs[0].clone()
+}
+
+/// Make the next attempt of event `id`'s one delivery due `secs` from now (negative: overdue
+/// by that much): its job and the delivery's `next_attempt_at` alike.
+async fn due_in(pool: &PgPool, id: Uuid, secs: f64) {
+    let mut conn = pool.acquire().await.expect("connection");
+    let job = only_job(&mut conn, id).await;
+    q::set_due_in(&mut conn, &job, secs).await;
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = now() + make_interval(secs => $2) WHERE event_id = $1",
     )
     .bind(id)
-    .fetch_one(pool)
+    .bind(secs)
+    .execute(&mut *conn)
     .await
-    .expect("jobs")
+    .expect("reschedule the delivery");
 }
 
 /// `triggers-ingest events redeliver --org ORG --status STATUS [EXTRA...]`.
@@ -285,13 +321,13 @@ async fn events_redeliver_queues_only_failed_events_since_the_given_instant() {
 }
 
 #[tokio::test]
-async fn events_redeliver_refuses_an_organisation_without_a_webhook() {
+async fn events_redeliver_refuses_an_organisation_without_an_endpoint() {
     let app = TestApp::spawn().await;
     let (_, org) = app.create_org("NoHook", "free").await;
     let out = redeliver(&app.db_url, &org, "failed", &[]).await;
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("has no webhook configured"),
+        stderr(&out).contains(&format!("organisation {org} has no endpoint")),
         "{}",
         stderr(&out)
     );
@@ -307,46 +343,19 @@ async fn queue_stats_reports_depth_by_state_oldest_due_age_and_the_busiest_organ
     )
     .await;
     let (quiet, quiet_events) = org_with_events(&db.pool, &[("pending", 0), ("pending", 0)]).await;
-    let mut tx = db.pool.begin().await.expect("begin");
-    let due: Vec<_> = busy_events
-        .iter()
-        .map(|id| (DeliveryJob::first(*id, busy), Duration::ZERO))
-        .chain([(DeliveryJob::first(quiet_events[0], quiet), Duration::ZERO)])
-        .collect();
-    jobs::enqueue(&mut tx, &due).await.expect("enqueue due");
-    jobs::enqueue(
-        &mut tx,
-        &[(
-            DeliveryJob::first(quiet_events[1], quiet),
-            Duration::from_secs(3600),
-        )],
-    )
-    .await
-    .expect("enqueue scheduled");
-    tx.commit().await.expect("commit");
-    // One of the busy organisation's jobs has been due for five minutes.
-    sqlx::query(
-        "UPDATE apalis.jobs SET run_at = now() - interval '300 seconds'
-         WHERE convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1::text",
-    )
-    .bind(busy_events[0])
-    .execute(&db.pool)
-    .await
-    .expect("age a job");
+    // Each event has its delivery's first job, due now. One of the busy organisation's has been
+    // due for five minutes; one of the quiet organisation's is a retry due in an hour.
+    due_in(&db.pool, busy_events[0], -300.0).await;
+    due_in(&db.pool, quiet_events[1], 3600.0).await;
     // A claimed job is running, not due; a failed one with runs left is due again (what the
     // worker's queue gauges count too).
-    for (event, status, attempts) in [(busy_events[1], "Queued", 0), (busy_events[2], "Failed", 1)] {
-        sqlx::query(
-            "UPDATE apalis.jobs SET status = $2, attempts = $3
-             WHERE convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $1::text",
-        )
-        .bind(event)
-        .bind(status)
-        .bind(attempts)
-        .execute(&db.pool)
-        .await
-        .expect("set a job's state");
-    }
+    let mut conn = db.pool.acquire().await.expect("connection");
+    let claimed = only_job(&mut conn, busy_events[1]).await;
+    q::register_worker(&mut conn, "some-worker", Duration::ZERO).await;
+    q::hold_by(&mut conn, &claimed, "some-worker").await;
+    let retryable = only_job(&mut conn, busy_events[2]).await;
+    q::force_state(&mut conn, &retryable, ForcedState::Retryable, Duration::ZERO).await;
+    drop(conn);
 
     let stats = stdout_json(&run(Some(&db.url), &["queue", "stats", "--json"]).await);
     assert_eq!(
@@ -357,8 +366,15 @@ async fn queue_stats_reports_depth_by_state_oldest_due_age_and_the_busiest_organ
     assert!((299.0..400.0).contains(&oldest), "oldest due age {oldest}");
     let top = stats["top_organizations"].as_array().expect("top");
     assert_eq!(top.len(), 2);
+    // An organisation's waiting work is its pending deliveries, whether or not a worker has
+    // claimed the job carrying one.
     assert_eq!(top[0]["organization_id"], busy.to_string());
-    assert_eq!(top[0]["waiting"], 3);
+    assert_eq!(top[0]["waiting"], 4);
+    let busy_oldest = top[0]["oldest_due_age_seconds"].as_f64().expect("oldest");
+    assert!(
+        (299.0..400.0).contains(&busy_oldest),
+        "busy oldest due age {busy_oldest}"
+    );
     assert_eq!(top[1]["organization_id"], quiet.to_string());
     assert_eq!(top[1]["waiting"], 2);
 

@@ -6,10 +6,13 @@ mod fixtures;
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::{TestApp, field_names};
 use fixtures::*;
 use serde_json::{Value, json};
-use triggers_ingest::batcher::{BatchWriter, NewEvent, Outcome};
+use triggers_ingest::{
+    batcher::{NewEvent, Outcome},
+    routing::Fanout,
+};
 use triggers_shared::{
     db::queue,
     models::{DedupId, EventType, Payload},
@@ -21,7 +24,7 @@ use uuid::Uuid;
 async fn accepted_event_is_committed_with_its_dedup_key_and_job_when_a_webhook_is_configured() {
     let app = TestApp::spawn().await;
     let (key, org) = org_with_key(&app.db, "pro").await;
-    set_webhook(&app.db, org).await;
+    let endpoint = set_webhook(&app.db, org).await;
 
     let res = post_event(
         &app,
@@ -47,7 +50,7 @@ async fn accepted_event_is_committed_with_its_dedup_key_and_job_when_a_webhook_i
     );
     assert_eq!(location.as_deref(), Some(format!("/api/events/{id}").as_str()));
 
-    // Right after the 202, without waiting: event, dedup key and job are there.
+    // Right after the 202, without waiting: event, dedup key, delivery and job are there.
     let (org_of, status, payload): (Uuid, String, Value) =
         sqlx::query_as("SELECT organization_id, status, payload FROM events WHERE id = $1")
             .bind(uuid)
@@ -67,7 +70,19 @@ async fn accepted_event_is_committed_with_its_dedup_key_and_job_when_a_webhook_i
     .expect("dedup key");
     assert_eq!(holder, uuid);
     assert_eq!(job_count(&app.db).await, 1);
-    assert_eq!(jobs_for_event(&app.db, &id).await, 1);
+    let mut conn = app.db.acquire().await.expect("connection");
+    let jobs = queue::testing::jobs_of_event(&mut conn, uuid).await;
+    let delivery: (Uuid, String, Option<String>) =
+        sqlx::query_as("SELECT endpoint_id, status, job_id FROM deliveries WHERE event_id = $1")
+            .bind(uuid)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("one delivery");
+    assert_eq!(
+        delivery,
+        (endpoint, "pending".to_owned(), jobs.first().cloned()),
+        "one pending delivery to the webhook, named by its job ({jobs:?})"
+    );
 }
 
 #[tokio::test]
@@ -77,6 +92,11 @@ async fn accepted_event_without_a_webhook_gets_no_job_and_waits_in_the_inbox() {
     let body = accept(&app, &key, &json!({"type": "a", "payload": {}})).await;
     assert_eq!(body["dedup_id"], Value::Null);
     assert_eq!(job_count(&app.db).await, 0);
+    let deliveries: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(deliveries, 0);
     let (status, inbox) = get_json(&app, &key, "/api/inbox").await;
     assert_eq!(status, 200);
     assert_eq!(inbox["events"][0]["id"], body["id"]);
@@ -440,9 +460,10 @@ async fn sql_metacharacters_are_stored_verbatim() {
 }
 
 #[tokio::test]
-async fn get_event_shows_the_inbox_shape_and_the_attempts_log() {
+async fn get_event_shows_the_inbox_shape_its_deliveries_and_the_attempts_log() {
     let app = TestApp::spawn().await;
     let (key, org) = org_with_key(&app.db, "pro").await;
+    let endpoint = set_webhook(&app.db, org).await;
     let created = accept(
         &app,
         &key,
@@ -451,32 +472,61 @@ async fn get_event_shows_the_inbox_shape_and_the_attempts_log() {
     .await;
     let id = created["id"].as_str().expect("id");
     let uuid = Uuid::parse_str(id).expect("uuid");
-    sqlx::query(
-        "INSERT INTO delivery_attempts (event_id, organization_id, attempt, started_at, duration_ms, response_status, error)
-         VALUES ($1, $2, 1, now() - interval '2 seconds', 120, 500, 'HTTP 500'),
-                ($1, $2, 2, now() - interval '1 second', 35, 200, NULL)",
-    )
-    .bind(uuid)
-    .bind(org)
-    .execute(&app.db)
-    .await
-    .expect("attempts");
+    // The webhook answers the first attempt 500, the retry 200.
+    assert_eq!(attempt(&app.db, &[uuid], 500, false).await, 1);
+    assert_eq!(attempt(&app.db, &[uuid], 200, false).await, 1);
 
     let (status, body) = get_json(&app, &key, &format!("/api/events/{id}")).await;
     assert_eq!(status, 200);
-    for field in INBOX_ITEM_FIELDS.into_iter().chain(["attempts_log"]) {
-        assert!(body.get(field).is_some(), "missing {field}: {body}");
-    }
+    let mut fields: Vec<&str> = INBOX_ITEM_FIELDS
+        .into_iter()
+        .chain(["attempts_log", "deliveries"])
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(field_names(&body), fields);
     assert_eq!(body["id"], created["id"]);
     assert_eq!(body["created_at"], created["created_at"]);
-    assert_eq!(body["status"], "pending");
+    assert_eq!(body["status"], "delivered");
+    assert_eq!(body["attempts"], 2);
+    assert_eq!(body["response_status"], 200);
+    assert_eq!(body["last_error"], Value::Null);
     assert_eq!(body["payload"], json!({"a": [1, 2]}));
+    let deliveries = body["deliveries"].as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 1, "{body}");
+    let delivery = &deliveries[0];
+    assert_eq!(
+        field_names(delivery),
+        [
+            "attempts",
+            "delivered_at",
+            "endpoint_id",
+            "last_error",
+            "next_attempt_at",
+            "response_status",
+            "status"
+        ]
+    );
+    assert_eq!(delivery["endpoint_id"], endpoint.to_string());
+    assert_eq!(delivery["status"], "delivered");
+    assert_eq!(delivery["attempts"], 2);
+    assert_eq!(delivery["response_status"], 200);
+    assert_eq!(delivery["last_error"], Value::Null);
+    assert_eq!(delivery["next_attempt_at"], Value::Null);
+    assert!(
+        delivery["delivered_at"]
+            .as_str()
+            .expect("delivered_at")
+            .ends_with('Z')
+    );
     let log = body["attempts_log"].as_array().expect("log");
     assert_eq!(log.len(), 2);
     assert_eq!(log[0]["attempt"], 1);
+    assert_eq!(log[0]["endpoint_id"], endpoint.to_string());
     assert_eq!(log[0]["duration_ms"], 120);
     assert_eq!(log[0]["response_status"], 500);
     assert_eq!(log[0]["error"], "HTTP 500");
+    assert_eq!(log[1]["attempt"], 2);
+    assert_eq!(log[1]["endpoint_id"], endpoint.to_string());
     assert_eq!(log[1]["response_status"], 200);
     assert_eq!(log[1]["error"], Value::Null);
     assert!(log[0]["started_at"].as_str().expect("started_at").ends_with('Z'));
@@ -523,21 +573,28 @@ async fn unknown_malformed_and_foreign_event_ids_are_the_same_404() {
 async fn redeliver_resets_the_event_to_pending_and_enqueues_a_job() {
     let app = TestApp::spawn().await;
     let (key, org) = org_with_key(&app.db, "pro").await;
-    let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
-    let id = created["id"].as_str().expect("id");
+    let inbox_only = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
+    let inbox_only = inbox_only["id"].as_str().expect("id");
 
     // Without a webhook there is nowhere to deliver to.
-    let (status, body) = post_json(&app, &key, &format!("/api/events/{id}/redeliver"), None).await;
+    let path = format!("/api/events/{inbox_only}/redeliver");
+    let (status, body) = post_json(&app, &key, &path, None).await;
     assert_eq!(status, 409);
     assert_eq!(body["code"], "webhook_not_configured");
     assert_eq!(job_count(&app.db).await, 0);
-
+    // An event's deliveries are fixed when it is accepted: one accepted before the webhook
+    // existed still has none.
     set_webhook(&app.db, org).await;
-    sqlx::query("UPDATE events SET status = 'failed', acknowledged_at = now() WHERE id = $1::uuid")
-        .bind(id)
-        .execute(&app.db)
-        .await
-        .expect("fail it");
+    let (status, body) = post_json(&app, &key, &path, None).await;
+    assert_eq!((status, &body["code"]), (409, &json!("webhook_not_configured")));
+    assert_eq!(job_count(&app.db).await, 0);
+
+    // An event delivered to the webhook, dead-lettered, then acknowledged.
+    let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(dead_letter(&app.db, &[id.parse().expect("uuid")]).await, 1);
+    let (status, _) = post_json(&app, &key, &format!("/api/ack/{id}"), None).await;
+    assert_eq!(status, 200);
     let (status, body) = post_json(&app, &key, &format!("/api/events/{id}/redeliver"), None).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["id"], created["id"]);
@@ -566,12 +623,13 @@ async fn bulk_redeliver_replays_every_failed_event_and_counts_them() {
         ids.push(e["id"].as_str().expect("id").to_owned());
     }
     let theirs = accept(&app, &other_key, &json!({"type": "t", "payload": {}})).await;
-    sqlx::query("UPDATE events SET status = 'failed' WHERE id = ANY($1::uuid[]) OR id = $2::uuid")
-        .bind(&ids[..3])
-        .bind(theirs["id"].as_str().expect("id"))
-        .execute(&app.db)
-        .await
-        .expect("fail some");
+    let failing: Vec<Uuid> = ids[..3]
+        .iter()
+        .map(String::as_str)
+        .chain([theirs["id"].as_str().expect("id")])
+        .map(|id| id.parse().expect("uuid"))
+        .collect();
+    assert_eq!(dead_letter(&app.db, &failing).await, 4);
     let jobs_before = job_count(&app.db).await;
 
     let (status, body) = post_json(
@@ -612,22 +670,9 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
     set_webhook(&app.db, org).await;
     let created = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
     let id = created["id"].as_str().expect("id").to_owned();
-    // Dead-lettered, as the worker leaves it: failed, its job done.
-    sqlx::query("UPDATE events SET status = 'failed' WHERE id = $1::uuid")
-        .bind(&id)
-        .execute(&app.db)
-        .await
-        .expect("fail it");
+    // Dead-lettered, as the worker leaves it: failed, its job finished.
+    assert_eq!(dead_letter(&app.db, &[id.parse().expect("uuid")]).await, 1);
     let mut conn = app.db.acquire().await.expect("conn");
-    let event_id = id.parse().expect("uuid");
-    let first = queue::testing::jobs_of_event(&mut conn, event_id).await;
-    queue::testing::force_state(
-        &mut conn,
-        &first[0],
-        queue::testing::ForcedState::Done,
-        Duration::ZERO,
-    )
-    .await;
 
     let path = format!("/api/events/{id}/redeliver");
     let answers = futures::future::join_all((0..30).map(|_| post_json(&app, &key, &path, None))).await;
@@ -644,8 +689,8 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
     assert_eq!(enqueued, 1, "{answers:?}");
     assert_eq!(
         jobs_for_event(&app.db, &id).await,
-        2,
-        "the finished job and one new one"
+        1,
+        "one new job (the finished one is gone)"
     );
     assert_eq!(queue::testing::count_live(&mut conn).await, 1);
 
@@ -653,22 +698,9 @@ async fn redelivering_an_event_thirty_times_at_once_enqueues_one_delivery() {
     let mut dead = Vec::new();
     for _ in 0..3 {
         let e = accept(&app, &key, &json!({"type": "t", "payload": {}})).await;
-        let event_id = e["id"].as_str().expect("id").parse().expect("uuid");
-        let job = queue::testing::jobs_of_event(&mut conn, event_id).await;
-        queue::testing::force_state(
-            &mut conn,
-            &job[0],
-            queue::testing::ForcedState::Done,
-            Duration::ZERO,
-        )
-        .await;
-        dead.push(event_id);
+        dead.push(e["id"].as_str().expect("id").parse().expect("uuid"));
     }
-    sqlx::query("UPDATE events SET status = 'failed' WHERE id = ANY($1)")
-        .bind(&dead)
-        .execute(&app.db)
-        .await
-        .expect("fail them");
+    assert_eq!(dead_letter(&app.db, &dead).await, 3);
     let body = json!({"status": "failed"});
     let answers = futures::future::join_all(
         (0..30).map(|_| post_json(&app, &key, "/api/events/redeliver", Some(&body))),
@@ -775,6 +807,11 @@ fn new_event(org: Uuid, dedup_id: Option<&str>) -> NewEvent {
         event_type: EventType::parse("direct").expect("event type"),
         dedup_id: dedup_id.map(|d| DedupId::parse(d).expect("dedup id")),
         payload: Payload::try_from("{}".to_owned()).expect("payload"),
+        // The organisation has no endpoint and its endpoints were never changed.
+        fanout: Fanout {
+            version: 0,
+            deliveries: vec![],
+        },
     }
 }
 
@@ -783,7 +820,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
     let test_db = TestDb::new().await.expect("db");
     let (_, org_a) = org_with_key(&test_db.pool, "pro").await;
     let (_, org_b) = org_with_key(&test_db.pool, "pro").await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let events = [
         new_event(org_a, Some("k")),
         new_event(org_a, None),
@@ -820,7 +857,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
 async fn shutdown_writes_what_is_queued_and_never_reports_unstored_events_as_accepted() {
     let test_db = TestDb::new().await.expect("db");
     let (_, org) = org_with_key(&test_db.pool, "pro").await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let (writer, event) = (writer.clone(), new_event(org, None));
@@ -861,7 +898,7 @@ async fn concurrent_events_are_written_in_shared_transactions() {
     let test_db = TestDb::new().await.expect("db");
     let (_, org) = org_with_key(&test_db.pool, "pro").await;
     set_webhook(&test_db.pool, org).await;
-    let writer = BatchWriter::start(test_db.pool.clone());
+    let writer = writer_of(&test_db.pool);
     let outcomes =
         futures::future::join_all((0..300).map(|i| writer.submit(new_event(org, Some(&format!("b-{i}"))))))
             .await;

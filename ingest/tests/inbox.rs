@@ -129,18 +129,14 @@ async fn cursor_pagination_neither_repeats_nor_skips_under_concurrent_inserts() 
 #[tokio::test]
 async fn the_status_filter_accepts_dead_letter_as_a_synonym_of_failed() {
     let app = TestApp::spawn().await;
-    let (key, _) = org_with_key(&app.db, "pro").await;
+    let (key, org) = org_with_key(&app.db, "pro").await;
+    set_webhook(&app.db, org).await;
     let ids = seed(&app, &key, 4, "s").await;
-    sqlx::query("UPDATE events SET status = 'failed' WHERE id = $1::uuid")
-        .bind(&ids[0])
-        .execute(&app.db)
-        .await
-        .expect("fail");
-    sqlx::query("UPDATE events SET status = 'delivered', delivered_at = now() WHERE id = $1::uuid")
-        .bind(&ids[1])
-        .execute(&app.db)
-        .await
-        .expect("deliver");
+    // The first one's delivery is dead-lettered, the second one's delivered; the others'
+    // are pending (each event's status sums its delivery up).
+    let id = |i: usize| -> Uuid { ids[i].parse().expect("uuid") };
+    assert_eq!(dead_letter(&app.db, &[id(0)]).await, 1);
+    assert_eq!(attempt(&app.db, &[id(1)], 200, false).await, 1);
 
     for (status, expected) in [
         ("failed", vec![ids[0].clone()]),

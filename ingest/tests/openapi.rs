@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestApp;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Every route of API.md: method, path, tag, and the security scheme it documents ("" = none).
 const ROUTES: &[(&str, &str, &str, &str)] = &[
@@ -15,6 +15,12 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/api/webhook/config", "webhook", "api_key"),
     ("delete", "/api/webhook/config", "webhook", "api_key"),
     ("post", "/api/webhook/secret/rotate", "webhook", "api_key"),
+    ("post", "/api/endpoints", "endpoints", "api_key"),
+    ("get", "/api/endpoints", "endpoints", "api_key"),
+    ("get", "/api/endpoints/{id}", "endpoints", "api_key"),
+    ("patch", "/api/endpoints/{id}", "endpoints", "api_key"),
+    ("delete", "/api/endpoints/{id}", "endpoints", "api_key"),
+    ("get", "/api/endpoints/{id}/deliveries", "endpoints", "api_key"),
     ("post", "/api/events", "events", "api_key"),
     ("get", "/api/events/{id}", "events", "api_key"),
     ("post", "/api/events/{id}/redeliver", "events", "api_key"),
@@ -200,4 +206,64 @@ async fn every_authenticated_change_documents_why_a_console_session_may_be_refus
     assert!(changes >= 10, "{changes} authenticated changes");
     let bearer = doc["components"]["securitySchemes"]["bearer"]["description"].to_string();
     assert!(bearer.contains("trg_session_"), "{bearer}");
+}
+
+#[tokio::test]
+async fn the_endpoints_routes_document_the_parsed_bodies_and_every_answer() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["EndpointIn"]["required"], json!(["url"]));
+    assert_eq!(schemas["EndpointPatchIn"].get("required"), None);
+    for (schema, field) in [
+        ("EndpointIn", "url"),
+        ("EndpointIn", "event_types"),
+        ("EndpointIn", "headers"),
+        ("EndpointIn", "rate_limit_per_second"),
+        ("EndpointPatchIn", "enabled"),
+        ("EndpointOut", "default"),
+        ("EndpointOut", "disabled_reason"),
+        ("EndpointListOut", "next_cursor"),
+    ] {
+        assert!(
+            schemas[schema]["properties"][field].is_object(),
+            "{schema}.{field}"
+        );
+    }
+    assert!(
+        schemas["EndpointOut"]["properties"]["headers"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("********")),
+        "the masking rule is documented"
+    );
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    // Every change also documents the 403 of a read-only console session.
+    let expected = [
+        (
+            "/api/endpoints",
+            "post",
+            &["201", "400", "401", "403", "413", "415", "422", "503"][..],
+        ),
+        ("/api/endpoints", "get", &["200", "401", "422", "503"][..]),
+        ("/api/endpoints/{id}", "get", &["200", "401", "404", "503"][..]),
+        (
+            "/api/endpoints/{id}",
+            "patch",
+            &["200", "400", "401", "403", "404", "413", "415", "422", "503"][..],
+        ),
+        (
+            "/api/endpoints/{id}",
+            "delete",
+            &["204", "401", "403", "404", "503"][..],
+        ),
+    ];
+    for (path, method, codes) in expected {
+        assert_eq!(statuses(path, method), codes, "{method} {path}");
+        assert_eq!(doc["paths"][path][method]["tags"], json!(["endpoints"]));
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::{TestApp, error_of, field_names};
 use reqwest::header;
 use serde_json::{Value, json};
-use triggers_shared::signing;
+use triggers_shared::{db::endpoints, signing};
 
 async fn set_config(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.client
@@ -39,12 +39,14 @@ async fn rotate_secret(app: &TestApp, key: &str) -> reqwest::Response {
         .expect("POST /api/webhook/secret/rotate")
 }
 
+/// The stored webhook URL and signing secret: those of the organisation's default endpoint.
 async fn stored(app: &TestApp, org_id: &str) -> (Option<String>, Option<String>) {
-    sqlx::query_as("SELECT webhook_url, signing_secret FROM organizations WHERE id = $1::uuid")
-        .bind(org_id)
-        .fetch_one(&app.db)
+    let org_id = org_id.parse().expect("an organisation id");
+    let mut conn = app.db.acquire().await.expect("connection");
+    let endpoint = endpoints::find_default(&mut conn, org_id)
         .await
-        .expect("organisation row")
+        .expect("read the default endpoint");
+    endpoint.map_or((None, None), |e| (Some(e.url), Some(e.signing_secret)))
 }
 
 fn assert_valid_secret(secret: &str) {

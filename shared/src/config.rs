@@ -108,6 +108,8 @@ pub struct IngestConfig {
     /// Where browsers reach ingest (`TRIGGERS_PUBLIC_URL`): the base of the console links that
     /// `POST /api/portal/sessions` answers. `None`: `http://` and the address ingest listens on.
     pub public_url: Option<url::Url>,
+    /// The most endpoints one organisation may have.
+    pub max_endpoints_per_org: u32,
 }
 
 impl IngestConfig {
@@ -135,6 +137,13 @@ impl IngestConfig {
                         .with_context(|| format!("TRIGGERS_PUBLIC_URL is invalid (`{v}`)"))
                 })
                 .transpose()?,
+            max_endpoints_per_org: match env_or(
+                "TRIGGERS_MAX_ENDPOINTS_PER_ORG",
+                DEFAULT_MAX_ENDPOINTS_PER_ORG,
+            )? {
+                0 => bail!("TRIGGERS_MAX_ENDPOINTS_PER_ORG must be at least 1"),
+                cap => cap,
+            },
         })
     }
 
@@ -150,6 +159,7 @@ impl IngestConfig {
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
             public_url: None,
+            max_endpoints_per_org: DEFAULT_MAX_ENDPOINTS_PER_ORG,
         }
     }
 }
@@ -176,6 +186,8 @@ pub fn parse_public_url(text: &str) -> anyhow::Result<url::Url> {
 
 /// Default of `TRIGGERS_REQUEST_BYTES_BUDGET`: 64 MiB.
 pub const DEFAULT_REQUEST_BYTES_BUDGET: usize = 64 * 1024 * 1024;
+/// Default of `TRIGGERS_MAX_ENDPOINTS_PER_ORG`.
+pub const DEFAULT_MAX_ENDPOINTS_PER_ORG: u32 = 50;
 
 /// Settings of `triggers-worker`.
 #[derive(Clone, Debug)]

@@ -42,7 +42,8 @@ pub const DELIVERY_END_TO_END_SECONDS: &str = "triggers_delivery_end_to_end_seco
 pub const DELIVERY_INFLIGHT: &str = "triggers_delivery_inflight";
 /// Counter: jobs put back on the queue because their organisation was at its cap.
 pub const DELIVERY_DEFERRED_TOTAL: &str = "triggers_delivery_deferred_total";
-/// Counter: events moved to `failed` (the dead-letter queue).
+/// Counter: deliveries moved to `failed` (the dead-letter queue). The name is kept from the
+/// one-webhook model, where an event had one delivery, so dashboards and alerts keep working.
 pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "triggers_events_dead_lettered_total";
 /// Gauge: delivery jobs due or scheduled (not running).
 pub const QUEUE_DEPTH: &str = "triggers_queue_depth";
@@ -51,9 +52,8 @@ pub const QUEUE_JOBS: &str = "triggers_queue_jobs";
 /// Gauge: age in seconds of the oldest delivery job that is due and not yet running (0 when
 /// none); sampled from the database by one worker of the fleet at a time.
 pub const QUEUE_OLDEST_PENDING_AGE_SECONDS: &str = "triggers_queue_oldest_pending_age_seconds";
-/// Gauge: pending events of organisations with a webhook that have no live delivery job
-/// (should be 0; the janitor repairs them).
-pub const EVENTS_WITHOUT_JOB: &str = "triggers_events_without_job";
+/// Gauge: pending deliveries that have no live job (should be 0; the janitor repairs them).
+pub const DELIVERIES_WITHOUT_JOB: &str = "triggers_deliveries_without_job";
 /// Counter `{table}`: rows the janitor deleted.
 pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
 
@@ -79,8 +79,21 @@ pub const AUTH_CACHE_OUTCOMES: [&str; 6] = [
     "throttled",
 ];
 
-/// Values of [`DELIVERIES_TOTAL`]'s `outcome` label.
-pub const DELIVERY_OUTCOMES: [&str; 5] = ["delivered", "retry", "failed", "superseded", "dropped"];
+/// Values of [`DELIVERIES_TOTAL`]'s `outcome` label: `delivered`, `retry` (an attempt failed,
+/// the next is scheduled), `failed` (dead letter), `superseded` (the attempt was made but its
+/// chain was replaced or its delivery closed meanwhile), `dropped` (nothing to send: the
+/// delivery was finished, cancelled or resent before its job ran), `skipped` (the endpoint was
+/// disabled when it came to sending), `cancelled` (the endpoint had been deleted). Never a
+/// label per endpoint or organisation.
+pub const DELIVERY_OUTCOMES: [&str; 7] = [
+    "delivered",
+    "retry",
+    "failed",
+    "superseded",
+    "dropped",
+    "skipped",
+    "cancelled",
+];
 
 /// Values of [`EVENTS_REJECTED_TOTAL`]'s `reason` label exported from the start (other error
 /// codes appear when first used; the set of codes is fixed by the code, not by input).
@@ -170,7 +183,7 @@ pub fn init_worker() {
         metrics::gauge!(QUEUE_JOBS, "state" => state).set(0.0);
     }
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(0.0);
-    metrics::gauge!(EVENTS_WITHOUT_JOB).set(0.0);
+    metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(0.0);
     for table in [
         "apalis.jobs",
         "dedup_keys",

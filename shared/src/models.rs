@@ -1,13 +1,21 @@
 //! Rows as the database stores them, the domain enums they carry, and (in `values`) the
-//! validated values of an event and of an organisation.
+//! validated values of an event and of an organisation; an endpoint's row and values are in
+//! `endpoint`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod endpoint;
 mod patterns;
 mod values;
 
+pub use endpoint::{
+    Description, DisabledReason, Endpoint, EndpointHeaders, EventTypes, ItemProblem, MASKED_VALUE,
+    MAX_DESCRIPTION_CHARS, MAX_EVENT_TYPES, MAX_HEADER_NAME_CHARS, MAX_HEADER_VALUE_CHARS, MAX_HEADERS,
+    RATE_LIMIT_RANGE, REFUSED_HEADER_NAMES, REFUSED_HEADER_PREFIXES, RateLimit, RequestedHeaders,
+    SENSITIVE_NAME_PARTS, is_sensitive_header, masked_without_stored_value_message, rate_limit_range_message,
+};
 pub use patterns::{EventTypePattern, any_matches};
 pub use values::{
     DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,
@@ -58,7 +66,11 @@ impl Tier {
     }
 }
 
-/// Where an event stands. `failed` is the dead-letter queue.
+/// Where an event stands, summing its deliveries up: `delivered` once acknowledged; otherwise
+/// `pending` while any delivery is pending, else `failed` (the dead-letter queue) if any
+/// failed, else `delivered` if any was delivered; with only skipped or cancelled deliveries, or
+/// none, `pending` (waiting in the inbox). Kept in step by the database (a trigger on
+/// `deliveries`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -94,9 +106,6 @@ pub struct Organization {
     pub name: String,
     pub tier: Tier,
     pub rate_limit_per_minute: i32,
-    pub webhook_url: Option<String>,
-    pub signing_secret: Option<String>,
-    pub webhook_updated_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -111,8 +120,11 @@ pub struct Event {
     /// Selected as `payload::text`: served as stored, never decoded.
     #[sqlx(try_from = "String")]
     pub payload: Payload,
+    /// The summary of its deliveries (see [`EventStatus`]).
     pub status: EventStatus,
+    /// Attempts of all its deliveries.
     pub attempts: i32,
+    /// The latest attempt's answer and error, over all its deliveries.
     pub response_status: Option<i32>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -121,9 +133,68 @@ pub struct Event {
     pub acknowledged_at: Option<DateTime<Utc>>,
 }
 
+/// Where one delivery (an event to one endpoint) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Not sent yet, or a retry is scheduled.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Retries exhausted (the dead letter), or the endpoint answered `410 Gone`.
+    Failed,
+    /// The endpoint was disabled: never sent, recoverable.
+    Skipped,
+    /// The endpoint was deleted, or the event acknowledged, before it was sent.
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A status as the API spells it; `dead_letter` is a synonym of `failed`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryStatus::Pending),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "failed" | "dead_letter" => Some(DeliveryStatus::Failed),
+            "skipped" => Some(DeliveryStatus::Skipped),
+            "cancelled" => Some(DeliveryStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One delivery as the API shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Delivery {
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DeliveryAttempt {
+    /// The delivery's attempt number (from 1; a resend keeps counting).
     pub attempt: i32,
+    /// `None` only for attempts recorded before endpoints existed of an organisation that had no
+    /// webhook left when they were migrated.
+    pub endpoint_id: Option<Uuid>,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub response_status: Option<i32>,

@@ -11,7 +11,7 @@ pub const MAX_WEBHOOK_URL_LEN: usize = 2048;
 /// What a refused target is told: never the address it resolved to, nor whether it resolved at
 /// all (either would let a client map the internal network through our resolver).
 pub const NOT_ALLOWED: &str =
-    "webhook_url must point to a public address: internal and unresolvable targets are not allowed";
+    "the URL must point to a public address: internal and unresolvable targets are not allowed";
 
 /// A webhook URL whose shape is checked ([`parse_webhook_url`]), in its normalised form: what
 /// is stored is exactly what was checked and what the worker calls. Where it points is checked
@@ -33,7 +33,8 @@ impl WebhookUrl {
     }
 }
 
-/// Why a webhook URL is refused.
+/// Why a webhook URL is refused. Messages do not name the field: the webhook route's
+/// `webhook_url` and an endpoint's `url` follow the same rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlRejection {
     /// Malformed, wrong scheme, user-info, too long: a validation failure.
@@ -50,24 +51,21 @@ pub enum UrlRejection {
 pub fn parse_webhook_url(raw: &str) -> Result<Url, UrlRejection> {
     let too_long = || {
         UrlRejection::Invalid(format!(
-            "webhook_url must be at most {MAX_WEBHOOK_URL_LEN} characters, also once normalised"
+            "must be at most {MAX_WEBHOOK_URL_LEN} characters, also once normalised"
         ))
     };
     if raw.len() > MAX_WEBHOOK_URL_LEN {
         return Err(too_long());
     }
-    let url =
-        Url::parse(raw).map_err(|e| UrlRejection::Invalid(format!("webhook_url is not a valid URL: {e}")))?;
+    let url = Url::parse(raw).map_err(|e| UrlRejection::Invalid(format!("is not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(UrlRejection::Invalid("webhook_url must use http or https".into()));
+        return Err(UrlRejection::Invalid("must use http or https".into()));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(UrlRejection::Invalid(
-            "webhook_url must not contain user info".into(),
-        ));
+        return Err(UrlRejection::Invalid("must not contain user info".into()));
     }
     if url.host().is_none() {
-        return Err(UrlRejection::Invalid("webhook_url must have a host".into()));
+        return Err(UrlRejection::Invalid("must have a host".into()));
     }
     if url.as_str().len() > MAX_WEBHOOK_URL_LEN {
         return Err(too_long());
@@ -80,7 +78,7 @@ pub fn parse_webhook_url(raw: &str) -> Result<Url, UrlRejection> {
 pub async fn resolve_allowed(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>, UrlRejection> {
     let host = url
         .host_str()
-        .ok_or_else(|| UrlRejection::Invalid("webhook_url must have a host".into()))?;
+        .ok_or_else(|| UrlRejection::Invalid("must have a host".into()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port_or_known_default().unwrap_or(443);
     if !allow_private {

@@ -49,6 +49,29 @@ impl TestDb {
         })
     }
 
+    /// A fresh database with no schema at all (to build an older schema in it, say).
+    pub async fn empty() -> anyhow::Result<Self> {
+        let base = std::env::var("DATABASE_URL")
+            .context("DATABASE_URL is not set: run the tests through deploy/local/test.sh")?;
+        let base_opts: PgConnectOptions = base.parse().context("DATABASE_URL")?;
+        let mut admin = PgConnection::connect_with(&base_opts.clone().database("postgres"))
+            .await
+            .context("connecting to the test server")?;
+        let name = format!("triggers_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .with_context(|| format!("creating {name}"))?;
+        let url = with_database(&base, &name);
+        let pool = db::pool(&CommonConfig::for_database(url.clone()))?;
+        Ok(Self {
+            name,
+            url,
+            pool,
+            admin_url: with_database(&base, "postgres"),
+        })
+    }
+
     /// Simulate an outage: refuse new connections to this database and end the open ones.
     pub async fn cut_off(&self) -> anyhow::Result<()> {
         self.set_allow_connections(false).await?;
@@ -145,4 +168,45 @@ fn with_database(url: &str, name: &str) -> String {
         Some(q) => format!("{prefix}/{name}?{q}"),
         None => format!("{prefix}/{name}"),
     }
+}
+
+/// Store events of `org` as ingest does: routed to the organisation's endpoints as they are
+/// now, with their deliveries and first jobs, through the ingest statement itself
+/// (`db::queue::event_batch`). `events` are `(dedup_id, payload)`; returns the ids of the
+/// events, in their order.
+pub async fn store_events(
+    pool: &PgPool,
+    org: uuid::Uuid,
+    event_type: &str,
+    events: &[(Option<String>, serde_json::Value)],
+) -> anyhow::Result<Vec<uuid::Uuid>> {
+    use db::queue::event_batch::{NewEvents, Written, insert_batch};
+
+    let mut conn = pool.acquire().await?;
+    let routes = db::routing::load(&mut conn, org)
+        .await?
+        .context("no such organisation")?;
+    let fanout = routes.fanout(event_type);
+    let texts: Vec<String> = events.iter().map(|(_, payload)| payload.to_string()).collect();
+    let mut rows = NewEvents::default();
+    for (i, text) in texts.iter().enumerate() {
+        rows.ids.push(uuid::Uuid::now_v7());
+        rows.organization_ids.push(org);
+        rows.types.push(event_type);
+        rows.dedup_ids.push(events[i].0.as_deref());
+        rows.payloads.push(text);
+        rows.endpoints_versions.push(fanout.version);
+        rows.deliveries.extend(
+            fanout
+                .deliveries
+                .iter()
+                .map(|&(endpoint, status)| (i, endpoint, status)),
+        );
+    }
+    let written = insert_batch(&mut conn, &rows, std::time::Duration::from_secs(3600)).await?;
+    anyhow::ensure!(
+        written.iter().all(|w| matches!(w, Written::Inserted { .. })),
+        "not every event was stored: {written:?}"
+    );
+    Ok(rows.ids)
 }

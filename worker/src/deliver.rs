@@ -1,15 +1,19 @@
-//! One delivery attempt: what happens to an event once its job is claimed.
+//! One delivery attempt: what happens to a delivery (an event to one endpoint) once its job is
+//! claimed.
 //!
-//! The job waits in the worker for a slot of its organisation (`fair`), or is put back in the
-//! queue for later when its organisation holds enough already. With a slot: load the event
-//! (batched with every delivery starting now; acknowledged, delivered, deleted or webhook
-//! removed: nothing to send), check the target and sign, check once more that the event is
-//! still pending and unacknowledged if that took over [`RECHECK_AFTER`] (batched too), send the
-//! signed POST with no transaction open, then hand the attempt to the group commit (`recorder`):
-//! it records the attempt, moves the event on, enqueues any next attempt as a new job whose
-//! `run_at` lies in the future and finishes (deletes) this job, in one transaction shared with
-//! other deliveries. The handler returns after that commit. apalis itself never retries a
-//! webhook failure (it would re-fetch at once, with its backoff kept only in memory).
+//! The job waits in the worker for a slot (`fair`), or is put back in the queue for later when
+//! its organisation or endpoint holds enough already. With a slot: load the delivery with its
+//! event and endpoint (batched with every delivery starting now). Nothing is sent when the
+//! delivery is no longer pending or this job is not its chain's (acknowledged, resent,
+//! finished, purged); a deleted endpoint closes it `cancelled`, a disabled one `skipped`.
+//! Otherwise check the target and sign (one signature per valid secret), check once more that
+//! the delivery is still pending in this chain if that took over [`RECHECK_AFTER`] (batched
+//! too), send the signed POST with the endpoint's custom headers and no transaction open, then
+//! hand the attempt to the group commit (`recorder`): it records the attempt, moves the
+//! delivery on, enqueues any next attempt as a new job whose `run_at` lies in the future (named
+//! by the delivery) and finishes (deletes) this job, in one transaction shared with other
+//! deliveries. The handler returns after that commit. apalis itself never retries a webhook
+//! failure (it would re-fetch at once, with its backoff kept only in memory).
 
 use std::{
     collections::HashMap,
@@ -28,15 +32,15 @@ use sqlx::PgPool;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        deliveries::{self, AttemptRecord, DeliveryTarget},
+        deliveries::{self, AttemptRecord, DeliveryKey, DeliveryTarget, EndpointTarget},
         queue,
     },
-    jobs::DeliveryJob,
+    jobs::{DeliveryJob, JobId},
     metrics::{
         DELIVERIES_TOTAL, DELIVERY_DEFERRED_TOTAL, DELIVERY_DURATION_SECONDS, DELIVERY_END_TO_END_SECONDS,
         DELIVERY_INFLIGHT, EVENTS_DEAD_LETTERED_TOTAL,
     },
-    models::EventStatus,
+    models::DeliveryStatus,
     net, signing,
 };
 use uuid::Uuid;
@@ -52,7 +56,7 @@ use crate::{
 /// How many jobs one worker holds (claimed from the queue) per request it may have in flight.
 pub const HOLD_PER_SLOT: usize = 16;
 
-/// The most events one load or re-check statement asks for.
+/// The most deliveries one load or re-check statement asks for.
 const MAX_READ_BATCH: usize = 256;
 
 /// How old the event's load may be when the request goes out before it is read again.
@@ -67,10 +71,10 @@ pub struct Deliverer {
     client: WebhookClient,
     config: Arc<WorkerConfig>,
     gate: Gate,
-    /// Loads the events of the deliveries starting together, in one query.
-    loader: Coalescer<Uuid, Option<(Uuid, DeliveryTarget)>>,
-    /// Right before sending: is the event still pending and unacknowledged?
-    recheck: Coalescer<Uuid, bool>,
+    /// Loads the deliveries starting together, with their events and endpoints, in one query.
+    loader: Coalescer<DeliveryKey, Option<DeliveryTarget>>,
+    /// Right before sending: is the delivery still pending in this job's chain?
+    recheck: Coalescer<(DeliveryKey, String), bool>,
     recorder: Coalescer<Write, Written>,
 }
 
@@ -137,28 +141,27 @@ impl Deliverer {
         let gate = Gate::new(config.concurrency, config.org_inflight_cap, held_jobs(&config));
         let loader = {
             let pool = pool.clone();
-            Coalescer::spawn(MAX_READ_BATCH, move |ids: Vec<Uuid>| {
+            Coalescer::spawn(MAX_READ_BATCH, move |keys: Vec<DeliveryKey>| {
                 let pool = pool.clone();
                 async move {
                     let mut conn = pool.acquire().await?;
-                    let found: HashMap<Uuid, (Uuid, DeliveryTarget)> =
-                        deliveries::load_targets(&mut conn, &ids)
+                    let found: HashMap<DeliveryKey, DeliveryTarget> =
+                        deliveries::load_targets(&mut conn, &keys)
                             .await?
                             .into_iter()
-                            .map(|found| (found.1.event_id, found))
                             .collect();
-                    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+                    Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
                 }
             })
         };
         let recheck = {
             let pool = pool.clone();
-            Coalescer::spawn(MAX_READ_BATCH, move |ids: Vec<Uuid>| {
+            Coalescer::spawn(MAX_READ_BATCH, move |asked: Vec<(DeliveryKey, String)>| {
                 let pool = pool.clone();
                 async move {
                     let mut conn = pool.acquire().await?;
-                    let open = deliveries::still_deliverable(&mut conn, &ids).await?;
-                    Ok(ids.iter().map(|id| open.contains(id)).collect())
+                    let open = deliveries::still_deliverable(&mut conn, &asked).await?;
+                    Ok(asked.iter().map(|(key, _)| open.contains(key)).collect())
                 }
             })
         };
@@ -181,9 +184,12 @@ impl Deliverer {
     }
 
     /// Deliver one job. `Err` only for database trouble (the job is then failed back to apalis).
-    #[tracing::instrument(skip_all, fields(event_id = %job.event_id, org_id = %job.organization_id, try_number = job.try_number))]
+    #[tracing::instrument(skip_all, fields(
+        event_id = %job.event_id, endpoint_id = %job.endpoint_id, org_id = %job.organization_id,
+        try_number = job.try_number,
+    ))]
     pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
-        let admission = match self.gate.admit(job.organization_id) {
+        let admission = match self.gate.admit(job.organization_id, job.endpoint_id) {
             Admission::Wait(slot) => slot.await.ok(),
             Admission::Defer(delay) => Some(Grant::Defer(delay)),
             Admission::Closed => None,
@@ -195,7 +201,7 @@ impl Deliverer {
                 metrics::counter!(DELIVERY_DEFERRED_TOTAL).increment(1);
                 tracing::debug!(
                     delay_ms = delay.as_millis() as u64,
-                    "organisation holds enough; job deferred"
+                    "organisation or endpoint holds enough; job deferred"
                 );
                 return Ok(());
             }
@@ -213,35 +219,40 @@ impl Deliverer {
         };
         let _inflight = InflightGuard::new();
 
-        let target = self.loader.call(job.event_id).await.map_err(share)?;
+        let key = DeliveryKey::from(&job);
+        let target = self.loader.call(key).await.map_err(share)?;
         let loaded = Instant::now();
-        let target = match target {
-            Some((org, target)) if org == job.organization_id => target,
-            _ => return self.drop_job(task, "event no longer exists").await,
+        let Some(target) = target else {
+            return self.drop_job(task, "delivery no longer exists").await;
         };
-        if target.acknowledged_at.is_some() {
-            return self.drop_job(task, "event acknowledged").await;
+        if target.status != DeliveryStatus::Pending {
+            return self.drop_job(task, "delivery is no longer pending").await;
         }
-        if target.status != EventStatus::Pending {
-            return self.drop_job(task, "event is no longer pending").await;
+        if target.job_id.as_deref() != Some(task.as_str()) {
+            return self
+                .drop_job(task, "delivery was resent: another chain carries it")
+                .await;
         }
-        let (Some(url), Some(secret)) = (target.webhook_url.as_deref(), target.signing_secret.as_deref())
-        else {
-            // Without a webhook the event waits in the inbox for pull consumers.
-            return self.drop_job(task, "organisation has no webhook").await;
+        let endpoint = match &target.endpoint {
+            None => return self.close(key, task, DeliveryStatus::Cancelled).await,
+            Some(endpoint) if !endpoint.enabled => {
+                return self.close(key, task, DeliveryStatus::Skipped).await;
+            }
+            Some(endpoint) => endpoint,
         };
 
         let started_at = Utc::now();
         let clock = Instant::now();
-        let observed = match self.prepare(&target, url, secret).await {
+        let observed = match self.prepare(&job, &target, endpoint).await {
             Ok((url, headers, body)) => {
                 // Last look before the request, when preparing took a while (a slow DNS answer):
-                // an ack that committed since the load wins. Right after the load a second read
-                // would only narrow a window that is as wide between any read and the send.
+                // an ack, a deletion or a resend that committed since the load wins. Right after
+                // the load a second read would only narrow a window that is as wide between any
+                // read and the send.
                 if loaded.elapsed() >= RECHECK_AFTER
-                    && !self.recheck.call(job.event_id).await.map_err(share)?
+                    && !self.recheck.call((key, task.clone())).await.map_err(share)?
                 {
-                    return self.drop_job(task, "event acknowledged before sending").await;
+                    return self.drop_job(task, "delivery closed before sending").await;
                 }
                 match self.client.post(url, headers, body).await {
                     Ok(answer) => observe(&answer),
@@ -260,41 +271,45 @@ impl Deliverer {
             &self.config.retry_schedule,
             self.config.max_retry_after,
         );
+        let (next_status, retry) = match next {
+            Next::Delivered => (DeliveryStatus::Delivered, None),
+            Next::RetryAfter(delay) => {
+                let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                (DeliveryStatus::Pending, Some((JobId::new(), due)))
+            }
+            Next::GiveUp => (DeliveryStatus::Failed, None),
+        };
         let record = AttemptRecord {
-            organization_id: job.organization_id,
-            event_id: job.event_id,
+            key,
+            task_id: task,
             started_at,
             duration_ms: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
             response_status: observed.response_status,
             error: observed.error,
-            next_status: match next {
-                Next::Delivered => EventStatus::Delivered,
-                Next::RetryAfter(_) => EventStatus::Pending,
-                Next::GiveUp => EventStatus::Failed,
-            },
+            next_status,
+            retry,
         };
         let error = record.error.clone();
         let written = self
             .write(Write::Attempt {
-                task,
                 job: job.clone(),
                 record,
                 next,
             })
             .await?;
         let Written::Attempt(Some(recorded)) = written else {
-            return dropped("event deleted during the attempt");
+            return dropped("delivery deleted during the attempt");
         };
         let outcome = match next {
+            _ if !recorded.status_applied => "superseded",
             Next::Delivered => {
                 let since = (Utc::now() - target.created_at).to_std().unwrap_or_default();
                 metrics::histogram!(DELIVERY_END_TO_END_SECONDS).record(since.as_secs_f64());
                 "delivered"
             }
-            Next::RetryAfter(_) if !recorded.status_applied => "superseded",
             Next::RetryAfter(delay) => {
                 tracing::info!(
-                    event_attempt = recorded.attempt,
+                    delivery_attempt = recorded.attempt,
                     delay_ms = delay.as_millis() as u64,
                     error = error.as_deref().unwrap_or_default(),
                     "delivery failed; retry scheduled"
@@ -302,17 +317,29 @@ impl Deliverer {
                 "retry"
             }
             Next::GiveUp => {
-                if recorded.status_applied {
-                    metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(1);
-                    tracing::warn!(
-                        event_attempt = recorded.attempt,
-                        error = error.as_deref().unwrap_or_default(),
-                        "delivery failed for good; event dead-lettered"
-                    );
-                }
+                metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(1);
+                tracing::warn!(
+                    delivery_attempt = recorded.attempt,
+                    error = error.as_deref().unwrap_or_default(),
+                    "delivery failed for good; dead-lettered"
+                );
                 "failed"
             }
         };
+        metrics::counter!(DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
+        Ok(())
+    }
+
+    /// Close a delivery that will not be sent (its endpoint is disabled or gone) and finish its
+    /// job, committed with others.
+    async fn close(&self, key: DeliveryKey, task: String, status: DeliveryStatus) -> anyhow::Result<()> {
+        self.write(Write::Close { task, key, status }).await?;
+        let outcome = if status == DeliveryStatus::Skipped {
+            "skipped"
+        } else {
+            "cancelled"
+        };
+        tracing::debug!(outcome, "delivery closed without a request");
         metrics::counter!(DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
         Ok(())
     }
@@ -331,15 +358,17 @@ impl Deliverer {
     /// Check the target and sign. `Err`: the attempt already failed (recorded as such).
     async fn prepare(
         &self,
+        job: &DeliveryJob,
         target: &DeliveryTarget,
-        url: &str,
-        secret: &str,
+        endpoint: &EndpointTarget,
     ) -> Result<(url::Url, HeaderMap, Vec<u8>), Observed> {
-        let url = net::parse_webhook_url(url).map_err(|e| failed(format!("webhook URL refused: {e}")))?;
+        let url =
+            net::parse_webhook_url(&endpoint.url).map_err(|e| failed(format!("webhook URL refused: {e}")))?;
         if let Err(e) = net::resolve_allowed(&url, self.config.allow_private_webhooks).await {
             return Err(failed(format!("webhook target refused: {e}")));
         }
-        let (headers, body) = signed_request(target, secret).map_err(|e| failed(format!("{e:#}")))?;
+        let (headers, body) =
+            signed_request(job.event_id, target, endpoint).map_err(|e| failed(format!("{e:#}")))?;
         Ok((url, headers, body))
     }
 }
@@ -363,27 +392,46 @@ fn share(e: crate::coalesce::BatchError) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-/// The headers and exact body bytes of one delivery (signed over those bytes).
-fn signed_request(target: &DeliveryTarget, secret: &str) -> anyhow::Result<(HeaderMap, Vec<u8>)> {
+/// Secrets that sign one request at most (API.md: at most 5 valid at once).
+const MAX_SIGNATURES: usize = 5;
+
+/// The headers and exact body bytes of one delivery: the endpoint's custom headers, then ours
+/// (which they cannot replace: the names are refused when an endpoint is saved, and ours are
+/// set last), signed over those bytes with every valid secret.
+fn signed_request(
+    event_id: Uuid,
+    target: &DeliveryTarget,
+    endpoint: &EndpointTarget,
+) -> anyhow::Result<(HeaderMap, Vec<u8>)> {
     // Checked, not parsed into a tree: the stored text goes into the body as it is.
     let data: &serde_json::value::RawValue =
         serde_json::from_str(&target.payload).context("the stored payload is not JSON")?;
     let body = serde_json::to_vec(&WebhookBody {
-        id: target.event_id,
+        id: event_id,
         event_type: &target.event_type,
         timestamp: target.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         dedup_id: target.dedup_id.as_deref(),
         data,
     })?;
-    let id = target.event_id.to_string();
+    let id = event_id.to_string();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let timestamp = i64::try_from(now).unwrap_or(i64::MAX);
-    let signature =
-        signing::sign(secret, &id, timestamp, &body).context("the signing secret is not valid base64")?;
+    let signatures = endpoint
+        .secrets
+        .iter()
+        .take(MAX_SIGNATURES)
+        .map(|secret| signing::sign(secret, &id, timestamp, &body))
+        .collect::<Option<Vec<String>>>()
+        .context("a signing secret is not valid base64")?;
     let mut headers = HeaderMap::new();
+    for (name, value) in &endpoint.headers {
+        let name = HeaderName::try_from(name.as_str()).with_context(|| format!("custom header {name:?}"))?;
+        let value = HeaderValue::try_from(value.as_str()).with_context(|| format!("custom header {name}"))?;
+        headers.insert(name, value);
+    }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut put = |name: &'static str, value: String| -> anyhow::Result<()> {
         let value = HeaderValue::try_from(value).with_context(|| format!("{name} is not a valid header"))?;
@@ -394,7 +442,7 @@ fn signed_request(target: &DeliveryTarget, secret: &str) -> anyhow::Result<(Head
     put("x-event-type", target.event_type.clone())?;
     put("webhook-id", id)?;
     put("webhook-timestamp", timestamp.to_string())?;
-    put("webhook-signature", signature)?;
+    put("webhook-signature", signatures.join(" "))?;
     Ok((headers, body))
 }
 

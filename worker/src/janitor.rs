@@ -1,9 +1,9 @@
-//! The janitor: keeps every pending event deliverable and the tables bounded. Each run it
-//! dead-letters events whose job apalis gave up on, deletes the finished jobs its workers did not
-//! (a delivered job is deleted when its attempt is recorded; a given-up or killed one only once
-//! its event was handled, and `Done` rows of older versions), gives stranded events (pending, webhook configured, no live job)
-//! a new job, deletes expired dedup keys, and applies retention to delivered events, dead letters,
-//! dead API keys, rate-limit windows and departed workers. Every worker runs it on a timer; a
+//! The janitor: keeps every pending delivery deliverable and the tables bounded. Each run it
+//! dead-letters the deliveries whose job apalis gave up on and deletes those jobs (a delivered
+//! job is deleted when its attempt is recorded; `Done` rows of older versions after a grace),
+//! gives stranded deliveries (pending, no live job) a new chain, deletes expired dedup keys,
+//! and applies retention to delivered events, dead letters (each with its deliveries and
+//! attempts), dead API keys, rate-limit windows and departed workers. Every worker runs it on a timer; a
 //! Postgres advisory lock on a dedicated connection makes sure at most one run happens at a time
 //! across the fleet.
 
@@ -14,15 +14,18 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
-    db::{janitor, queue},
+    db::{
+        deliveries::{self, DeliveryKey},
+        janitor,
+        queue::maintenance,
+    },
     metrics::{EVENTS_DEAD_LETTERED_TOTAL, JANITOR_DELETED_TOTAL},
 };
 
 /// Rows changed per statement: small, so no statement holds many locks for long.
 pub const BATCH: i64 = 1000;
 
-/// Given-up, killed and `Done` job rows are kept this long (enough to inspect a just-failed job;
-/// delivered jobs are deleted by the worker when it records their attempt).
+/// `Done` job rows (left by versions before workers deleted their jobs) are kept this long.
 pub const FINISHED_JOB_GRACE: Duration = Duration::from_secs(60);
 
 /// Worker registrations unseen this long (and holding no job) are deleted.
@@ -36,9 +39,9 @@ pub struct JanitorReport {
     /// Delivered events past their retention.
     pub events: u64,
     pub workers: u64,
-    /// Pending events whose job apalis gave up on, now `failed`.
+    /// Pending deliveries whose job apalis gave up on, now `failed`.
     pub abandoned: u64,
-    /// Pending events that had no live job, given a new one.
+    /// Pending deliveries that had no live job, given a new chain.
     pub requeued: u64,
     /// Dead-lettered events past their retention.
     pub dead_letters: u64,
@@ -93,8 +96,8 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
         metrics::counter!(EVENTS_DEAD_LETTERED_TOTAL).increment(r.abandoned);
         if r.requeued > 0 {
             tracing::warn!(
-                events = r.requeued,
-                "pending events had no delivery job; re-enqueued"
+                deliveries = r.requeued,
+                "pending deliveries had no job; re-enqueued"
             );
         }
         if r != JanitorReport::default() {
@@ -107,21 +110,35 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
 /// The statements of one run, on the lock holder's connection.
 async fn clean(conn: &mut PgConnection, config: &WorkerConfig) -> anyhow::Result<JanitorReport> {
     let grace = config.stranded_event_grace;
-    // Order matters: an event whose job apalis gave up on is dead-lettered before given-up jobs
-    // are deleted (the job is how it is found), and stranded events are looked for after both.
-    let abandoned = in_batches(conn, |c| {
-        Box::pin(async { Ok(queue::dead_letter_given_up(c, BATCH).await?) })
-    })
-    .await?;
-    let jobs = in_batches(conn, |c| {
-        Box::pin(async { Ok(queue::delete_finished_jobs(c, FINISHED_JOB_GRACE, BATCH).await?) })
+    // Given-up jobs first (their deliveries are dead-lettered and the jobs deleted together),
+    // then stranded deliveries, which no longer include those.
+    let (mut abandoned, mut jobs) = (0, 0);
+    loop {
+        let mut tx = conn.begin().await?;
+        let given_up = maintenance::given_up(&mut tx, BATCH).await?;
+        let keyed: Vec<(DeliveryKey, String)> = given_up
+            .iter()
+            .filter_map(|(id, job)| Some((DeliveryKey::from(job.as_ref()?), id.clone())))
+            .collect();
+        abandoned += deliveries::dead_letter_abandoned(&mut tx, &keyed).await?;
+        let ids: Vec<String> = given_up.into_iter().map(|(id, _)| id).collect();
+        let deleted = maintenance::delete_jobs(&mut tx, &ids).await?;
+        tx.commit().await?;
+        jobs += deleted;
+        if (ids.len() as i64) < BATCH {
+            break;
+        }
+    }
+    jobs += in_batches(conn, |c| {
+        Box::pin(async { Ok(maintenance::delete_done_jobs(c, FINISHED_JOB_GRACE, BATCH).await?) })
     })
     .await?;
     let requeued = in_batches(conn, |c| {
         Box::pin(async move {
-            // The events stay locked until their jobs commit.
+            // The deliveries stay locked until their new jobs commit.
             let mut tx = c.begin().await?;
-            let n = queue::requeue_events_without_job(&mut tx, grace, BATCH).await?;
+            let stranded = maintenance::lock_stranded(&mut tx, grace, BATCH).await?;
+            let n = deliveries::new_chains(&mut tx, &stranded).await?;
             tx.commit().await?;
             Ok(n)
         })
@@ -151,7 +168,7 @@ async fn clean(conn: &mut PgConnection, config: &WorkerConfig) -> anyhow::Result
         Box::pin(async move { Ok(janitor::purge_rate_limit_windows(c, retention, BATCH).await?) })
     })
     .await?;
-    let workers = queue::delete_stale_workers(conn, STALE_WORKER_AGE).await?;
+    let workers = maintenance::delete_stale_workers(conn, STALE_WORKER_AGE).await?;
     Ok(JanitorReport {
         jobs,
         dedup_keys,

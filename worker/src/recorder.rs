@@ -1,6 +1,7 @@
 //! Group commit of what deliveries write: the attempts of many deliveries (one multi-row
-//! statement that updates their events and inserts their attempt rows), their follow-up retry
-//! jobs, and the claimed jobs they finish or put back, all in ONE transaction. Each delivery
+//! statement that updates the deliveries and inserts their attempt rows; a trigger sums their
+//! events up), their follow-up retry jobs, the deliveries closed unsent, and the claimed jobs
+//! they finish or put back, all in ONE transaction. Each delivery
 //! waits for that commit before its handler returns, so "an attempt is recorded before its job
 //! is done" holds batch by batch: the job is finished (deleted) in the very transaction that
 //! records its attempt.
@@ -11,10 +12,11 @@ use anyhow::Context;
 use sqlx::PgPool;
 use triggers_shared::{
     db::{
-        deliveries::{self, AttemptRecord, Recorded},
+        deliveries::{self, AttemptRecord, DeliveryKey, Recorded},
         queue,
     },
-    jobs::{self, DeliveryJob},
+    jobs::DeliveryJob,
+    models::DeliveryStatus,
 };
 
 use crate::{coalesce::Coalescer, retry::Next};
@@ -29,15 +31,21 @@ pub const MAX_BATCH: usize = 512;
 /// One thing a delivery hands over for the next commit.
 #[derive(Debug)]
 pub enum Write {
-    /// An attempt was made: record it, move the event on, schedule the retry `next` asks for,
-    /// and finish the job `task`.
+    /// An attempt was made: record it, move the delivery on, schedule the retry `next` asks
+    /// for (the job `record.retry` names), and finish the job `record.task_id`.
     Attempt {
-        task: String,
         job: DeliveryJob,
         record: AttemptRecord,
         next: Next,
     },
-    /// Nothing to send (event gone, acknowledged, no webhook): finish the job.
+    /// Not sent and never will be (its endpoint is disabled or gone): close the delivery with
+    /// `status` and finish the job.
+    Close {
+        task: String,
+        key: DeliveryKey,
+        status: DeliveryStatus,
+    },
+    /// Nothing to send (delivery gone, closed or resent): finish the job.
     Finish { task: String },
     /// Not started here: put the job back, due after `delay`.
     Release { task: String, delay: Duration },
@@ -82,10 +90,15 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
     let mut finished = Vec::new();
     let mut released = (Vec::new(), Vec::new());
     let mut attempts: Vec<usize> = Vec::new();
+    let mut closing = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         match write {
-            Write::Attempt { task, .. } => {
+            Write::Attempt { record, .. } => {
                 attempts.push(i);
+                finished.push(record.task_id.clone());
+            }
+            Write::Close { task, key, status } => {
+                closing.push((*key, task.clone(), *status));
                 finished.push(task.clone());
             }
             Write::Finish { task } => finished.push(task.clone()),
@@ -98,12 +111,12 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
 
     let mut tx = pool.begin().await.context("starting the record transaction")?;
     let mut retries = Vec::new();
-    // One statement per round; a round holds each event at most once (the same event twice in
+    // One statement per round; a round holds each delivery at most once (the same row twice in
     // one UPDATE would be counted once), so duplicates wait for the next round.
     while !attempts.is_empty() {
         let mut seen = std::collections::HashSet::new();
         let (round, later): (Vec<usize>, Vec<usize>) = attempts.iter().partition(|&&i| match &writes[i] {
-            Write::Attempt { record, .. } => seen.insert(record.event_id),
+            Write::Attempt { record, .. } => seen.insert(record.key),
             _ => true,
         });
         attempts = later;
@@ -122,24 +135,24 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
             if let (
                 Write::Attempt {
                     job,
+                    record,
                     next: Next::RetryAfter(delay),
-                    ..
                 },
                 Some(r),
             ) = (&writes[i], recorded)
                 && r.status_applied
+                && let Some((id, _)) = record.retry
             {
-                let following = DeliveryJob {
-                    try_number: job.try_number + 1,
-                    ..job.clone()
-                };
-                retries.push((following, *delay));
+                retries.push((id, job.following(), *delay));
             }
         }
     }
-    jobs::enqueue(&mut tx, &retries)
+    queue::enqueue(&mut tx, &retries)
         .await
         .context("enqueueing retries")?;
+    deliveries::close(&mut tx, &closing)
+        .await
+        .context("closing deliveries")?;
     queue::finish_jobs(&mut tx, &finished)
         .await
         .context("finishing jobs")?;

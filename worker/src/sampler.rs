@@ -1,6 +1,6 @@
 //! The queue sampler: the gauges that answer "how far behind is delivery?" (`QUEUE_JOBS` by
 //! state, `QUEUE_DEPTH`, `QUEUE_OLDEST_PENDING_AGE_SECONDS`) and "is anything stranded?"
-//! (`EVENTS_WITHOUT_JOB`), read from the database.
+//! (`DELIVERIES_WITHOUT_JOB`), read from the database.
 //!
 //! The numbers are the fleet's, not this worker's, so one worker at a time samples them: the one
 //! holding a session advisory lock ([`SAMPLER_LOCK_KEY`]) on a connection it keeps. Every other
@@ -21,7 +21,7 @@ use triggers_shared::{
         janitor::{SAMPLER_LOCK_KEY, try_lock, unlock},
         queue::{self, JobCounts},
     },
-    metrics::{EVENTS_WITHOUT_JOB, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},
+    metrics::{DELIVERIES_WITHOUT_JOB, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},
 };
 
 /// One reading of the queue.
@@ -32,7 +32,7 @@ pub struct QueueSample {
     pub oldest_due: Duration,
     /// Pending events with a webhook but no live job (past the janitor's grace), counted at
     /// most once a minute.
-    pub events_without_job: i64,
+    pub deliveries_without_job: i64,
 }
 
 /// The stranded-event count checks every pending event against every live job (about 1 s with
@@ -46,7 +46,7 @@ pub fn publish(s: &QueueSample) {
     metrics::gauge!(QUEUE_JOBS, "state" => "running").set(s.jobs.running as f64);
     metrics::gauge!(QUEUE_DEPTH).set(s.jobs.depth() as f64);
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(s.oldest_due.as_secs_f64());
-    metrics::gauge!(EVENTS_WITHOUT_JOB).set(s.events_without_job as f64);
+    metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(s.deliveries_without_job as f64);
 }
 
 /// Samples while it leads the fleet.
@@ -85,10 +85,10 @@ impl Sampler {
         // On an error the connection is dropped, which releases the lock for another worker.
         let jobs = queue::count_jobs(&mut conn).await?;
         let oldest_due = queue::oldest_due_age(&mut conn).await?;
-        let events_without_job = match self.stranded {
+        let deliveries_without_job = match self.stranded {
             Some((at, n)) if at.elapsed() < STRANDED_INTERVAL => n,
             _ => {
-                let n = queue::count_events_without_job(&mut conn, self.stranded_grace).await?;
+                let n = queue::maintenance::count_stranded(&mut conn, self.stranded_grace).await?;
                 self.stranded = Some((Instant::now(), n));
                 n
             }
@@ -97,7 +97,7 @@ impl Sampler {
         Ok(Some(QueueSample {
             jobs,
             oldest_due,
-            events_without_job,
+            deliveries_without_job,
         }))
     }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::Value;
-use triggers_shared::signing;
+use triggers_shared::{db::deliveries::DeliveryKey, models::DeliveryStatus, signing};
+use uuid::Uuid;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -227,13 +228,12 @@ async fn acknowledging_an_event_cancels_its_pending_retries() {
     })
     .await;
     // What `POST /api/ack/{id}` does.
-    sqlx::query(
-        "UPDATE events SET status = 'delivered', acknowledged_at = now(), updated_at = now() WHERE id = $1",
-    )
-    .bind(ids[0])
-    .execute(&db.pool)
-    .await
-    .expect("ack");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    triggers_shared::db::events::acknowledge(&mut conn, org, ids[0])
+        .await
+        .expect("ack")
+        .expect("the event exists");
+    drop(conn);
     // The scheduled retry comes due, is claimed, and is dropped without a request.
     eventually("the retry job has run", PATIENCE, || async {
         unfinished_jobs(&db.pool).await == 0
@@ -243,6 +243,8 @@ async fn acknowledging_an_event_cancels_its_pending_retries() {
     assert_eq!(receiver.count(), 1, "no request after the ack");
     let row = event(&db.pool, ids[0]).await;
     assert_eq!((row.status.as_str(), row.attempts), ("delivered", 1));
+    let delivery = &deliveries(&db.pool, ids[0]).await[0];
+    assert_eq!(delivery.status, DeliveryStatus::Cancelled);
 }
 
 #[tokio::test]
@@ -338,29 +340,34 @@ async fn a_hanging_endpoint_times_out_as_a_failed_attempt() {
 }
 
 #[tokio::test]
-async fn the_check_before_sending_sees_an_ack_that_committed_after_the_event_was_loaded() {
+async fn the_check_before_sending_sees_an_ack_that_committed_after_the_delivery_was_loaded() {
     let db = test_db().await;
     let (org, _) = create_org(&db.pool, Some("http://127.0.0.1:9/")).await;
     let ids = create_events(&db.pool, org, 3).await;
     let mut conn = db.pool.acquire().await.expect("connection");
-    let loaded = triggers_shared::db::deliveries::load_targets(&mut conn, &ids)
+    let mut jobs = Vec::new();
+    for (task, job) in queue::testing::decoded_jobs(&mut conn).await {
+        jobs.push((DeliveryKey::from(&job), task));
+    }
+    let keys: Vec<DeliveryKey> = jobs.iter().map(|(k, _)| *k).collect();
+    let loaded = triggers_shared::db::deliveries::load_targets(&mut conn, &keys)
         .await
         .expect("load");
     assert_eq!(loaded.len(), 3);
     assert!(
         loaded
             .iter()
-            .all(|(o, t)| *o == org && t.acknowledged_at.is_none())
+            .all(|(k, t)| k.organization_id == org && t.status == DeliveryStatus::Pending)
     );
     // The client acknowledges one of them between the worker's load and its request.
-    sqlx::query("UPDATE events SET status = 'delivered', acknowledged_at = now() WHERE id = $1")
-        .bind(ids[1])
-        .execute(&db.pool)
+    triggers_shared::db::events::acknowledge(&mut conn, org, ids[1])
         .await
-        .expect("ack");
-    let mut open = triggers_shared::db::deliveries::still_deliverable(&mut conn, &ids)
+        .expect("ack")
+        .expect("the event exists");
+    let open = triggers_shared::db::deliveries::still_deliverable(&mut conn, &jobs)
         .await
         .expect("re-check");
+    let mut open: Vec<Uuid> = open.iter().map(|k| k.event_id).collect();
     open.sort();
     let mut expected = vec![ids[0], ids[2]];
     expected.sort();

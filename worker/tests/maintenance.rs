@@ -8,28 +8,47 @@ use common::*;
 use queue::testing::{self as q, ForcedState};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use triggers_shared::{
-    config::WorkerConfig,
-    db::janitor::JANITOR_LOCK_KEY,
-    jobs::{self, DeliveryJob},
-};
+use triggers_shared::{config::WorkerConfig, db::janitor::JANITOR_LOCK_KEY, jobs::DeliveryJob};
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
+
+/// Set the one delivery of event `id` to `status` (the trigger sums the event up), then age the
+/// event's and the delivery's timestamps by `age` (a Postgres interval).
+async fn age_delivery(pool: &sqlx::PgPool, id: Uuid, status: &str, age: &str) {
+    sqlx::query("UPDATE deliveries SET status = $2, job_id = NULL, delivered_at = CASE WHEN $2 = 'delivered' THEN now() - $3::interval END WHERE event_id = $1")
+        .bind(id)
+        .bind(status)
+        .bind(age)
+        .execute(pool)
+        .await
+        .expect("set delivery");
+    sqlx::query(
+        "UPDATE events SET updated_at = now() - $2::interval,
+                           delivered_at = CASE WHEN delivered_at IS NOT NULL THEN now() - $2::interval END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(age)
+    .execute(pool)
+    .await
+    .expect("age event");
+}
 
 #[tokio::test]
 async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_events_and_dead_workers_only() {
     let db = test_db().await;
     let pool = &db.pool;
-    let (org, _) = create_org(pool, None).await;
-    // Six events; their jobs get the states below.
+    // An endpoint nobody serves: no worker runs here, only the janitor.
+    let (org, _) = create_org(pool, Some("http://127.0.0.1:9/")).await;
+    // Six events, each with one delivery and its job; the jobs get the states below.
     let ids = create_events(pool, org, 6).await;
     assert_eq!(job_ids(pool).await.len(), 6);
     let mut jobs = Vec::new();
     for id in &ids {
         jobs.push(job_of(pool, *id).await);
     }
-    // Deleted: done, killed, and failed for good, all finished two minutes ago (the events of
-    // the last two are handled below: delivered and acknowledged).
+    // Deleted: done two minutes ago (a row of an older version), killed, and failed for good
+    // (their deliveries are dead-lettered with them).
     force_job(pool, &jobs[0], ForcedState::Done, TWO_MINUTES).await;
     force_job(pool, &jobs[1], ForcedState::Killed, TWO_MINUTES).await;
     force_job(pool, &jobs[2], ForcedState::GivenUp, TWO_MINUTES).await;
@@ -41,7 +60,7 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     q::push_to(
         &mut conn,
         "someone_elses_queue",
-        &DeliveryJob::first(Uuid::now_v7(), org),
+        &DeliveryJob::first(org, Uuid::now_v7(), Uuid::now_v7()),
     )
     .await;
     q::force_state_of_queue(
@@ -72,37 +91,28 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
             .expect("dedup key");
     }
 
-    // Events: delivered 8 days ago (purged), delivered now, acknowledged 8 days ago without a
-    // delivery (purged), failed 20 days ago (kept: dead letters are kept 30 days), pending long
-    // ago (kept).
-    let set_event = |id: Uuid, sql: &'static str| async move {
-        sqlx::query(sql)
-            .bind(id)
-            .execute(pool)
-            .await
-            .expect("update event");
-    };
-    set_event(
-        ids[0],
-        "UPDATE events SET status = 'delivered', delivered_at = now() - interval '8 days' WHERE id = $1",
+    // Events: delivered 8 days ago (purged), acknowledged 8 days ago (purged; its pending
+    // delivery is cancelled, so its given-up job dead-letters nothing), failed 20 days ago (kept:
+    // dead letters are kept 30 days), pending long ago (kept).
+    age_delivery(pool, ids[0], "delivered", "8 days").await;
+    triggers_shared::db::events::acknowledge(&mut conn, org, ids[2])
+        .await
+        .expect("ack")
+        .expect("event");
+    sqlx::query(
+        "UPDATE events SET acknowledged_at = now() - interval '8 days', delivered_at = now() - interval '8 days'
+         WHERE id = $1",
     )
-    .await;
-    set_event(
-        ids[1],
-        "UPDATE events SET status = 'delivered', delivered_at = now() WHERE id = $1",
-    )
-    .await;
-    set_event(
-        ids[2],
-        "UPDATE events SET status = 'delivered', acknowledged_at = now() - interval '8 days' WHERE id = $1",
-    )
-    .await;
-    set_event(
-        ids[3],
-        "UPDATE events SET status = 'failed', updated_at = now() - interval '20 days' WHERE id = $1",
-    )
-    .await;
-    set_event(ids[4], "UPDATE events SET created_at = now() - interval '30 days', updated_at = now() - interval '30 days' WHERE id = $1").await;
+    .bind(ids[2])
+    .execute(pool)
+    .await
+    .expect("age ack");
+    age_delivery(pool, ids[3], "failed", "20 days").await;
+    sqlx::query("UPDATE events SET created_at = now() - interval '30 days', updated_at = now() - interval '30 days' WHERE id = $1")
+        .bind(ids[4])
+        .execute(pool)
+        .await
+        .expect("age event");
 
     // Worker registrations: long gone and idle (deleted), long gone but still holding a job
     // (kept: orphan recovery finds the job through it), and alive (kept).
@@ -122,9 +132,16 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
         .expect("janitor")
         .expect("it had the lock");
     assert_eq!(
-        (report.jobs, report.dedup_keys, report.events, report.workers),
-        (3, 1, 2, 1)
+        (
+            report.jobs,
+            report.abandoned,
+            report.dedup_keys,
+            report.events,
+            report.workers
+        ),
+        (3, 1, 1, 2, 1)
     );
+    assert_eq!(event(pool, ids[1]).await.status, "failed", "its job was killed");
     let mut conn = pool.acquire().await.expect("conn");
     assert_eq!(q::worker_ids(&mut conn).await, ["alive", "gone-holding"]);
 
@@ -133,10 +150,12 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     assert_eq!(job_ids(pool).await, kept);
     assert_eq!(q::count_in(&mut conn, "someone_elses_queue").await, 1);
     drop(conn);
-    let keys: Vec<String> = sqlx::query_scalar("SELECT dedup_id FROM dedup_keys")
-        .fetch_all(pool)
-        .await
-        .expect("keys");
+    // (The events' own keys are live for a day.)
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT dedup_id FROM dedup_keys WHERE dedup_id IN ('old', 'live')")
+            .fetch_all(pool)
+            .await
+            .expect("keys");
     assert_eq!(keys, ["live"]);
     let mut left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events")
         .fetch_all(pool)
@@ -146,6 +165,15 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
     let mut expected = vec![ids[1], ids[3], ids[4], ids[5]];
     expected.sort();
     assert_eq!(left, expected);
+    let mut delivered_to: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM deliveries")
+        .fetch_all(pool)
+        .await
+        .expect("deliveries");
+    delivered_to.sort();
+    assert_eq!(
+        delivered_to, expected,
+        "the purged events' deliveries went with them"
+    );
 
     // A second run finds nothing more.
     let again = run_janitor_once(pool, &config)
@@ -156,12 +184,12 @@ async fn the_janitor_removes_finished_jobs_expired_dedup_keys_old_delivered_even
 }
 
 #[tokio::test]
-async fn an_event_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending() {
+async fn a_delivery_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending() {
     let db = test_db().await;
     let pool = &db.pool;
-    let (org, _) = create_org(pool, None).await;
-    // Three pending events: the first's job failed for good; the second's too, but it has a
-    // fresh job (a redelivery); the third's job is merely retryable.
+    let (org, _) = create_org(pool, Some("http://127.0.0.1:9/")).await;
+    // Three pending deliveries: the first's job failed for good; the second's too, but it was
+    // resent since (a new chain with a new job); the third's job is merely retryable.
     let ids = create_events(pool, org, 3).await;
     for (id, state) in [
         (ids[0], ForcedState::GivenUp),
@@ -171,13 +199,16 @@ async fn an_event_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending(
         let job = job_of(pool, id).await;
         force_job(pool, &job, state, Duration::ZERO).await;
     }
+    let resent = deliveries(pool, ids[1]).await[0].endpoint_id;
     let mut tx = pool.begin().await.expect("begin");
-    jobs::enqueue(
-        &mut tx,
-        &[(DeliveryJob::first(ids[1], org), Duration::from_secs(3600))],
-    )
-    .await
-    .expect("redelivery job");
+    let key = triggers_shared::db::deliveries::DeliveryKey {
+        organization_id: org,
+        event_id: ids[1],
+        endpoint_id: resent,
+    };
+    triggers_shared::db::deliveries::new_chains(&mut tx, &[key])
+        .await
+        .expect("a new chain");
     tx.commit().await.expect("commit");
 
     let report = run_janitor_once(pool, &WorkerConfig::for_tests(&db.url))
@@ -195,7 +226,7 @@ async fn an_event_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pending(
     assert_eq!(
         event(pool, ids[1]).await.status,
         "pending",
-        "a live redelivery job still owns it"
+        "its new chain's job still owns it"
     );
     assert_eq!(
         event(pool, ids[2]).await.status,
@@ -275,7 +306,7 @@ async fn the_admin_port_serves_health_readiness_metrics_and_json_404s() {
         "triggers_queue_jobs{state=\"scheduled\"}",
         "triggers_queue_jobs{state=\"running\"}",
         "triggers_queue_oldest_pending_age_seconds",
-        "triggers_events_without_job",
+        "triggers_deliveries_without_job",
     ] {
         assert!(text.contains(metric), "{metric} missing from:\n{text}");
     }
@@ -308,12 +339,7 @@ async fn dead_letters_dead_api_keys_and_old_rate_limit_windows_are_purged_after_
     // Dead letters: one unchanged for 31 days (purged with its attempts), one for 29 (kept), and
     // a pending event as old (never purged: it still waits for delivery).
     for (id, age) in [(ids[0], "31 days"), (ids[1], "29 days")] {
-        sqlx::query("UPDATE events SET status = 'failed', updated_at = now() - $2::interval WHERE id = $1")
-            .bind(id)
-            .bind(age)
-            .execute(pool)
-            .await
-            .expect("fail event");
+        age_delivery(pool, id, "failed", age).await;
     }
     sqlx::query("UPDATE events SET updated_at = now() - interval '31 days' WHERE id = $1")
         .bind(ids[2])

@@ -1,5 +1,6 @@
-//! Nothing stranded: events whose job apalis gave up on are dead-lettered, pending events without
-//! a live job get a new one, and the queue gauges (sampled by one worker of the fleet) show it.
+//! Nothing stranded: deliveries whose job apalis gave up on are dead-lettered, pending deliveries
+//! without a live job get a new chain, and the queue gauges (sampled by one worker of the fleet)
+//! show it.
 
 mod common;
 
@@ -10,7 +11,9 @@ use queue::testing::{self as q, ForcedState};
 use sqlx::PgPool;
 use triggers_shared::{
     config::WorkerConfig,
-    jobs::{self, DeliveryJob},
+    db::endpoints,
+    jobs::{DeliveryJob, JobId},
+    net::WebhookUrl,
 };
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
@@ -25,7 +28,7 @@ async fn statuses(pool: &PgPool, ids: &[Uuid]) -> Vec<(String, i64)> {
 }
 
 #[tokio::test]
-async fn fifteen_hundred_events_whose_jobs_apalis_gave_up_on_are_all_dead_lettered_in_one_run() {
+async fn fifteen_hundred_deliveries_whose_jobs_apalis_gave_up_on_are_all_dead_lettered_in_one_run() {
     let db = test_db().await;
     let pool = &db.pool;
     let (org, _) = create_org(pool, Some("http://127.0.0.1:9/hook")).await;
@@ -46,21 +49,21 @@ async fn fifteen_hundred_events_whose_jobs_apalis_gave_up_on_are_all_dead_letter
         .expect("lock taken");
     assert_eq!(report.abandoned, 1500, "{report:?}");
     assert_eq!(statuses(pool, &ids).await, [("failed".to_string(), 1500)]);
-    // Their given-up jobs go only once the events are handled: all of them, here.
+    // Their given-up jobs go with them.
     assert_eq!(report.jobs, 1500);
     assert!(job_ids(pool).await.is_empty());
 }
 
 #[tokio::test]
-async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_period() {
+async fn pending_deliveries_without_a_live_job_get_a_new_chain_once_past_the_grace_period() {
     let db = test_db().await;
     let pool = &db.pool;
     let (org, _) = create_org(pool, Some("http://127.0.0.1:9/hook")).await;
     let (inbox_only, _) = create_org(pool, None).await;
-    // 1,500 stranded events (as the janitor used to leave them: pending, their jobs deleted),
-    // unchanged for ten minutes; one stranded a moment ago (inside the grace: a transaction may
-    // still be committing its job); one of an organisation without a webhook (it waits in the
-    // inbox); and one with its job intact.
+    // 1,500 stranded deliveries (pending, their jobs deleted), unchanged for ten minutes; one
+    // stranded a moment ago (inside the grace: a transaction may still be committing its job);
+    // an event of an organisation without an endpoint (no delivery: it waits in the inbox); and
+    // one with its job intact.
     let stranded = create_events(pool, org, 1500).await;
     let fresh = create_events(pool, org, 1).await;
     let inbox = create_events(pool, inbox_only, 1).await;
@@ -69,7 +72,7 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
     let gone: Vec<Uuid> = stranded.iter().chain(&fresh).chain(&inbox).copied().collect();
     q::delete_jobs_of_events(&mut conn, &gone).await;
     let all: Vec<Uuid> = gone.iter().chain(&healthy).copied().collect();
-    sqlx::query("UPDATE events SET updated_at = now() - interval '10 minutes' WHERE id = ANY($1) AND NOT id = ANY($2)")
+    sqlx::query("UPDATE deliveries SET updated_at = now() - interval '10 minutes' WHERE event_id = ANY($1) AND NOT event_id = ANY($2)")
         .bind(&all)
         .bind(&fresh)
         .execute(&mut *conn)
@@ -77,7 +80,7 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
         .expect("age events");
     let config = WorkerConfig::for_tests(&db.url); // grace 5 minutes
     assert_eq!(
-        queue::count_events_without_job(&mut conn, config.stranded_event_grace)
+        queue::maintenance::count_stranded(&mut conn, config.stranded_event_grace)
             .await
             .expect("count"),
         1500
@@ -89,16 +92,17 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
         .expect("lock taken");
     assert_eq!(report.requeued, 1500, "{report:?}");
     assert_eq!(
-        queue::count_events_without_job(&mut conn, config.stranded_event_grace)
+        queue::maintenance::count_stranded(&mut conn, config.stranded_event_grace)
             .await
             .expect("count"),
         0
     );
     assert_eq!(statuses(pool, &stranded).await, [("pending".to_string(), 1500)]);
+    let endpoint = deliveries(pool, stranded[0]).await[0].endpoint_id;
     for id in stranded.iter().step_by(100) {
         assert_eq!(
             q::decoded_jobs_of_event(&mut conn, *id).await,
-            [DeliveryJob::first(*id, org)],
+            [DeliveryJob::first(org, *id, endpoint)],
             "a fresh chain of attempts"
         );
     }
@@ -118,12 +122,12 @@ async fn pending_events_without_a_live_job_get_a_new_one_once_past_the_grace_per
     // Every repaired event is delivered for real.
     drop(conn);
     let receiver = Receiver::answering(200).await;
-    sqlx::query("UPDATE organizations SET webhook_url = $2 WHERE id = $1")
-        .bind(org)
-        .bind(&receiver.url)
-        .execute(pool)
+    let mut tx = pool.begin().await.expect("begin");
+    let url = WebhookUrl::parse(&receiver.url).expect("URL");
+    endpoints::set_default(&mut tx, org, &url, "unused: the secret is kept")
         .await
         .expect("point the webhook at the receiver");
+    tx.commit().await.expect("commit");
     let worker = TestWorker::spawn(&db.url, |_| {}).await;
     eventually(
         "the repaired events are delivered",
@@ -150,12 +154,16 @@ async fn the_queue_gauges_show_due_scheduled_running_jobs_and_the_oldest_wait_fr
     q::hold_by(&mut conn, &held, "some-worker").await;
     let later = create_events(pool, org, 2).await;
     q::delete_jobs_of_events(&mut conn, &later).await;
+    let endpoint = deliveries(pool, later[0]).await[0].endpoint_id;
     let mut tx = pool.begin().await.expect("begin");
-    jobs::enqueue(
+    queue::enqueue(
         &mut tx,
         &later
             .iter()
-            .map(|id| (DeliveryJob::first(*id, org), Duration::from_secs(3600)))
+            .map(|id| {
+                let job = DeliveryJob::first(org, *id, endpoint);
+                (JobId::new(), job, Duration::from_secs(3600))
+            })
             .collect::<Vec<_>>(),
     )
     .await
@@ -181,7 +189,7 @@ async fn the_queue_gauges_show_due_scheduled_running_jobs_and_the_oldest_wait_fr
         (5, 2, 1)
     );
     assert!(reading.oldest_due >= Duration::from_secs(30), "{reading:?}");
-    assert_eq!(reading.events_without_job, 0);
+    assert_eq!(reading.deliveries_without_job, 0);
 
     let handle = triggers_shared::metrics::install_recorder();
     publish(&reading);
@@ -191,7 +199,7 @@ async fn the_queue_gauges_show_due_scheduled_running_jobs_and_the_oldest_wait_fr
         "triggers_queue_jobs{state=\"scheduled\"} 2",
         "triggers_queue_jobs{state=\"running\"} 1",
         "triggers_queue_depth 7",
-        "triggers_events_without_job 0",
+        "triggers_deliveries_without_job 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
     }

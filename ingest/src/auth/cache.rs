@@ -1,4 +1,4 @@
-//! The per-instance cache of API key verdicts, and the listener that keeps it honest.
+//! The per-instance cache of API key verdicts, kept honest by the instance's listener.
 //!
 //! - Entries are keyed by the SHA-256 of the presented key, never by the key itself.
 //! - A verified key is remembered until the TTL or the key's own `expires_at`, whichever comes
@@ -10,7 +10,7 @@
 //!   prefix takes at most one slot of the process's hash pool ([`apikey::verify`]).
 //! - Wrong secrets are throttled per prefix ([`throttle`](super::throttle)): past the budget, 401 without a query
 //!   or argon2.
-//! - A background task LISTENs on [`INVALIDATION_CHANNEL`]: a notification drops the named
+//! - The instance's listener ([`crate::listener`]) LISTENs on [`INVALIDATION_CHANNEL`](super::INVALIDATION_CHANNEL): a notification drops the named
 //!   organisation's verified keys, and makes that organisation's verifications in flight
 //!   uncacheable ([`invalidations`](super::invalidations)); other organisations' are not disturbed. While the
 //!   listener is not subscribed (start-up, lost connection) notifications may be missed, so the
@@ -31,23 +31,17 @@ use std::{
 
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tokio_util::sync::{CancellationToken, DropGuard};
-use triggers_shared::{
-    apikey,
-    config::{IngestConfig, Secret},
-    db,
-    metrics::AUTH_CACHE_TOTAL,
-};
+use triggers_shared::{apikey, config::IngestConfig, db, metrics::AUTH_CACHE_TOTAL};
 use uuid::Uuid;
 
 use super::{
-    INVALIDATION_CHANNEL, Org,
+    Org,
     invalidations::{Invalidations, Ticket},
     throttle::PrefixThrottle,
 };
-use crate::error::ApiError;
+use crate::{error::ApiError, listener::Subscriber};
 
 type KeyDigest = [u8; 32];
 
@@ -57,9 +51,6 @@ const VERIFIED_CAPACITY: usize = 100_000;
 const REFUSED_CAPACITY: usize = 10_000;
 /// Size at which abandoned single-flight locks are swept.
 const INFLIGHT_SWEEP_AT: usize = 1_024;
-/// How long start-up waits for the first subscription before serving without a cache.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Caches of verified and refused keys, invalidated across instances by LISTEN/NOTIFY.
 #[derive(Clone)]
@@ -80,8 +71,6 @@ struct Inner {
     throttle: PrefixThrottle,
     /// True while the listener is subscribed; nothing is cached otherwise.
     listening: AtomicBool,
-    /// Stops the listener task when the last clone of the cache is dropped.
-    _stop_listener: DropGuard,
 }
 
 struct Verified {
@@ -90,11 +79,9 @@ struct Verified {
 }
 
 impl AuthCache {
-    /// Create the cache and start its invalidation listener. The first subscription is made
-    /// here, so the cache is live when the app starts serving; if the database refuses it, the
-    /// listener keeps retrying in the background and keys are verified uncached meanwhile.
-    pub async fn start(config: &IngestConfig) -> anyhow::Result<Self> {
-        let stop = CancellationToken::new();
+    /// Create the cache. Nothing is cached until the invalidation listener
+    /// ([`crate::listener`]) reports it is subscribed ([`Self::subscriber`]).
+    pub fn new(config: &IngestConfig) -> Self {
         let inner = Arc::new(Inner {
             ttl: config.auth_cache_ttl,
             verified: DashMap::new(),
@@ -103,21 +90,14 @@ impl AuthCache {
             invalidations: Invalidations::new(),
             throttle: PrefixThrottle::new(),
             listening: AtomicBool::new(false),
-            _stop_listener: stop.clone().drop_guard(),
         });
-        let url = config.common.database_url.clone();
-        let first = match subscribe(&url).await {
-            Ok(listener) => {
-                inner.listening.store(true, SeqCst);
-                Some(listener)
-            }
-            Err(e) => {
-                tracing::warn!(error = ?e, "auth cache: cannot subscribe to key invalidations yet; retrying");
-                None
-            }
-        };
-        tokio::spawn(listen(Arc::downgrade(&inner), url, first, stop));
-        Ok(Self { inner })
+        Self { inner }
+    }
+
+    /// What the listener of [`INVALIDATION_CHANNEL`](super::INVALIDATION_CHANNEL) notifies.
+    pub fn subscriber(&self) -> Weak<dyn Subscriber> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        weak
     }
 
     /// Resolve a presented key to its organisation.
@@ -295,80 +275,17 @@ fn record(outcome: &'static str) {
     metrics::counter!(AUTH_CACHE_TOTAL, "outcome" => outcome).increment(1);
 }
 
-/// A dedicated connection (not one of the pool's) LISTENing on the invalidation channel.
-async fn subscribe(url: &Secret) -> anyhow::Result<PgListener> {
-    tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-        let mut listener = PgListener::connect(url.expose()).await?;
-        // Report a lost connection at once instead of reconnecting inside `try_recv`: the
-        // cache must be cleared before anything else is trusted.
-        listener.eager_reconnect(false);
-        listener.listen(INVALIDATION_CHANNEL).await?;
-        anyhow::Ok(listener)
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out subscribing to {INVALIDATION_CHANNEL}"))?
-}
-
-/// The listener task: apply notifications; on any loss of the subscription clear the cache
-/// (notifications may have been missed), resubscribe with backoff, clear again and resume.
-/// Ends when the cache is dropped.
-async fn listen(inner: Weak<Inner>, url: Secret, mut current: Option<PgListener>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut listener = match current.take() {
-            Some(listener) => listener,
-            None => {
-                let attempt = tokio::select! {
-                    () = stop.cancelled() => return,
-                    attempt = subscribe(&url) => attempt,
-                };
-                match attempt {
-                    Ok(listener) => {
-                        let Some(inner) = inner.upgrade() else { return };
-                        inner.clear();
-                        inner.listening.store(true, SeqCst);
-                        tracing::info!("auth cache: subscribed to key invalidations again");
-                        backoff = Duration::from_millis(100);
-                        listener
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "auth cache: resubscribing failed");
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
-                        continue;
-                    }
-                }
-            }
-        };
-        loop {
-            let received = tokio::select! {
-                () = stop.cancelled() => return,
-                received = listener.try_recv() => received,
-            };
-            // Upgrade only between waits, so a waiting listener never keeps the cache alive.
-            let Some(inner) = inner.upgrade() else { return };
-            match received {
-                Ok(Some(notification)) => match Uuid::parse_str(notification.payload()) {
-                    Ok(org_id) => inner.invalidate_org(org_id),
-                    Err(_) => inner.clear(),
-                },
-                Ok(None) => {
-                    tracing::warn!("auth cache: invalidation listener lost its connection");
-                    inner.listening.store(false, SeqCst);
-                    inner.clear();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = ?e, "auth cache: invalidation listener failed");
-                    inner.listening.store(false, SeqCst);
-                    inner.clear();
-                    break;
-                }
-            }
+impl Subscriber for Inner {
+    fn notified(&self, payload: &str) {
+        match Uuid::parse_str(payload) {
+            Ok(org_id) => self.invalidate_org(org_id),
+            Err(_) => self.clear(),
         }
+    }
+
+    fn reset(&self, listening: bool) {
+        self.listening.store(listening, SeqCst);
+        self.clear();
     }
 }
 

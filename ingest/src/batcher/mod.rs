@@ -6,8 +6,10 @@
 //! while a batch is committing, what arrives gathers for the next one (natural group commit).
 //! A second batch (up to [`MAX_IN_FLIGHT`]) starts early only when a full one has gathered.
 //!
-//! A batch is ONE statement ([`write`]): dedup keys, events and their delivery jobs, so a `202`
-//! always means "stored with its job", answered only after the commit. If it fails, every
+//! A batch is ONE statement ([`write`]): dedup keys, events, their deliveries and first jobs, so
+//! a `202` always means "stored with its deliveries", answered only after the commit. (An event
+//! whose organisation's endpoints changed since it was routed is rerouted and written by a
+//! follow-up statement before anyone is answered.) If it fails, every
 //! waiter gets the cause (503 for an unreachable database); a data error that is not an outage
 //! is retried event by event so one bad row cannot sink its neighbours.
 //!
@@ -32,7 +34,10 @@ use uuid::Uuid;
 
 pub use write::WriteError;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    routing::{Fanout, RoutingCache},
+};
 
 /// Most events in one statement.
 pub const MAX_BATCH: usize = 500;
@@ -58,6 +63,9 @@ pub struct NewEvent {
     pub event_type: EventType,
     pub dedup_id: Option<DedupId>,
     pub payload: Payload,
+    /// Its deliveries, as its organisation's endpoints (at `fanout.version`) route it. If they
+    /// changed by the time the batch is written, the writer reroutes it.
+    pub fanout: Fanout,
 }
 
 impl NewEvent {
@@ -70,7 +78,7 @@ impl NewEvent {
 /// What happened to a submitted event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Stored (with its delivery job if the organisation has a webhook).
+    /// Stored, with its deliveries and their first jobs.
     Accepted { id: Uuid, created_at: DateTime<Utc> },
     /// Its dedup id is held by `event_id`; nothing was stored.
     Duplicate { event_id: Uuid },
@@ -103,15 +111,16 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    /// Start the writer task on the runtime.
-    pub fn start(db: PgPool) -> Self {
-        Self::start_with_window(db, Duration::from_secs(24 * 3600))
-    }
-
-    /// Start the writer; dedup ids are remembered for `dedup_window`.
-    pub fn start_with_window(db: PgPool, dedup_window: Duration) -> Self {
+    /// Start the writer task on the runtime; dedup ids are remembered for `dedup_window`, and
+    /// events whose endpoints changed are rerouted through `routing`.
+    pub fn start(db: PgPool, routing: RoutingCache, dedup_window: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(writer_pool(&db), dedup_window, rx));
+        let writer = Writer {
+            db: writer_pool(&db),
+            routing,
+            window: dedup_window,
+        };
+        tokio::spawn(run(writer, rx));
         Self {
             tx,
             bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
@@ -173,9 +182,17 @@ fn writer_pool(db: &PgPool) -> PgPool {
         .connect_lazy_with((*db.connect_options()).clone())
 }
 
+/// What writing a batch needs.
+#[derive(Clone)]
+struct Writer {
+    db: PgPool,
+    routing: RoutingCache,
+    window: Duration,
+}
+
 /// The writer task: gathers queued events into batches and starts their writes (see the module
 /// header for when). Ends once shut down (or every handle is gone) and all is written.
-async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
+async fn run(writer: Writer, mut rx: mpsc::Receiver<Msg>) {
     let mut pending: Vec<Item> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut writing: JoinSet<()> = JoinSet::new();
@@ -186,7 +203,7 @@ async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
             && (writing.is_empty() || (pending.len() >= MAX_BATCH && writing.len() < MAX_IN_FLIGHT))
         {
             let batch: Vec<Item> = pending.drain(..pending.len().min(MAX_BATCH)).collect();
-            writing.spawn(write_and_answer(db.clone(), window, batch));
+            writing.spawn(write_and_answer(writer.clone(), batch));
         }
         if !open && pending.is_empty() && writing.is_empty() {
             break;
@@ -218,12 +235,12 @@ async fn run(db: PgPool, window: Duration, mut rx: mpsc::Receiver<Msg>) {
 
 /// Write one batch and answer its waiters. A failure that is not an outage is retried one
 /// event at a time, so only the event at fault fails.
-async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
+async fn write_and_answer(writer: Writer, items: Vec<Item>) {
     metrics::histogram!(m::INGEST_BATCH_SIZE).record(items.len() as f64);
     // Each waiter keeps its share of the queue's bytes until it is answered.
     let (events, waiters): (Vec<NewEvent>, Vec<(Reply, OwnedSemaphorePermit)>) =
         items.into_iter().map(|i| (i.event, (i.reply, i.bytes))).unzip();
-    match write::write_with_retry(&db, window, &events).await {
+    match write::write_with_retry(&writer, &events).await {
         Ok(outcomes) => {
             for ((reply, _), outcome) in waiters.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
@@ -231,7 +248,7 @@ async fn write_and_answer(db: PgPool, window: Duration, items: Vec<Item>) {
         }
         Err(cause) if !cause.is_unavailable() && events.len() > 1 => {
             for (event, (reply, _)) in events.iter().zip(waiters) {
-                let answer = write::write_with_retry(&db, window, std::slice::from_ref(event)).await;
+                let answer = write::write_with_retry(&writer, std::slice::from_ref(event)).await;
                 let _ = reply.send(answer.and_then(|outcomes| write::only(outcomes, event.id)));
             }
         }

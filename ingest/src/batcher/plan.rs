@@ -7,12 +7,13 @@
 //! it claims the key, else the event that held it before). Rows are sent ordered by
 //! `(organization, dedup_id)`, so concurrent batches lock keys in one order and cannot deadlock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use triggers_shared::db::events::{NewEvents, Written};
+use triggers_shared::db::queue::event_batch::{NewEvents, Written};
 use uuid::Uuid;
 
 use super::{NewEvent, Outcome};
+use crate::routing::Fanout;
 
 /// How one batch is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,18 +49,42 @@ impl Plan {
         Self { sent, first }
     }
 
-    /// The rows of the batch statement.
-    pub(super) fn rows<'a>(&self, events: &'a [NewEvent]) -> NewEvents<'a> {
+    /// The rows of the batch statement: every event sent, or `only` those (indices into the
+    /// batch), each routed by its own fan-out or the one `rerouted` gives it.
+    pub(super) fn rows<'a>(
+        &self,
+        events: &'a [NewEvent],
+        rerouted: &'a HashMap<usize, Fanout>,
+        only: Option<&HashSet<usize>>,
+    ) -> NewEvents<'a> {
         let mut rows = NewEvents::default();
-        for &i in &self.sent {
+        for &i in self.sent.iter().filter(|i| only.is_none_or(|o| o.contains(i))) {
             let e = &events[i];
+            let fanout = rerouted.get(&i).unwrap_or(&e.fanout);
+            let row = rows.ids.len();
             rows.ids.push(e.id);
             rows.organization_ids.push(e.organization_id);
             rows.types.push(&e.event_type);
             rows.dedup_ids.push(e.dedup_id.as_deref());
             rows.payloads.push(e.payload.get());
+            rows.endpoints_versions.push(fanout.version);
+            rows.deliveries.extend(
+                fanout
+                    .deliveries
+                    .iter()
+                    .map(|&(endpoint, status)| (row, endpoint, status)),
+            );
         }
         rows
+    }
+
+    /// The indices of the sent events with these ids.
+    pub(super) fn sent_with_ids(&self, events: &[NewEvent], ids: &HashSet<Uuid>) -> Vec<usize> {
+        self.sent
+            .iter()
+            .copied()
+            .filter(|&i| ids.contains(&events[i].id))
+            .collect()
     }
 
     /// Keys that lost to a holder the statement could not name.
@@ -86,7 +111,9 @@ impl Plan {
         let by_id: HashMap<Uuid, &Written> = written
             .iter()
             .map(|w| match w {
-                Written::Inserted { id, .. } | Written::Duplicate { id, .. } => (*id, w),
+                Written::Inserted { id, .. } | Written::Duplicate { id, .. } | Written::Stale { id } => {
+                    (*id, w)
+                }
             })
             .collect();
         let outcome_of_sent = |i: usize| -> Result<Outcome, Uuid> {
@@ -106,7 +133,7 @@ impl Plan {
                     let owner = owner.or_else(|| late_owners.get(&key).copied()).unwrap_or(e.id);
                     Outcome::Duplicate { event_id: owner }
                 }
-                None => return Err(e.id),
+                Some(Written::Stale { .. }) | None => return Err(e.id),
             })
         };
         let sent: HashMap<usize, Outcome> = self
@@ -131,7 +158,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, Utc};
-    use triggers_shared::models::{DedupId, EventType, Payload};
+    use triggers_shared::models::{DedupId, DeliveryStatus, EventType, Payload};
 
     use super::*;
 
@@ -142,6 +169,10 @@ mod tests {
             event_type: EventType::parse("t").expect("event type"),
             dedup_id: dedup.map(|d| DedupId::parse(d).expect("dedup id")),
             payload: Payload::try_from("{}".to_owned()).expect("valid JSON"),
+            fanout: Fanout {
+                version: 3,
+                deliveries: vec![(Uuid::from_u128(org * 10), DeliveryStatus::Pending)],
+            },
         }
     }
 
@@ -166,17 +197,54 @@ mod tests {
             event(1, Some("z")),
         ];
         let plan = Plan::new(&events);
-        let rows = plan.rows(&events);
+        let not_rerouted = HashMap::new();
+        let rows = plan.rows(&events, &not_rerouted, None);
         let sent: Vec<Uuid> = [1, 4, 2, 0].iter().map(|&i| events[i].id).collect();
         assert_eq!(rows.ids, sent);
         assert_eq!(rows.dedup_ids, vec![None, Some("z"), Some("a"), Some("b")]);
         assert_eq!(rows.payloads, vec!["{}"; 4]);
+        assert_eq!(rows.endpoints_versions, vec![3; 4]);
+        let (org1, org2) = (Uuid::from_u128(10), Uuid::from_u128(20));
+        let pending = DeliveryStatus::Pending;
+        assert_eq!(
+            rows.deliveries,
+            vec![
+                (0, org1, pending),
+                (1, org1, pending),
+                (2, org2, pending),
+                (3, org2, pending)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rerouted_event_is_sent_again_alone_with_its_new_fanout() {
+        let events = [event(1, None), event(2, Some("k"))];
+        let plan = Plan::new(&events);
+        let fresh = Fanout {
+            version: 4,
+            deliveries: vec![(Uuid::from_u128(77), DeliveryStatus::Skipped)],
+        };
+        let stale = HashSet::from([events[1].id]);
+        let only: HashSet<usize> = plan.sent_with_ids(&events, &stale).into_iter().collect();
+        assert_eq!(only, HashSet::from([1]));
+        let rerouted = HashMap::from([(1, fresh)]);
+        let rows = plan.rows(&events, &rerouted, Some(&only));
+        assert_eq!(rows.ids, vec![events[1].id]);
+        assert_eq!(rows.endpoints_versions, vec![4]);
+        assert_eq!(
+            rows.deliveries,
+            vec![(0, Uuid::from_u128(77), DeliveryStatus::Skipped)]
+        );
     }
 
     #[test]
     fn the_same_dedup_id_in_two_organisations_is_two_keys() {
         let events = [event(1, Some("k")), event(2, Some("k"))];
-        assert_eq!(Plan::new(&events).rows(&events).ids.len(), 2);
+        assert_eq!(
+            Plan::new(&events).rows(&events, &HashMap::new(), None).ids.len(),
+            2
+        );
     }
 
     #[test]

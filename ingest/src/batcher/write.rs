@@ -1,14 +1,27 @@
-//! The I/O half of writing a batch: one statement (see `db::queue::insert_batch`), committed
+//! The I/O half of writing a batch: one statement (see `db::queue::event_batch`), committed
 //! on its own, retried on a deadlock or serialization failure, bounded by [`BATCH_TIMEOUT`].
+//! Events the statement found stale (their organisation's endpoints changed since they were
+//! routed) are rerouted and written by a follow-up statement, up to [`STALE_ROUNDS`] times.
 //! Planning and the answers are [`super::plan`]'s.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
-use sqlx::PgPool;
-use triggers_shared::{db, metrics as m};
+use triggers_shared::{
+    db::{self, queue::event_batch::Written},
+    metrics as m,
+};
 use uuid::Uuid;
 
-use super::{BATCH_TIMEOUT, NewEvent, Outcome, plan::Plan};
+use super::{BATCH_TIMEOUT, NewEvent, Outcome, Writer, plan::Plan};
+use crate::routing::{Fanout, RoutingError};
+
+/// Follow-up statements for events whose endpoints kept changing under them, before giving up
+/// (the request is then `503`: try again).
+const STALE_ROUNDS: usize = 3;
 
 /// Why a batch was not stored. Shared (in an `Arc`) by every waiter of the batch, so each
 /// request's log line carries the cause with its source chain.
@@ -20,6 +33,10 @@ pub enum WriteError {
     TimedOut,
     #[error("the batch statement did not account for event {0}")]
     NotReturned(Uuid),
+    #[error("rerouting an event whose organisation's endpoints changed")]
+    Routing(#[source] Arc<RoutingError>),
+    #[error("the organisation's endpoints kept changing while its events were written")]
+    EndpointsKeptChanging,
 }
 
 impl WriteError {
@@ -27,7 +44,8 @@ impl WriteError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             WriteError::Database(e) => db::is_unavailable(e),
-            WriteError::TimedOut => true,
+            WriteError::TimedOut | WriteError::EndpointsKeptChanging => true,
+            WriteError::Routing(e) => e.is_unavailable(),
             WriteError::NotReturned(_) => false,
         }
     }
@@ -36,8 +54,7 @@ impl WriteError {
 /// Write a batch; one outcome per event, in order. Retried (up to three tries) when Postgres
 /// chose it as a deadlock or serialization victim.
 pub(super) async fn write_with_retry(
-    db: &PgPool,
-    window: std::time::Duration,
+    writer: &Writer,
     events: &[NewEvent],
 ) -> Result<Vec<Outcome>, Arc<WriteError>> {
     let plan = Plan::new(events);
@@ -45,7 +62,7 @@ pub(super) async fn write_with_retry(
     loop {
         tries += 1;
         let started = Instant::now();
-        let result = tokio::time::timeout(BATCH_TIMEOUT, write_once(db, window, events, &plan))
+        let result = tokio::time::timeout(BATCH_TIMEOUT, write_once(writer, events, &plan))
             .await
             .unwrap_or(Err(WriteError::TimedOut));
         metrics::histogram!(m::INGEST_BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
@@ -74,14 +91,41 @@ pub(super) fn only(outcomes: Vec<Outcome>, id: Uuid) -> Result<Outcome, Arc<Writ
 }
 
 #[tracing::instrument(name = "event_batch", skip_all, fields(size = events.len()))]
-async fn write_once(
-    db: &PgPool,
-    window: std::time::Duration,
-    events: &[NewEvent],
-    plan: &Plan,
-) -> Result<Vec<Outcome>, WriteError> {
-    let mut conn = db.acquire().await?;
-    let written = db::queue::insert_batch(&mut conn, &plan.rows(events), window).await?;
+async fn write_once(writer: &Writer, events: &[NewEvent], plan: &Plan) -> Result<Vec<Outcome>, WriteError> {
+    let mut conn = writer.db.acquire().await?;
+    let mut rerouted: HashMap<usize, Fanout> = HashMap::new();
+    let mut only: Option<HashSet<usize>> = None;
+    let mut written: Vec<Written> = Vec::with_capacity(events.len());
+    for round in 0..=STALE_ROUNDS {
+        let rows = plan.rows(events, &rerouted, only.as_ref());
+        let mut stale = HashSet::new();
+        for w in db::queue::event_batch::insert_batch(&mut conn, &rows, writer.window).await? {
+            match w {
+                Written::Stale { id } => {
+                    stale.insert(id);
+                }
+                other => written.push(other),
+            }
+        }
+        if stale.is_empty() {
+            break;
+        }
+        if round == STALE_ROUNDS {
+            return Err(WriteError::EndpointsKeptChanging);
+        }
+        let indices = plan.sent_with_ids(events, &stale);
+        for &i in &indices {
+            let e = &events[i];
+            writer.routing.invalidate(e.organization_id).await;
+            let routes = writer
+                .routing
+                .routes(e.organization_id)
+                .await
+                .map_err(WriteError::Routing)?;
+            rerouted.insert(i, routes.fanout(&e.event_type));
+        }
+        only = Some(indices.into_iter().collect());
+    }
     let unknown = plan.unknown_owners(events, &written);
     let late_owners: HashMap<(Uuid, String), Uuid> = if unknown.is_empty() {
         HashMap::new()

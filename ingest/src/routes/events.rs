@@ -17,10 +17,10 @@ use axum::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use triggers_shared::{
-    db,
-    jobs::{self, DeliveryJob, QueueError},
+    db::{self, events::Redelivery},
+    jobs::QueueError,
     metrics as m,
-    models::{DedupId, DeliveryAttempt, Event, EventStatus, EventType, Payload},
+    models::{DedupId, Delivery, DeliveryAttempt, DeliveryStatus, Event, EventStatus, EventType, Payload},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -45,7 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(redeliver_events))
 }
 
-/// The answer to an accepted event: it is committed with its delivery job.
+/// The answer to an accepted event: it is committed with its deliveries.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventAcceptedOut {
     pub id: Uuid,
@@ -70,10 +70,15 @@ pub struct EventOut {
     /// what was sent).
     #[schema(value_type = Object)]
     pub payload: Payload,
-    /// `failed` is the dead letter.
+    /// The summary of its deliveries: `delivered` once acknowledged; otherwise `pending` while
+    /// any delivery is pending, else `failed` (the dead letter) if any failed, else `delivered`
+    /// if any was delivered; with only skipped or cancelled deliveries, or none, `pending`.
     pub status: EventStatus,
+    /// Attempts of all its deliveries.
     pub attempts: i32,
+    /// The latest attempt's answer, over all its deliveries.
     pub response_status: Option<i32>,
+    /// The latest attempt's error, over all its deliveries.
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -103,7 +108,11 @@ impl From<Event> for EventOut {
 /// One delivery attempt.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AttemptOut {
+    /// The attempt's number within its delivery, from 1 (a resend keeps counting).
     pub attempt: i32,
+    /// The endpoint of the delivery (`null` only for attempts made before endpoints existed by
+    /// an organisation whose webhook was removed before the upgrade).
+    pub endpoint_id: Option<Uuid>,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub response_status: Option<i32>,
@@ -114,6 +123,7 @@ impl From<DeliveryAttempt> for AttemptOut {
     fn from(a: DeliveryAttempt) -> Self {
         Self {
             attempt: a.attempt,
+            endpoint_id: a.endpoint_id,
             started_at: a.started_at,
             duration_ms: a.duration_ms,
             response_status: a.response_status,
@@ -122,11 +132,41 @@ impl From<DeliveryAttempt> for AttemptOut {
     }
 }
 
-/// An event with its delivery attempts.
+/// One delivery of an event: to one endpoint.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventDeliveryOut {
+    pub endpoint_id: Uuid,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (`pending` only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl From<Delivery> for EventDeliveryOut {
+    fn from(d: Delivery) -> Self {
+        Self {
+            endpoint_id: d.endpoint_id,
+            status: d.status,
+            attempts: d.attempts,
+            response_status: d.response_status,
+            last_error: d.last_error,
+            next_attempt_at: d.next_attempt_at,
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+/// An event with its deliveries and their attempts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct EventDetailOut {
     #[serde(flatten)]
     pub event: EventOut,
+    /// One per endpoint the event was routed to when it was accepted, by endpoint id.
+    pub deliveries: Vec<EventDeliveryOut>,
+    /// Every attempt of every delivery, in the order they started.
     pub attempts_log: Vec<AttemptOut>,
 }
 
@@ -146,7 +186,7 @@ pub struct RedeliverAllIn {
     pub status: String,
 }
 
-/// How many events were re-enqueued.
+/// How many failed deliveries were given a new chain of attempts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RedeliverAllOut {
     pub count: i64,
@@ -154,8 +194,9 @@ pub struct RedeliverAllOut {
 
 /// Ingest an event.
 ///
-/// The `202` is sent only after the event, its dedup key and (when a webhook is configured) its
-/// delivery job are committed. Unknown body fields are ignored; `null` counts as absent; a key
+/// The `202` is sent only after the event, its dedup key and its deliveries (one per endpoint
+/// whose `event_types` match its type, each pending with its first job, or `skipped` when the
+/// endpoint is disabled) are committed, in one transaction. Unknown body fields are ignored; `null` counts as absent; a key
 /// given twice is `422`. The payload is never decoded into a tree: it is checked as JSON text and
 /// stored from that text. A payload over the size limit is `413` even if other fields are
 /// invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
@@ -166,7 +207,7 @@ pub struct RedeliverAllOut {
     request_body = EventIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 202, description = "Stored with its delivery job", body = EventAcceptedOut, headers(
+        (status = 202, description = "Stored with its deliveries", body = EventAcceptedOut, headers(
             ("X-RateLimit-Limit" = u32, description = "Events per minute allowed to the organisation"),
             ("X-RateLimit-Remaining" = u32, description = "Approximate events left in the sliding minute"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until the current minute ends"),
@@ -219,9 +260,11 @@ fn rejected(e: ApiError) -> Response {
 async fn ingest(state: &AppState, org: &Org, request: Request) -> Result<Response, ApiError> {
     let ApiJson(body) = ApiJson::<EventIn>::from_request(request, state).await?;
     let valid = body.parse()?;
+    let routes = state.routing.routes(org.id).await?;
     let event = NewEvent {
         id: Uuid::now_v7(),
         organization_id: org.id,
+        fanout: routes.fanout(&valid.event_type),
         event_type: valid.event_type,
         dedup_id: valid.dedup_id,
         payload: valid.payload,
@@ -269,7 +312,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EventId {
     }
 }
 
-/// Fetch one of your events with its delivery attempts.
+/// Fetch one of your events with its deliveries and their attempts.
 #[utoipa::path(
     get, path = "/api/events/{id}", tag = "events",
     params(("id" = String, Path, description = "Event id (UUID)")),
@@ -289,21 +332,23 @@ pub async fn get_event(
     let event = db::events::find(&mut conn, org.id, id)
         .await?
         .ok_or(ApiError::EventNotFound)?;
+    let deliveries = db::deliveries::list_for_event(&mut conn, org.id, id).await?;
     let attempts = db::attempts::list_for_event(&mut conn, org.id, id).await?;
     Ok(Json(EventDetailOut {
         event: event.into(),
+        deliveries: deliveries.into_iter().map(EventDeliveryOut::from).collect(),
         attempts_log: attempts.into_iter().map(AttemptOut::from).collect(),
     }))
 }
 
 /// Deliver one of your events again (any status, e.g. a dead-lettered or acknowledged one).
 ///
-/// The event goes back to `pending` (its acknowledgement, if any, is cleared) and a new delivery
-/// job is enqueued in the same transaction. While a delivery of the event is still pending (the
-/// event is `pending` and a job is due, running or scheduled for a retry) no second one is
-/// started: the answer is the same `202` with the message `delivery already pending`, so
-/// repeating the call is safe. Without a
-/// configured webhook there is nowhere to deliver to: `409 webhook_not_configured`.
+/// Each of the event's deliveries that is not pending gets a new chain of attempts (its
+/// attempts keep counting), enqueued in the same transaction, and an acknowledgement is
+/// cleared. Deliveries still pending (a first attempt or a retry due) are left alone: when
+/// every delivery is, the answer is the same `202` with the message `delivery already pending`,
+/// so repeating the call is safe. An event that has no delivery (no endpoint matched it when it
+/// was accepted) has nowhere to go: `409 webhook_not_configured`.
 #[utoipa::path(
     post, path = "/api/events/{id}/redeliver", tag = "events",
     params(("id" = String, Path, description = "Event id (UUID)")),
@@ -312,7 +357,7 @@ pub async fn get_event(
         (status = 202, description = "Enqueued, or a delivery was already pending", body = RedeliveryOut),
         (status = 401, body = ErrorBody),
         (status = 404, description = "`event_not_found`", body = ErrorBody),
-        (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
+        (status = 409, description = "`webhook_not_configured`: the event has no delivery", body = ErrorBody),
     )
 )]
 pub async fn redeliver_event(
@@ -321,36 +366,22 @@ pub async fn redeliver_event(
     EventId(id): EventId,
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
-    // The update locks the event's row until commit, so concurrent redeliveries of one event
-    // run one after the other and each sees what the previous one committed.
-    let was_pending = db::events::reset_for_redelivery(&mut tx, org.id, id)
-        .await?
-        .ok_or(ApiError::EventNotFound)?;
-    if !db::events::has_webhook(&mut tx, org.id).await? {
-        return Err(ApiError::RedeliveryWithoutWebhook);
-    }
-    // A delivery is under way only if the event is still pending: the job of a chain that just
-    // ended (delivered or dead-lettered) may not be marked finished yet, but sends nothing more.
-    let pending = was_pending && db::queue::has_live_job(&mut tx, id).await?;
-    if !pending {
-        jobs::enqueue(
-            &mut tx,
-            &[(DeliveryJob::first(id, org.id), std::time::Duration::ZERO)],
-        )
+    let outcome = db::events::redeliver(&mut tx, org.id, id, None)
         .await
-        .map_err(queue_error)?;
-    }
+        .map_err(queue_error)?
+        .ok_or(ApiError::EventNotFound)?;
+    let message = match outcome {
+        Redelivery::NoDelivery => return Err(ApiError::RedeliveryWithoutWebhook),
+        Redelivery::AlreadyPending => "delivery already pending",
+        Redelivery::Started(_) => "redelivery enqueued",
+    };
     tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(RedeliveryOut {
             id,
             status: "pending",
-            message: if pending {
-                "delivery already pending"
-            } else {
-                "redelivery enqueued"
-            },
+            message,
         }),
     ))
 }
@@ -363,12 +394,14 @@ fn queue_error(err: QueueError) -> ApiError {
     }
 }
 
-/// Replay every dead-lettered (`failed`) event of your organisation.
+/// Replay every dead-lettered (`failed`) delivery of your organisation.
 ///
 /// Body `{"status": "failed"}` (`dead_letter` is accepted as a synonym; anything else is `422`).
-/// Events are re-enqueued in chunks, each chunk in its own transaction; the answer is the total.
-/// Replayed events are `pending`, no longer `failed`, so repeating the call while they are being
-/// delivered finds nothing to replay (`count` 0) and starts no second delivery.
+/// Each failed delivery gets a new chain of attempts, in chunks, each chunk in its own
+/// transaction; `count` is the number of deliveries. Replayed deliveries are `pending`, no longer
+/// `failed`, so repeating the call while they are being delivered finds nothing to replay
+/// (`count` 0) and starts no second delivery. An organisation without any endpoint gets `409
+/// webhook_not_configured`.
 #[utoipa::path(
     post, path = "/api/events/redeliver", tag = "events",
     request_body = RedeliverAllIn,
@@ -392,11 +425,10 @@ pub async fn redeliver_events(
             "must be `failed` (or its synonym `dead_letter`)",
         ));
     }
-    let mut conn = state.db.acquire().await?;
-    if !db::events::has_webhook(&mut conn, org.id).await? {
+    let routes = state.routing.routes(org.id).await?;
+    if !routes.has_endpoints() {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    drop(conn);
     let count = db::events::redeliver_failed(&state.db, org.id, None)
         .await
         .map_err(queue_error)?;

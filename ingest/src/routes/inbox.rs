@@ -29,7 +29,7 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery},
-    validate::{Parse, Problems, json_string, non_empty, timestamp},
+    validate::{Parse, Problems, integer_in, json_string, non_empty, timestamp},
 };
 
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -149,10 +149,6 @@ fn start_after(cursor: Option<Keyset>, since: Option<DateTime<Utc>>) -> Option<K
         }),
         (c, s) => c.or(s),
     }
-}
-
-fn integer_in(text: &str, min: i64, max: i64) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|n| (min..=max).contains(n))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

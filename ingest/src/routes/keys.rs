@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_shared::{
-    db::{api_keys, organizations},
+    db::{api_keys, endpoints, organizations},
     models::{OrganizationName, Tier},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -90,7 +90,8 @@ pub struct KeysOut {
     pub organization_name: String,
     pub tier: Tier,
     pub rate_limit_per_minute: i32,
-    /// `null` when no webhook is configured.
+    /// The default endpoint's URL (what `/api/webhook/config` manages); `null` when there is
+    /// none.
     pub webhook_url: Option<String>,
     /// The public prefix of the newest active key (not a secret).
     pub key_prefix: String,
@@ -194,12 +195,13 @@ pub async fn get_keys(org: Org, State(state): State<AppState>) -> Result<Json<Ke
     let key = api_keys::newest_active(&mut conn, org.id)
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
+    let webhook = endpoints::find_default(&mut conn, org.id).await?;
     Ok(Json(KeysOut {
         organization_id: row.id,
         organization_name: row.name,
         tier: row.tier,
         rate_limit_per_minute: row.rate_limit_per_minute,
-        webhook_url: row.webhook_url,
+        webhook_url: webhook.map(|w| w.url),
         key_prefix: key.prefix,
         created_at: row.created_at,
         updated_at: row.updated_at,

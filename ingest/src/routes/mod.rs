@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per resource, merged here with the middleware every request
 //! gets (request id, trace span, metrics, body limit) and the JSON fallbacks.
 
+pub mod endpoints;
 pub mod events;
 pub mod health;
 pub mod inbox;
@@ -41,6 +42,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(keys::router())
         .merge(webhook::router())
+        .merge(endpoints::router())
         .merge(events::router())
         .merge(inbox::router())
         .merge(portal::router())

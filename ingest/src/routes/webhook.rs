@@ -1,4 +1,7 @@
-//! Routes of the `webhook` resource: an organisation's webhook URL and its signing secret.
+//! Routes of the `webhook` resource: an organisation's webhook URL and its signing secret, the
+//! API's first model of delivery. They manage the organisation's *default endpoint*
+//! (`event_types ["*"]`, `"default": true` among its endpoints), so clients of that model work
+//! unchanged next to the endpoints resource.
 //!
 //! A URL is checked twice here: its shape (`net::WebhookUrl`: http(s), no user-info, at most
 //! 2,048 characters as given and once normalised) and where it points (`net::resolve_allowed`:
@@ -9,21 +12,14 @@
 //! - The URL is stored normalised (as `url::Url` prints it, e.g. `https://example.com/` for
 //!   `https://EXAMPLE.com`): what was checked is exactly what the worker will call.
 //! - `GET` answers `200` with `webhook_url: null` when nothing is configured.
-//! - `DELETE` removes the URL and the signing secret (idempotent: `200` even when nothing was
-//!   configured); a later configuration gets a new secret.
-
-use std::time::Duration;
+//! - `DELETE` deletes the default endpoint, cancelling its pending deliveries (idempotent: `200`
+//!   even when nothing was configured); a later configuration gets a new secret.
 
 use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use triggers_shared::{
-    db::organizations,
-    models::Organization,
-    net::{self, UrlRejection, WebhookUrl},
-    signing,
-};
+use triggers_shared::{db::endpoints, net::WebhookUrl, signing};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -32,11 +28,8 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
-    validate::{Parse, Problems, json_string},
+    validate::{Parse, Problems, json_string, public_target},
 };
-
-/// How long resolving a webhook host may take before the URL is refused.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Body of `POST /api/webhook/config`, as read; [`WebhookConfigIn::parse`] checks the URL's
-/// shape, [`allowed`] where it points.
+/// shape, [`public_target`] where it points.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfigIn {
     /// http or https, at most 2,048 characters (also once normalised), no user-info, not an
@@ -132,18 +125,16 @@ pub async fn set_webhook_config(
     ApiJson(body): ApiJson<WebhookConfigIn>,
 ) -> Result<Json<WebhookConfigOut>, ApiError> {
     let url = body.parse()?;
-    allowed(&url, state.config.allow_private_webhooks).await?;
-    let mut conn = state.db.acquire().await?;
-    let row = organizations::set_webhook(&mut conn, org.id, url.as_str(), &signing::generate_secret())
-        .await?
-        .ok_or(ApiError::InvalidApiKey)?;
-    tracing::info!(org_id = %org.id, "webhook configured");
-    let updated_at = updated_at(&row);
+    public_target("webhook_url", &url, state.config.allow_private_webhooks).await?;
+    let mut tx = state.db.begin().await?;
+    let endpoint = endpoints::set_default(&mut tx, org.id, &url, &signing::generate_secret()).await?;
+    tx.commit().await?;
+    tracing::info!(org_id = %org.id, endpoint_id = %endpoint.id, "webhook configured");
     Ok(Json(WebhookConfigOut {
-        organization_id: row.id,
-        webhook_url: row.webhook_url.unwrap_or_else(|| url.as_str().to_owned()),
-        signing_secret: row.signing_secret.ok_or_else(|| missing("signing_secret"))?,
-        updated_at,
+        organization_id: org.id,
+        webhook_url: endpoint.url,
+        signing_secret: endpoint.signing_secret,
+        updated_at: endpoint.updated_at,
         message: "Webhook configured. Verify deliveries with the signing secret (Standard Webhooks).",
     }))
 }
@@ -161,17 +152,16 @@ pub async fn get_webhook_config(
     State(state): State<AppState>,
 ) -> Result<Json<WebhookStatusOut>, ApiError> {
     let mut conn = state.db.acquire().await?;
-    let row = organizations::get(&mut conn, org.id)
-        .await?
-        .ok_or(ApiError::InvalidApiKey)?;
+    let endpoint = endpoints::find_default(&mut conn, org.id).await?;
     Ok(Json(WebhookStatusOut {
-        webhook_url: row.webhook_url,
-        updated_at: row.webhook_updated_at,
+        updated_at: endpoint.as_ref().map(|e| e.updated_at),
+        webhook_url: endpoint.map(|e| e.url),
     }))
 }
 
-/// Remove the webhook (URL and signing secret). Events then wait in the inbox for pull
-/// consumers. Idempotent.
+/// Remove the webhook (the default endpoint, with its signing secret); its pending deliveries
+/// are cancelled. Events no endpoint matches then wait in the inbox for pull consumers.
+/// Idempotent.
 #[utoipa::path(delete, path = "/api/webhook/config", tag = "webhook",
     security(("api_key" = []), ("bearer" = [])),
     responses(
@@ -183,15 +173,14 @@ pub async fn delete_webhook_config(
     org: Org,
     State(state): State<AppState>,
 ) -> Result<Json<WebhookDeletedOut>, ApiError> {
-    let mut conn = state.db.acquire().await?;
-    let row = organizations::clear_webhook(&mut conn, org.id)
-        .await?
-        .ok_or(ApiError::InvalidApiKey)?;
-    tracing::info!(org_id = %org.id, "webhook removed");
+    let mut tx = state.db.begin().await?;
+    let existed = endpoints::delete_default(&mut tx, org.id).await?;
+    tx.commit().await?;
+    tracing::info!(org_id = %org.id, existed, "webhook removed");
     Ok(Json(WebhookDeletedOut {
-        organization_id: row.id,
+        organization_id: org.id,
         webhook_url: None,
-        updated_at: row.webhook_updated_at,
+        updated_at: Some(Utc::now()),
         message: "Webhook removed. Events wait in the inbox for pull consumers.",
     }))
 }
@@ -209,38 +198,16 @@ pub async fn rotate_webhook_secret(
     org: Org,
     State(state): State<AppState>,
 ) -> Result<Json<SecretRotatedOut>, ApiError> {
-    let mut conn = state.db.acquire().await?;
-    let row = organizations::rotate_signing_secret(&mut conn, org.id, &signing::generate_secret())
+    let mut tx = state.db.begin().await?;
+    let endpoint = endpoints::rotate_default_secret(&mut tx, org.id, &signing::generate_secret())
         .await?
         .ok_or(ApiError::WebhookNotConfigured)?;
+    tx.commit().await?;
     tracing::info!(org_id = %org.id, "webhook signing secret rotated");
     Ok(Json(SecretRotatedOut {
-        organization_id: row.id,
-        signing_secret: row
-            .signing_secret
-            .clone()
-            .ok_or_else(|| missing("signing_secret"))?,
-        updated_at: updated_at(&row),
+        organization_id: org.id,
+        signing_secret: endpoint.signing_secret,
+        updated_at: endpoint.updated_at,
         message: "Signing secret rotated. Deliveries are signed with the new secret from now on.",
     }))
-}
-
-/// Where the URL points must be public (unless the operator allows private targets): else
-/// `webhook_url_not_allowed`, whose message never names an address. A host that does not
-/// resolve in time is refused the same way.
-async fn allowed(url: &WebhookUrl, allow_private: bool) -> Result<(), ApiError> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, net::resolve_allowed(url.as_url(), allow_private)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(UrlRejection::Invalid(message))) => Err(ApiError::invalid("webhook_url", message)),
-        Ok(Err(UrlRejection::NotAllowed)) | Err(_) => Err(ApiError::WebhookUrlNotAllowed),
-    }
-}
-
-/// Every statement that changes the configuration sets `webhook_updated_at`.
-fn updated_at(row: &Organization) -> DateTime<Utc> {
-    row.webhook_updated_at.unwrap_or(row.updated_at)
-}
-
-fn missing(column: &str) -> ApiError {
-    ApiError::internal(anyhow::anyhow!("organizations.{column} is null after it was set"))
 }

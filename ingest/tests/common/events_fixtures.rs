@@ -1,13 +1,21 @@
 //! Fixtures for the events, inbox and rate-limit tests: organisations and keys created by the
-//! same transaction as `POST /api/keys/generate` but without its HTTP round trip, webhooks set in
-//! SQL, and small request helpers.
+//! same transaction as `POST /api/keys/generate` but without its HTTP round trip, webhooks set by
+//! the same `db::endpoints` function as `POST /api/webhook/config`, and small request helpers.
 #![allow(dead_code)]
+
+use std::{collections::HashMap, time::Duration};
 
 use serde_json::Value;
 use sqlx::PgPool;
+use triggers_ingest::{batcher::BatchWriter, routing::RoutingCache};
 use triggers_shared::{
-    db::{organizations, queue},
-    models::{OrganizationName, Tier},
+    db::{
+        deliveries::{self, AttemptRecord, DeliveryKey},
+        endpoints, organizations, queue,
+    },
+    jobs::{DeliveryJob, JobId},
+    models::{DeliveryStatus, OrganizationName, Tier},
+    net::WebhookUrl,
 };
 use uuid::Uuid;
 
@@ -40,16 +48,100 @@ pub async fn org_with_key(pool: &PgPool, tier: &str) -> (String, Uuid) {
     (key.key, org.id)
 }
 
-/// Configure a webhook URL for the organisation (directly in SQL).
-pub async fn set_webhook(pool: &PgPool, org_id: Uuid) {
-    sqlx::query(
-        "UPDATE organizations SET webhook_url = 'http://127.0.0.1:9/hook', signing_secret = 'whsec_dGVzdA==',
-                webhook_updated_at = now() WHERE id = $1",
+/// Configure the organisation's webhook (its default endpoint, matching every type) by the
+/// function `POST /api/webhook/config` calls; returns the endpoint's id.
+pub async fn set_webhook(pool: &PgPool, org_id: Uuid) -> Uuid {
+    let url = WebhookUrl::parse("http://127.0.0.1:9/hook").expect("a webhook URL");
+    let mut conn = pool.acquire().await.expect("connection");
+    endpoints::set_default(&mut conn, org_id, &url, "whsec_dGVzdA==")
+        .await
+        .expect("set webhook")
+        .id
+}
+
+/// Record one attempt, answered `response_status`, on each pending delivery of these events,
+/// as the worker does: its own statement (`db::deliveries::record_attempts`) and, in the same
+/// transaction, the job that made the attempt finished (deleted) and the retry's job enqueued.
+/// A 2xx delivers; another answer schedules a retry in an hour, or dead-letters the delivery
+/// when it was the `last` attempt. The trigger sums each event up. Returns how many
+/// deliveries had an attempt.
+pub async fn attempt(pool: &PgPool, event_ids: &[Uuid], response_status: i32, last: bool) -> usize {
+    let mut tx = pool.begin().await.expect("begin");
+    let chains: Vec<(DeliveryKey, String)> = sqlx::query_as::<_, (Uuid, Uuid, Uuid, String)>(
+        "SELECT organization_id, event_id, endpoint_id, job_id FROM deliveries
+         WHERE event_id = ANY($1) AND status = 'pending' AND job_id IS NOT NULL",
     )
-    .bind(org_id)
-    .execute(pool)
+    .bind(event_ids)
+    .fetch_all(&mut *tx)
     .await
-    .expect("set webhook");
+    .expect("pending deliveries")
+    .into_iter()
+    .map(|(organization_id, event_id, endpoint_id, job)| {
+        let key = DeliveryKey {
+            organization_id,
+            event_id,
+            endpoint_id,
+        };
+        (key, job)
+    })
+    .collect();
+    let jobs: HashMap<String, DeliveryJob> =
+        queue::testing::decoded_jobs(&mut tx).await.into_iter().collect();
+    let delivered = (200..300).contains(&response_status);
+    let retry_in = Duration::from_secs(3600);
+    let mut attempts = Vec::with_capacity(chains.len());
+    let mut retries = Vec::new();
+    for (key, job_id) in &chains {
+        let retry = (!delivered && !last).then(|| {
+            let id = JobId::new();
+            let job = jobs.get(job_id).expect("the delivery's job").following();
+            retries.push((id, job, retry_in));
+            (id, chrono::Utc::now() + retry_in)
+        });
+        attempts.push(AttemptRecord {
+            key: *key,
+            task_id: job_id.clone(),
+            started_at: chrono::Utc::now(),
+            duration_ms: 120,
+            response_status: Some(response_status),
+            error: (!delivered).then(|| format!("HTTP {response_status}")),
+            next_status: match (delivered, retry) {
+                (true, _) => DeliveryStatus::Delivered,
+                (false, Some(_)) => DeliveryStatus::Pending,
+                (false, None) => DeliveryStatus::Failed,
+            },
+            retry,
+        });
+    }
+    let recorded = deliveries::record_attempts(&mut tx, &attempts)
+        .await
+        .expect("record the attempts");
+    assert!(
+        recorded.iter().all(|r| r.is_some_and(|r| r.status_applied)),
+        "{recorded:?}"
+    );
+    let finished: Vec<String> = chains.into_iter().map(|(_, job)| job).collect();
+    queue::testing::delete_jobs(&mut tx, &finished).await;
+    queue::enqueue(&mut tx, &retries)
+        .await
+        .expect("enqueue the retries");
+    tx.commit().await.expect("commit");
+    finished.len()
+}
+
+/// Dead-letter the pending deliveries of these events as the worker does after their last
+/// attempt (answered `500`, see [`attempt`]). Returns how many.
+pub async fn dead_letter(pool: &PgPool, event_ids: &[Uuid]) -> usize {
+    attempt(pool, event_ids, 500, true).await
+}
+
+/// The batch writer as ingest starts it, on the test database (with the 24-hour dedup window).
+pub fn writer_of(pool: &PgPool) -> BatchWriter {
+    BatchWriter::start(
+        pool.clone(),
+        RoutingCache::new(pool.clone()),
+        Duration::from_secs(24 * 3600),
+    )
 }
 
 /// Delivery jobs in the queue (any state).

@@ -1,5 +1,5 @@
-//! SQL of the `delivery_attempts` table, read side: the attempt log of one event. (The worker
-//! writes attempts; see `deliveries`.)
+//! SQL of the `delivery_attempts` table, read side: the attempt log of one event, over all its
+//! deliveries. (The worker writes attempts; see `deliveries`.)
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -13,7 +13,7 @@ pub async fn list_for_event(
     event_id: Uuid,
 ) -> sqlx::Result<Vec<DeliveryAttempt>> {
     sqlx::query_as::<_, DeliveryAttempt>(
-        "SELECT attempt, started_at, duration_ms, response_status, error
+        "SELECT attempt, endpoint_id, started_at, duration_ms, response_status, error
          FROM delivery_attempts
          WHERE event_id = $1 AND organization_id = $2
          ORDER BY started_at, id",

@@ -1,102 +1,224 @@
-//! SQL of the worker: deliveries.
+//! SQL of the `deliveries` table (one row per event and endpoint: the one source of delivery
+//! state) and of the attempts the worker writes.
 //!
-//! What deliveries read before they send (the event and its organisation's webhook, for many
-//! events at once), the last check before a request goes out, and what they write afterwards:
-//! [`record_attempts`], one statement for a batch of attempts (their `delivery_attempts` rows and
-//! their events' new state), run by the worker's recorder in its group-commit transaction.
-//! Nothing here is held across the HTTP call.
+//! - The worker reads what it needs to send many deliveries at once ([`load_targets`]), checks
+//!   right before sending ([`still_deliverable`]), and writes attempts in one statement per
+//!   group commit ([`record_attempts`]); nothing here is held across the HTTP call.
+//! - A delivery's chain of attempts is carried by one queue job at a time, which the row names
+//!   (`job_id`): [`new_chains`] starts chains (resend, redelivery, recovery, repair), and a job
+//!   the row does not name belongs to a superseded chain and changes nothing.
+//! - Every statement that changes the status of several deliveries locks them in key order
+//!   first, and the events they belong to are summed up by a trigger after them (events after
+//!   deliveries, always), so two writers cannot deadlock.
+
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
-use crate::models::EventStatus;
+use super::queue::{self, NewJob, QueueError};
+use crate::{
+    jobs::{DeliveryJob, JobId},
+    models::{Delivery, DeliveryStatus},
+};
 
-/// Everything needed to send one event: the event and its organisation's current webhook.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct DeliveryTarget {
+/// The key of a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
+pub struct DeliveryKey {
+    pub organization_id: Uuid,
     pub event_id: Uuid,
-    #[sqlx(rename = "type")]
+    pub endpoint_id: Uuid,
+}
+
+impl From<&DeliveryJob> for DeliveryKey {
+    fn from(job: &DeliveryJob) -> Self {
+        Self {
+            organization_id: job.organization_id,
+            event_id: job.event_id,
+            endpoint_id: job.endpoint_id,
+        }
+    }
+}
+
+/// Parallel columns of many keys, as the statements bind them.
+struct KeyColumns {
+    orgs: Vec<Uuid>,
+    events: Vec<Uuid>,
+    endpoints: Vec<Uuid>,
+}
+
+impl<'a> FromIterator<&'a DeliveryKey> for KeyColumns {
+    fn from_iter<I: IntoIterator<Item = &'a DeliveryKey>>(keys: I) -> Self {
+        let mut columns = KeyColumns {
+            orgs: Vec::new(),
+            events: Vec::new(),
+            endpoints: Vec::new(),
+        };
+        for k in keys {
+            columns.orgs.push(k.organization_id);
+            columns.events.push(k.event_id);
+            columns.endpoints.push(k.endpoint_id);
+        }
+        columns
+    }
+}
+
+/// Everything needed to send one delivery: its state, its event and its endpoint as they are now.
+#[derive(Clone, Debug)]
+pub struct DeliveryTarget {
+    pub status: DeliveryStatus,
+    /// The job of the delivery's current chain.
+    pub job_id: Option<String>,
     pub event_type: String,
     pub dedup_id: Option<String>,
     /// The payload as JSON text, as stored: put into the webhook body without being parsed
     /// into a tree and written out again.
     pub payload: String,
-    pub status: EventStatus,
-    pub attempts: i32,
     pub created_at: DateTime<Utc>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    pub webhook_url: Option<String>,
-    pub signing_secret: Option<String>,
+    /// `None`: the endpoint was deleted.
+    pub endpoint: Option<EndpointTarget>,
 }
 
-/// One finished attempt of an event, as the worker records it: its `delivery_attempts` row (the
-/// attempt's number is the event's `attempts` after the update) and the status the event moves to.
+/// The endpoint of a delivery, as the worker sends to it.
+#[derive(Clone, Debug)]
+pub struct EndpointTarget {
+    pub url: String,
+    /// The current secret first, then those still in their rotation grace period.
+    pub secrets: Vec<String>,
+    /// Custom request headers, by name.
+    pub headers: BTreeMap<String, String>,
+    pub enabled: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct TargetRow {
+    #[sqlx(flatten)]
+    key: DeliveryKey,
+    status: DeliveryStatus,
+    job_id: Option<String>,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    dedup_id: Option<String>,
+    payload: String,
+    created_at: DateTime<Utc>,
+    url: Option<String>,
+    secrets: Option<Vec<String>>,
+    headers: Option<Json<BTreeMap<String, String>>>,
+    enabled: Option<bool>,
+}
+
+/// The targets of many deliveries at once (one query for every delivery starting together).
+/// Returns those found, in no particular order; a key that is missing is gone (its event was
+/// purged).
+pub async fn load_targets(
+    conn: &mut PgConnection,
+    keys: &[DeliveryKey],
+) -> sqlx::Result<Vec<(DeliveryKey, DeliveryTarget)>> {
+    let k: KeyColumns = keys.iter().collect();
+    let rows: Vec<TargetRow> = sqlx::query_as(
+        "SELECT d.organization_id, d.event_id, d.endpoint_id, d.status, d.job_id,
+                e.type, e.dedup_id, e.payload::text AS payload, e.created_at,
+                ep.url,
+                CASE WHEN ep.id IS NOT NULL THEN
+                    ARRAY[ep.signing_secret] || ARRAY(
+                        SELECT s ->> 'secret' FROM jsonb_array_elements(ep.previous_secrets) s
+                        WHERE (s ->> 'expires_at')::timestamptz > now()
+                        ORDER BY (s ->> 'expires_at')::timestamptz DESC)
+                END AS secrets,
+                ep.headers, ep.disabled_reason IS NULL AND ep.id IS NOT NULL AS enabled
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS k(org, event, endpoint)
+         JOIN deliveries d ON d.organization_id = k.org AND d.event_id = k.event AND d.endpoint_id = k.endpoint
+         JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
+         LEFT JOIN endpoints ep ON ep.organization_id = d.organization_id AND ep.id = d.endpoint_id",
+    )
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let endpoint = match (r.url, r.secrets, r.headers, r.enabled) {
+                (Some(url), Some(secrets), Some(Json(headers)), Some(enabled)) => Some(EndpointTarget {
+                    url,
+                    secrets,
+                    headers,
+                    enabled,
+                }),
+                _ => None,
+            };
+            let target = DeliveryTarget {
+                status: r.status,
+                job_id: r.job_id,
+                event_type: r.event_type,
+                dedup_id: r.dedup_id,
+                payload: r.payload,
+                created_at: r.created_at,
+                endpoint,
+            };
+            (r.key, target)
+        })
+        .collect())
+}
+
+/// Of these deliveries, each with the job about to send it, those still pending in that job's
+/// chain: the check made right before a request is sent, so an acknowledgement, a deletion of
+/// the endpoint or a resend that committed after the load still stops it.
+pub async fn still_deliverable(
+    conn: &mut PgConnection,
+    deliveries: &[(DeliveryKey, String)],
+) -> sqlx::Result<Vec<DeliveryKey>> {
+    let k: KeyColumns = deliveries.iter().map(|(k, _)| k).collect();
+    let tasks: Vec<&str> = deliveries.iter().map(|(_, t)| t.as_str()).collect();
+    sqlx::query_as(
+        "SELECT d.organization_id, d.event_id, d.endpoint_id
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS k(org, event, endpoint, task)
+         JOIN deliveries d ON d.organization_id = k.org AND d.event_id = k.event AND d.endpoint_id = k.endpoint
+         WHERE d.status = 'pending' AND d.job_id = k.task",
+    )
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .bind(&tasks)
+    .fetch_all(conn)
+    .await
+}
+
+/// One finished attempt of a delivery, as the worker records it.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
-    pub organization_id: Uuid,
-    pub event_id: Uuid,
+    pub key: DeliveryKey,
+    /// The job that made the attempt: the delivery moves on only if it is its current chain's.
+    pub task_id: String,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub response_status: Option<i32>,
     pub error: Option<String>,
-    /// The state the event moves to: `Delivered`, `Pending` (another attempt is scheduled) or
+    /// Where the delivery goes: `Delivered`, `Pending` (the next attempt is [`Self::retry`]) or
     /// `Failed` (dead letter).
-    pub next_status: EventStatus,
+    pub next_status: DeliveryStatus,
+    /// With `Pending`: the next job's id and when it is due.
+    pub retry: Option<(JobId, DateTime<Utc>)>,
 }
 
 /// What [`record_attempts`] did with one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recorded {
-    /// The attempt's number over the event's whole life (`events.attempts` after the update).
+    /// The attempt's number over the delivery's whole life (`deliveries.attempts` now).
     pub attempt: i32,
-    /// Whether the event took the new status. `false` when it was acknowledged, or moved out of
-    /// `pending` by someone else, meanwhile: an ack always wins, and no retry may follow then.
+    /// Whether the delivery took the new status (and the retry job, if any, is its chain's).
+    /// `false` when it left `pending` meanwhile (acknowledged, endpoint deleted) or its chain
+    /// was superseded (a resend): no retry may follow then.
     pub status_applied: bool,
 }
 
-/// The targets of many events at once (one query for every delivery starting together), each
-/// with its organisation's id. Returns the targets found, in no particular order; an id that is
-/// missing is gone.
-pub async fn load_targets(
-    conn: &mut PgConnection,
-    event_ids: &[Uuid],
-) -> sqlx::Result<Vec<(Uuid, DeliveryTarget)>> {
-    let rows: Vec<DeliveryTargetRow> = sqlx::query_as(
-        "SELECT e.organization_id, e.id AS event_id, e.type, e.dedup_id, e.payload::text AS payload, e.status, e.attempts,
-                e.created_at, e.acknowledged_at, o.webhook_url, o.signing_secret
-         FROM events e JOIN organizations o ON o.id = e.organization_id
-         WHERE e.id = ANY($1)",
-    )
-    .bind(event_ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.organization_id, r.target)).collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct DeliveryTargetRow {
-    organization_id: Uuid,
-    #[sqlx(flatten)]
-    target: DeliveryTarget,
-}
-
-/// Of `event_ids`, those still pending and not acknowledged: the check made right before a
-/// request is sent, so an acknowledgement that committed after the event was loaded still
-/// stops it.
-pub async fn still_deliverable(conn: &mut PgConnection, event_ids: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM events WHERE id = ANY($1) AND acknowledged_at IS NULL AND status = 'pending'",
-    )
-    .bind(event_ids)
-    .fetch_all(conn)
-    .await
-}
-
-/// Record attempts in ONE statement: count each on its event, move the event to its
-/// `next_status` unless it was acknowledged or left `pending` meanwhile, and insert the
-/// `delivery_attempts` rows. The events must be distinct. Answers in input order; `None`: the
-/// event no longer exists. Run it in the transaction that also enqueues any next attempt.
+/// Record attempts in ONE statement: count each on its delivery, move the delivery to its
+/// `next_status` (naming the retry's job) if the attempt's job is still the delivery's chain and
+/// it is still pending, and insert the `delivery_attempts` rows. The deliveries must be
+/// distinct. Answers in input order; `None`: the delivery no longer exists. Run it in the
+/// transaction that also enqueues the retries whose status applied.
 pub async fn record_attempts(
     conn: &mut PgConnection,
     attempts: &[AttemptRecord],
@@ -104,66 +226,387 @@ pub async fn record_attempts(
     if attempts.is_empty() {
         return Ok(Vec::new());
     }
-    let column = |f: fn(&AttemptRecord) -> Option<i32>| attempts.iter().map(f).collect::<Vec<_>>();
-    let event_ids: Vec<Uuid> = attempts.iter().map(|a| a.event_id).collect();
-    let org_ids: Vec<Uuid> = attempts.iter().map(|a| a.organization_id).collect();
-    let statuses = column(|a| a.response_status);
-    let durations = column(|a| Some(a.duration_ms));
+    let k: KeyColumns = attempts.iter().map(|a| &a.key).collect();
+    let tasks: Vec<&str> = attempts.iter().map(|a| a.task_id.as_str()).collect();
+    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+    let durations: Vec<i32> = attempts.iter().map(|a| a.duration_ms).collect();
+    let statuses: Vec<Option<i32>> = attempts.iter().map(|a| a.response_status).collect();
     let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
     let outcomes: Vec<&str> = attempts.iter().map(|a| a.next_status.as_str()).collect();
-    let started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
-    // The CASEs see each row as it is when the UPDATE locks it, so an
-    // ack that committed after the worker's reload is never overwritten. Rows are locked in id
-    // order, so two workers' batches cannot deadlock each other.
-    let rows: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+    let next_jobs: Vec<Option<String>> = attempts
+        .iter()
+        .map(|a| a.retry.map(|(id, _)| id.to_string()))
+        .collect();
+    let next_at: Vec<Option<DateTime<Utc>>> = attempts.iter().map(|a| a.retry.map(|(_, at)| at)).collect();
+    let rows: Vec<(Uuid, Uuid, Uuid, i32, bool)> = sqlx::query_as(
         "WITH input AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[],
-                                  $6::timestamptz[], $7::int4[])
-                 AS t(event_id, organization_id, response_status, error, outcome, started_at, duration_ms)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[],
+                                  $6::int4[], $7::int4[], $8::text[], $9::text[], $10::text[],
+                                  $11::timestamptz[])
+                 AS t(org, event, endpoint, task, started_at, duration_ms, response_status, error,
+                      outcome, next_job, next_at)
          ),
          locked AS (
-             SELECT e.id FROM events e JOIN input i ON i.event_id = e.id AND i.organization_id = e.organization_id
-             ORDER BY e.id FOR UPDATE OF e
+             SELECT d.organization_id, d.event_id, d.endpoint_id,
+                    (d.status = 'pending' AND d.job_id = i.task) AS current
+             FROM deliveries d
+             JOIN input i ON i.org = d.organization_id AND i.event = d.event_id AND i.endpoint = d.endpoint_id
+             ORDER BY 1, 2, 3 FOR UPDATE OF d
          ),
          updated AS (
-             UPDATE events e SET
-                 attempts = e.attempts + 1,
+             UPDATE deliveries d SET
+                 attempts = d.attempts + 1,
                  response_status = i.response_status,
                  last_error = i.error,
-                 status = CASE WHEN e.acknowledged_at IS NULL AND e.status = 'pending' THEN i.outcome ELSE e.status END,
-                 delivered_at = CASE WHEN e.acknowledged_at IS NULL AND e.status = 'pending' AND i.outcome = 'delivered'
-                                     THEN now() ELSE e.delivered_at END,
+                 last_attempt_at = i.started_at,
+                 status = CASE WHEN l.current THEN i.outcome ELSE d.status END,
+                 job_id = CASE WHEN l.current THEN i.next_job ELSE d.job_id END,
+                 next_attempt_at = CASE WHEN l.current THEN i.next_at ELSE d.next_attempt_at END,
+                 delivered_at = CASE WHEN l.current AND i.outcome = 'delivered' THEN now() ELSE d.delivered_at END,
                  updated_at = now()
              FROM input i, locked l
-             WHERE e.id = i.event_id AND l.id = e.id
-             RETURNING e.id, e.attempts, (e.acknowledged_at IS NULL AND e.status = i.outcome) AS applied
+             WHERE d.organization_id = i.org AND d.event_id = i.event AND d.endpoint_id = i.endpoint
+               AND l.organization_id = i.org AND l.event_id = i.event AND l.endpoint_id = i.endpoint
+             RETURNING d.organization_id, d.event_id, d.endpoint_id, d.attempts, l.current
          ),
          inserted AS (
-             INSERT INTO delivery_attempts
-                 (event_id, organization_id, attempt, started_at, duration_ms, response_status, error)
-             SELECT i.event_id, i.organization_id, u.attempts, i.started_at, i.duration_ms, i.response_status, i.error
-             FROM input i JOIN updated u ON u.id = i.event_id
+             INSERT INTO delivery_attempts (event_id, organization_id, endpoint_id, attempt, started_at,
+                                            duration_ms, response_status, error)
+             SELECT i.event, i.org, i.endpoint, u.attempts, i.started_at, i.duration_ms,
+                    i.response_status, i.error
+             FROM input i
+             JOIN updated u ON u.organization_id = i.org AND u.event_id = i.event AND u.endpoint_id = i.endpoint
          )
-         SELECT id, attempts, applied FROM updated",
+         SELECT organization_id, event_id, endpoint_id, attempts, current FROM updated",
     )
-    .bind(&event_ids)
-    .bind(&org_ids)
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .bind(&tasks)
+    .bind(&started)
+    .bind(&durations)
     .bind(&statuses)
     .bind(&errors)
     .bind(&outcomes)
-    .bind(&started)
-    .bind(&durations)
+    .bind(&next_jobs)
+    .bind(&next_at)
     .fetch_all(&mut *conn)
     .await?;
-    let rows: std::collections::HashMap<Uuid, Recorded> = rows
+    let rows: std::collections::HashMap<DeliveryKey, Recorded> = rows
         .into_iter()
-        .map(|(id, attempt, status_applied)| {
-            let recorded = Recorded {
-                attempt,
-                status_applied,
-            };
-            (id, recorded)
+        .map(
+            |(organization_id, event_id, endpoint_id, attempt, status_applied)| {
+                let key = DeliveryKey {
+                    organization_id,
+                    event_id,
+                    endpoint_id,
+                };
+                (
+                    key,
+                    Recorded {
+                        attempt,
+                        status_applied,
+                    },
+                )
+            },
+        )
+        .collect();
+    Ok(attempts.iter().map(|a| rows.get(&a.key).copied()).collect())
+}
+
+/// Close deliveries that will not be sent, each to its status (`Skipped`: the endpoint is
+/// disabled; `Cancelled`: it was deleted), if the job is still the delivery's chain and it is
+/// pending. Returns how many were closed.
+pub async fn close(
+    conn: &mut PgConnection,
+    closing: &[(DeliveryKey, String, DeliveryStatus)],
+) -> sqlx::Result<u64> {
+    if closing.is_empty() {
+        return Ok(0);
+    }
+    let k: KeyColumns = closing.iter().map(|(k, ..)| k).collect();
+    let tasks: Vec<&str> = closing.iter().map(|(_, t, _)| t.as_str()).collect();
+    let statuses: Vec<&str> = closing.iter().map(|(.., s)| s.as_str()).collect();
+    let res = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
+                 AS t(org, event, endpoint, task, status)
+         ),
+         locked AS (
+             SELECT d.organization_id, d.event_id, d.endpoint_id, i.status
+             FROM deliveries d
+             JOIN input i ON i.org = d.organization_id AND i.event = d.event_id AND i.endpoint = d.endpoint_id
+             WHERE d.status = 'pending' AND d.job_id = i.task
+             ORDER BY 1, 2, 3 FOR UPDATE OF d
+         )
+         UPDATE deliveries d
+         SET status = l.status, job_id = NULL, next_attempt_at = NULL, updated_at = now()
+         FROM locked l
+         WHERE d.organization_id = l.organization_id AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+    )
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .bind(&tasks)
+    .bind(&statuses)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Start a new chain of attempts for each of these deliveries: status `pending`, a new first
+/// job (enqueued here), due now. The caller has locked the rows (in key order) in its
+/// transaction and decided they need one. Returns how many chains were started.
+pub async fn new_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> Result<u64, QueueError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let jobs: Vec<NewJob> = keys
+        .iter()
+        .map(|k| {
+            let job = DeliveryJob::first(k.organization_id, k.event_id, k.endpoint_id);
+            (JobId::new(), job, Duration::ZERO)
         })
         .collect();
-    Ok(event_ids.iter().map(|id| rows.get(id).copied()).collect())
+    let k: KeyColumns = keys.iter().collect();
+    let job_ids: Vec<String> = jobs.iter().map(|(id, ..)| id.to_string()).collect();
+    sqlx::query(
+        "UPDATE deliveries d
+         SET status = 'pending', job_id = t.job, next_attempt_at = now(), updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS t(org, event, endpoint, job)
+         WHERE d.organization_id = t.org AND d.event_id = t.event AND d.endpoint_id = t.endpoint",
+    )
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .bind(&job_ids)
+    .execute(&mut *conn)
+    .await?;
+    queue::enqueue(conn, &jobs).await?;
+    Ok(keys.len() as u64)
+}
+
+/// Cancel the pending deliveries to endpoint `endpoint_id` (it is being deleted). Their jobs
+/// find them cancelled and send nothing.
+pub async fn cancel_for_endpoint(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    endpoint_id: Uuid,
+) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "WITH locked AS (
+             SELECT event_id FROM deliveries
+             WHERE organization_id = $1 AND endpoint_id = $2 AND status = 'pending'
+             ORDER BY event_id FOR UPDATE
+         )
+         UPDATE deliveries d
+         SET status = 'cancelled', job_id = NULL, next_attempt_at = NULL, updated_at = now()
+         FROM locked l
+         WHERE d.organization_id = $1 AND d.event_id = l.event_id AND d.endpoint_id = $2",
+    )
+    .bind(organization_id)
+    .bind(endpoint_id)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Cancel the pending deliveries of these events (they are being acknowledged).
+pub async fn cancel_for_events(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    event_ids: &[Uuid],
+) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "WITH locked AS (
+             SELECT event_id, endpoint_id FROM deliveries
+             WHERE organization_id = $1 AND event_id = ANY($2) AND status = 'pending'
+             ORDER BY event_id, endpoint_id FOR UPDATE
+         )
+         UPDATE deliveries d
+         SET status = 'cancelled', job_id = NULL, next_attempt_at = NULL, updated_at = now()
+         FROM locked l
+         WHERE d.organization_id = $1 AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+    )
+    .bind(organization_id)
+    .bind(event_ids)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// Dead-letter deliveries whose job apalis gave up on (repeated internal errors, never a
+/// webhook failure), if that job is still their chain's and they are pending. Returns how many.
+pub async fn dead_letter_abandoned(
+    conn: &mut PgConnection,
+    jobs: &[(DeliveryKey, String)],
+) -> sqlx::Result<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let k: KeyColumns = jobs.iter().map(|(k, _)| k).collect();
+    let tasks: Vec<&str> = jobs.iter().map(|(_, t)| t.as_str()).collect();
+    let res = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS t(org, event, endpoint, task)
+         ),
+         locked AS (
+             SELECT d.organization_id, d.event_id, d.endpoint_id
+             FROM deliveries d
+             JOIN input i ON i.org = d.organization_id AND i.event = d.event_id AND i.endpoint = d.endpoint_id
+             WHERE d.status = 'pending' AND d.job_id = i.task
+             ORDER BY 1, 2, 3 FOR UPDATE OF d
+         )
+         UPDATE deliveries d
+         SET status = 'failed', job_id = NULL, next_attempt_at = NULL, updated_at = now(),
+             last_error = 'delivery abandoned after repeated internal errors; resend to try again'
+         FROM locked l
+         WHERE d.organization_id = l.organization_id AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+    )
+    .bind(&k.orgs)
+    .bind(&k.events)
+    .bind(&k.endpoints)
+    .bind(&tasks)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}
+
+/// The columns of [`Delivery`], in one place.
+const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, status, attempts, response_status, last_error, \
+     next_attempt_at, created_at, delivered_at";
+
+/// The deliveries of one event of this organisation, by endpoint id.
+pub async fn list_for_event(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    event_id: Uuid,
+) -> sqlx::Result<Vec<Delivery>> {
+    sqlx::query_as::<_, Delivery>(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+         WHERE organization_id = $1 AND event_id = $2
+         ORDER BY endpoint_id"
+    )))
+    .bind(organization_id)
+    .bind(event_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Lock the deliveries of one event (all, or those to one endpoint) in key order, with their
+/// status: what a resend or a redelivery decides on. Empty: the event has no such delivery.
+pub async fn lock_of_event(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    event_id: Uuid,
+    endpoint_id: Option<Uuid>,
+) -> sqlx::Result<Vec<(DeliveryKey, DeliveryStatus)>> {
+    let rows: Vec<(Uuid, DeliveryStatus)> = sqlx::query_as(
+        "SELECT endpoint_id, status FROM deliveries
+         WHERE organization_id = $1 AND event_id = $2 AND ($3::uuid IS NULL OR endpoint_id = $3)
+         ORDER BY endpoint_id FOR UPDATE",
+    )
+    .bind(organization_id)
+    .bind(event_id)
+    .bind(endpoint_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(endpoint_id, status)| {
+            let key = DeliveryKey {
+                organization_id,
+                event_id,
+                endpoint_id,
+            };
+            (key, status)
+        })
+        .collect())
+}
+
+/// Lock up to `limit` failed deliveries of the organisation whose events were created at or
+/// after `since` (any time when `None`), skipping rows someone else holds. (An event with a
+/// failed delivery is `failed`, or `pending` while another of its deliveries is: both are
+/// found through the inbox's status index.)
+pub async fn lock_failed(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryKey>> {
+    sqlx::query_as(
+        "SELECT d.organization_id, d.event_id, d.endpoint_id
+         FROM events e
+         JOIN deliveries d ON d.organization_id = e.organization_id AND d.event_id = e.id
+         WHERE e.organization_id = $1 AND e.status IN ('pending', 'failed') AND d.status = 'failed'
+           AND ($2::timestamptz IS NULL OR e.created_at >= $2)
+         ORDER BY d.organization_id, d.event_id, d.endpoint_id
+         LIMIT $3
+         FOR UPDATE OF d SKIP LOCKED",
+    )
+    .bind(organization_id)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// One delivery of an endpoint, as its listing shows it (with its event's type).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct EndpointDelivery {
+    #[sqlx(flatten)]
+    pub delivery: Delivery,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+}
+
+/// Filters of an endpoint's deliveries.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Up to `limit` deliveries of one endpoint, newest first (by `created_at`, then event id),
+/// strictly before `before` when given, and whether more follow. One backward range scan of
+/// `deliveries_endpoint_idx`: the organisation and endpoint fix its prefix, the time window and
+/// the cursor bound it, the status filters what it reads.
+pub async fn list_for_endpoint(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    endpoint_id: Uuid,
+    filter: &DeliveryFilter,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<(Vec<EndpointDelivery>, bool)> {
+    let mut rows = sqlx::query_as::<_, EndpointDelivery>(
+        "SELECT d.event_id, d.endpoint_id, d.status, d.attempts, d.response_status, d.last_error,
+                d.next_attempt_at, d.created_at, d.delivered_at, e.type
+         FROM deliveries d
+         JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
+         WHERE d.organization_id = $1 AND d.endpoint_id = $2
+           AND ($3::text IS NULL OR d.status = $3)
+           AND d.created_at >= coalesce($4, '-infinity'::timestamptz)
+           AND d.created_at < coalesce($5, 'infinity'::timestamptz)
+           AND (d.created_at, d.event_id)
+               < (coalesce($6, 'infinity'::timestamptz), coalesce($7, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))
+         ORDER BY d.created_at DESC, d.event_id DESC
+         LIMIT $8",
+    )
+    .bind(organization_id)
+    .bind(endpoint_id)
+    .bind(filter.status.map(DeliveryStatus::as_str))
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(before.map(|(at, _)| at))
+    .bind(before.map(|(_, id)| id))
+    .bind(limit.saturating_add(1))
+    .fetch_all(conn)
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok((rows, has_more))
 }

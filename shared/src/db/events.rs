@@ -1,49 +1,35 @@
-//! SQL of the `events` table and of its companion `dedup_keys`: the rows of the ingest path's
-//! batch insert (the statement itself, which also writes each event's first delivery job, is
-//! `db::queue::insert_batch`), the inbox listing, acknowledgement and redelivery (the whole
-//! transaction of a bulk redelivery: [`redeliver_failed`]). Every function on tenant data takes
+//! SQL of the `events` table and of its companion `dedup_keys`: the inbox listing,
+//! acknowledgement and redelivery (the whole transaction of a bulk redelivery:
+//! [`redeliver_failed`]). The ingest statement that writes events, dedup keys, deliveries and
+//! their first jobs together is `db::queue::event_batch`. Every function on tenant data takes
 //! the organisation id.
-
-use std::time::Duration;
+//!
+//! An event's `status` is the summary of its deliveries, kept by a trigger (see
+//! `models::EventStatus`); its `attempts`, `response_status` and `last_error` are read from its
+//! deliveries (all attempts; the latest attempt's answer).
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::queue::QueueError;
-use crate::{
-    jobs::DeliveryJob,
-    models::{Event, EventStatus},
-};
+use super::{deliveries, queue::QueueError};
+use crate::models::{Event, EventStatus};
 
-/// The columns of [`Event`], in one place so every query returns the same shape. The payload is
+/// The event's own columns, as an inner query selects them (`e` is `events`). The payload is
 /// read as the JSON text Postgres prints, never decoded on our side.
-const EVENT_COLUMNS: &str = "id, organization_id, type, dedup_id, payload::text AS payload, status, attempts, \
-     response_status, last_error, created_at, updated_at, delivered_at, acknowledged_at";
+const OWN_COLUMNS: &str = "e.id, e.organization_id, e.type, e.dedup_id, e.payload::text AS payload, e.status, \
+     e.created_at, e.updated_at, e.delivered_at, e.acknowledged_at";
 
-/// New events for one batch insert (parallel columns). `payloads` are JSON object texts, bound
-/// as text and cast to `jsonb` by the statement, so nothing is decoded into a tree on the way.
-///
-/// Callers order the rows by `(organization_id, dedup_id)`, so two concurrent batches lock dedup
-/// keys in the same order and cannot deadlock, and pass each dedup key at most once.
-#[derive(Debug, Default)]
-pub struct NewEvents<'a> {
-    pub ids: Vec<Uuid>,
-    pub organization_ids: Vec<Uuid>,
-    pub types: Vec<&'a str>,
-    pub dedup_ids: Vec<Option<&'a str>>,
-    pub payloads: Vec<&'a str>,
-}
-
-/// What [`super::queue::insert_batch`] did with one row of [`NewEvents`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// Stored at `created_at`, with its delivery job when the organisation has a webhook.
-    Inserted { id: Uuid, created_at: DateTime<Utc> },
-    /// Its dedup key is held by another event: `owner`, or `None` when the holder committed
-    /// after this statement's snapshot was taken (ask [`dedup_owners`]).
-    Duplicate { id: Uuid, owner: Option<Uuid> },
-}
+/// The columns of [`Event`] over a row `e` with [`OWN_COLUMNS`], followed by the join that
+/// sums its deliveries up (`FROM <rows> e` + this).
+const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.type, e.dedup_id, e.payload, e.status, \
+     coalesce(s.attempts, 0) AS attempts, s.response_status, s.last_error, \
+     e.created_at, e.updated_at, e.delivered_at, e.acknowledged_at";
+const DELIVERY_SUMMARY: &str = "LEFT JOIN LATERAL (
+         SELECT sum(d.attempts)::int4 AS attempts,
+                (array_agg(d.response_status ORDER BY d.last_attempt_at DESC NULLS LAST))[1] AS response_status,
+                (array_agg(d.last_error ORDER BY d.last_attempt_at DESC NULLS LAST))[1] AS last_error
+         FROM deliveries d WHERE d.organization_id = e.organization_id AND d.event_id = e.id) s ON true";
 
 /// The event currently holding each of these dedup keys: `(organization_id, dedup_id, event_id)`.
 pub async fn dedup_owners(
@@ -66,20 +52,12 @@ pub async fn dedup_owners(
     .await
 }
 
-/// Does this organisation have a webhook configured?
-pub async fn has_webhook(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1 AND webhook_url IS NOT NULL)",
-    )
-    .bind(organization_id)
-    .fetch_one(conn)
-    .await
-}
-
 /// One event of one organisation.
 pub async fn find(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<Option<Event>> {
     sqlx::query_as::<_, Event>(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1 AND organization_id = $2"
+        "SELECT {EVENT_COLUMNS}
+         FROM (SELECT {OWN_COLUMNS} FROM events e WHERE e.id = $1 AND e.organization_id = $2) e
+         {DELIVERY_SUMMARY}"
     )))
     .bind(id)
     .bind(organization_id)
@@ -142,22 +120,23 @@ pub async fn list(
     bounds: PageBounds,
 ) -> sqlx::Result<InboxPage> {
     let rows = sqlx::query_as::<_, PageRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM (
+        "SELECT {EVENT_COLUMNS}, e.fetched FROM (
              SELECT p.*,
                     sum(octet_length(p.payload)) OVER (ORDER BY p.created_at, p.id) AS running,
                     count(*) OVER () AS fetched
              FROM (
-                 SELECT {EVENT_COLUMNS} FROM events
-                 WHERE organization_id = $1
-                   AND ($2::text IS NULL OR status = $2)
-                   AND ($3::text IS NULL OR type = $3)
-                   AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5))
-                 ORDER BY created_at, id
+                 SELECT {OWN_COLUMNS} FROM events e
+                 WHERE e.organization_id = $1
+                   AND ($2::text IS NULL OR e.status = $2)
+                   AND ($3::text IS NULL OR e.type = $3)
+                   AND ($4::timestamptz IS NULL OR (e.created_at, e.id) > ($4, $5))
+                 ORDER BY e.created_at, e.id
                  LIMIT $6 OFFSET $7
              ) p
-         ) w
-         WHERE w.running - octet_length(w.payload) < $8
-         ORDER BY w.created_at, w.id"
+         ) e
+         {DELIVERY_SUMMARY}
+         WHERE e.running - octet_length(e.payload) < $8
+         ORDER BY e.created_at, e.id"
     )))
     .bind(organization_id)
     .bind(filter.status.map(EventStatus::as_str))
@@ -204,13 +183,16 @@ pub struct Acked {
     pub acknowledged_at: Option<DateTime<Utc>>,
 }
 
-/// Acknowledge one event. Returns `(row, newly)`: `newly` is false when it had been acknowledged
-/// before (the first `acknowledged_at` is kept); `None` when the organisation has no such event.
+/// Acknowledge one event: its pending deliveries are cancelled and it is `delivered`. Returns
+/// `(row, newly)`: `newly` is false when it had been acknowledged before (the first
+/// `acknowledged_at` is kept); `None` when the organisation has no such event.
 pub async fn acknowledge(
     conn: &mut PgConnection,
     organization_id: Uuid,
     id: Uuid,
 ) -> sqlx::Result<Option<(Acked, bool)>> {
+    // Deliveries first, then the event: the order every writer of both keeps.
+    deliveries::cancel_for_events(&mut *conn, organization_id, &[id]).await?;
     let updated = sqlx::query_as::<_, Acked>(
         "UPDATE events
          SET status = 'delivered', acknowledged_at = now(),
@@ -237,13 +219,14 @@ pub async fn acknowledge(
     Ok(existing.map(|row| (row, false)))
 }
 
-/// Acknowledge many events; returns the ids (among `ids`) that exist for the organisation, now
-/// or previously acknowledged.
+/// Acknowledge many events (see [`acknowledge`]); returns the ids (among `ids`) that exist for
+/// the organisation, now or previously acknowledged.
 pub async fn acknowledge_many(
     conn: &mut PgConnection,
     organization_id: Uuid,
     ids: &[Uuid],
 ) -> sqlx::Result<Vec<Uuid>> {
+    deliveries::cancel_for_events(&mut *conn, organization_id, ids).await?;
     let mut found: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE events
          SET status = 'delivered', acknowledged_at = now(),
@@ -268,35 +251,68 @@ pub async fn acknowledge_many(
     Ok(found)
 }
 
-/// Put one event back to `pending` for a new delivery (clearing any acknowledgement, so the
-/// worker does not treat it as consumed). Returns whether it was `pending` already (a delivery
-/// may be under way), or `None` when the organisation has no such event. The row stays locked
-/// until the transaction ends, so concurrent redeliveries of one event take turns.
-pub async fn reset_for_redelivery(
+/// What [`redeliver`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// New chains were started for this many deliveries.
+    Started(u64),
+    /// Every delivery (of the selection) is pending already: nothing was started.
+    AlreadyPending,
+    /// The event has no delivery (of the selection): it was accepted when no endpoint matched.
+    NoDelivery,
+}
+
+/// Give the deliveries of one event (all, or the one to `endpoint_id`) new chains, except those
+/// pending already; an acknowledgement is cleared, so the event is pending again. `None`: the
+/// organisation has no such event. Run it in a transaction: the deliveries stay locked until
+/// their jobs commit, so concurrent redeliveries take turns and each sees the previous one's.
+pub async fn redeliver(
     conn: &mut PgConnection,
     organization_id: Uuid,
     id: Uuid,
-) -> sqlx::Result<Option<bool>> {
-    sqlx::query_scalar(
-        "UPDATE events e
-         SET status = 'pending', delivered_at = NULL, acknowledged_at = NULL, updated_at = now()
-         FROM (SELECT id, status FROM events WHERE id = $1 AND organization_id = $2 FOR UPDATE) old
-         WHERE e.id = old.id
-         RETURNING old.status = 'pending'",
+    endpoint_id: Option<Uuid>,
+) -> Result<Option<Redelivery>, QueueError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1 AND organization_id = $2)")
+            .bind(id)
+            .bind(organization_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        return Ok(None);
+    }
+    let locked = deliveries::lock_of_event(&mut *conn, organization_id, id, endpoint_id).await?;
+    if locked.is_empty() {
+        return Ok(Some(Redelivery::NoDelivery));
+    }
+    let restart: Vec<_> = locked
+        .into_iter()
+        .filter(|(_, status)| *status != crate::models::DeliveryStatus::Pending)
+        .map(|(key, _)| key)
+        .collect();
+    if restart.is_empty() {
+        return Ok(Some(Redelivery::AlreadyPending));
+    }
+    // After the deliveries' locks, before their new chains make the trigger sum the event up.
+    sqlx::query(
+        "UPDATE events SET acknowledged_at = NULL, updated_at = now()
+         WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NOT NULL",
     )
     .bind(id)
     .bind(organization_id)
-    .fetch_optional(conn)
-    .await
+    .execute(&mut *conn)
+    .await?;
+    let started = deliveries::new_chains(conn, &restart).await?;
+    Ok(Some(Redelivery::Started(started)))
 }
 
-/// Failed events put back per transaction by [`redeliver_failed`].
+/// Failed deliveries restarted per transaction by [`redeliver_failed`].
 const REDELIVER_CHUNK: i64 = 1000;
 
-/// Put every failed (dead-lettered) event of the organisation created at or after `since` (all
-/// of them when `None`) back to `pending` with a first delivery job, oldest first, in chunks of
-/// [`REDELIVER_CHUNK`] events, each chunk in its own transaction. Returns how many were put back.
-/// The one redelivery of the API and the operator command alike.
+/// Give every failed (dead-lettered) delivery of the organisation whose event was created at or
+/// after `since` (all of them when `None`) a new chain, in chunks of [`REDELIVER_CHUNK`], each
+/// chunk in its own transaction. Returns how many were restarted. The one bulk redelivery of
+/// the API and the operator command alike.
 pub async fn redeliver_failed(
     pool: &PgPool,
     organization_id: Uuid,
@@ -305,45 +321,13 @@ pub async fn redeliver_failed(
     let mut count = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let ids = reset_failed_for_redelivery(&mut tx, organization_id, since, REDELIVER_CHUNK).await?;
-        let jobs: Vec<_> = ids
-            .iter()
-            .map(|id| (DeliveryJob::first(*id, organization_id), Duration::ZERO))
-            .collect();
-        super::queue::enqueue(&mut tx, &jobs).await?;
+        let keys = deliveries::lock_failed(&mut tx, organization_id, since, REDELIVER_CHUNK).await?;
+        deliveries::new_chains(&mut tx, &keys).await?;
         tx.commit().await?;
-        let put_back = ids.len() as i64;
-        count += put_back;
-        if put_back < REDELIVER_CHUNK {
+        let restarted = keys.len() as i64;
+        count += restarted;
+        if restarted < REDELIVER_CHUNK {
             return Ok(count);
         }
     }
-}
-
-/// Put up to `limit` failed (dead-lettered) events of the organisation created at or after
-/// `since` (any time when `None`) back to `pending`, oldest first; returns their ids. Rows locked
-/// by someone else are skipped for this round.
-async fn reset_failed_for_redelivery(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    since: Option<DateTime<Utc>>,
-    limit: i64,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "UPDATE events
-         SET status = 'pending', delivered_at = NULL, acknowledged_at = NULL, updated_at = now()
-         WHERE id IN (
-             SELECT id FROM events
-             WHERE organization_id = $1 AND status = 'failed'
-               AND ($2::timestamptz IS NULL OR created_at >= $2)
-             ORDER BY created_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED)
-         RETURNING id",
-    )
-    .bind(organization_id)
-    .bind(since)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
 }

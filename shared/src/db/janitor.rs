@@ -53,49 +53,65 @@ pub async fn delete_expired_dedup_keys(conn: &mut PgConnection, batch: i64) -> s
     Ok(res.rows_affected())
 }
 
-/// Delete delivered events whose delivery (or acknowledgement) is older than `retention`. Their
-/// attempt rows go with them (`ON DELETE CASCADE`).
+/// Delete delivered events whose delivery (or acknowledgement) is older than `retention`, with
+/// their deliveries. Their attempt rows go with them (`ON DELETE CASCADE`).
 pub async fn purge_delivered_events(
     conn: &mut PgConnection,
     retention: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
-        "DELETE FROM events WHERE id IN (
-             SELECT id FROM events
-             WHERE status = 'delivered'
-               AND (delivered_at < now() - $1::interval
-                    OR (delivered_at IS NULL
-                        AND coalesce(acknowledged_at, updated_at) < now() - $1::interval))
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)",
+    purge_events(
+        conn,
+        "status = 'delivered'
+         AND (delivered_at < now() - $1::interval
+              OR (delivered_at IS NULL AND coalesce(acknowledged_at, updated_at) < now() - $1::interval))",
+        retention,
+        batch,
     )
-    .bind(interval(retention))
-    .bind(batch)
-    .execute(conn)
-    .await?;
-    Ok(res.rows_affected())
+    .await
 }
 
-/// Delete dead-lettered (`failed`) events unchanged for `retention`. Their attempt rows go with
-/// them (`ON DELETE CASCADE`).
+/// Delete dead-lettered (`failed`) events unchanged for `retention`, with their deliveries.
+/// Their attempt rows go with them (`ON DELETE CASCADE`).
 pub async fn purge_failed_events(
     conn: &mut PgConnection,
     retention: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
-        "DELETE FROM events WHERE id IN (
-             SELECT id FROM events
-             WHERE status = 'failed' AND updated_at < now() - $1::interval
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)",
+    purge_events(
+        conn,
+        "status = 'failed' AND updated_at < now() - $1::interval",
+        retention,
+        batch,
     )
+    .await
+}
+
+/// Delete up to `batch` events matching `selection` (a condition on `events` using `$1`, the
+/// retention), with their deliveries; returns how many events.
+async fn purge_events(
+    conn: &mut PgConnection,
+    selection: &'static str,
+    retention: Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let gone: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH gone AS (
+             DELETE FROM events WHERE id IN (
+                 SELECT id FROM events WHERE {selection} LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, organization_id
+         ),
+         deliveries_gone AS (
+             DELETE FROM deliveries d USING gone g
+             WHERE d.organization_id = g.organization_id AND d.event_id = g.id
+         )
+         SELECT count(*) FROM gone"
+    )))
     .bind(interval(retention))
     .bind(batch)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(res.rows_affected())
+    Ok(u64::try_from(gone).unwrap_or(0))
 }
 
 /// Delete API keys revoked, or expired, more than `retention` ago. (They no longer authenticate

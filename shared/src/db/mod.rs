@@ -6,12 +6,14 @@
 pub mod api_keys;
 pub mod attempts;
 pub mod deliveries;
+pub mod endpoints;
 pub mod events;
 pub mod janitor;
 pub mod organizations;
 pub mod portal_sessions;
 pub mod queue;
 pub mod rate_limits;
+pub mod routing;
 
 use std::time::Duration;
 

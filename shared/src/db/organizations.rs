@@ -1,5 +1,5 @@
-//! SQL of the `organizations` table: creation, lookup, and the webhook configuration (URL and
-//! signing secret) each organisation owns. [`create_with_key`] is the one transaction that
+//! SQL of the `organizations` table: creation and lookup. (Its webhook is now its default
+//! endpoint: `db::endpoints`.) [`create_with_key`] is the one transaction that
 //! creates an organisation, for the API and the operator command alike.
 
 use sqlx::{PgConnection, PgPool};
@@ -38,8 +38,7 @@ pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, tier: Tier) -
     sqlx::query_as::<_, Organization>(
         "INSERT INTO organizations (id, name, tier, rate_limit_per_minute)
          VALUES ($1, $2, $3, $4)
-         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                   webhook_updated_at, created_at, updated_at",
+         RETURNING id, name, tier, rate_limit_per_minute, created_at, updated_at",
     )
     .bind(id)
     .bind(name)
@@ -52,8 +51,7 @@ pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, tier: Tier) -
 /// The organisation with this id.
 pub async fn get(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
     sqlx::query_as::<_, Organization>(
-        "SELECT id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                webhook_updated_at, created_at, updated_at
+        "SELECT id, name, tier, rate_limit_per_minute, created_at, updated_at
          FROM organizations WHERE id = $1",
     )
     .bind(org_id)
@@ -65,8 +63,7 @@ pub async fn get(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<O
 /// organisation so two concurrent rotations cannot both leave a "new" key active.
 pub async fn get_for_update(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
     sqlx::query_as::<_, Organization>(
-        "SELECT id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                webhook_updated_at, created_at, updated_at
+        "SELECT id, name, tier, rate_limit_per_minute, created_at, updated_at
          FROM organizations WHERE id = $1 FOR UPDATE",
     )
     .bind(org_id)
@@ -81,61 +78,4 @@ pub async fn touch(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<()> {
         .execute(conn)
         .await
         .map(|_| ())
-}
-
-/// Set the webhook URL. `new_secret` is stored only when the organisation has no signing secret
-/// yet: a URL change keeps the existing secret, so receivers need not be reconfigured.
-pub async fn set_webhook(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-    url: &str,
-    new_secret: &str,
-) -> sqlx::Result<Option<Organization>> {
-    sqlx::query_as::<_, Organization>(
-        "UPDATE organizations
-         SET webhook_url = $2, signing_secret = coalesce(signing_secret, $3),
-             webhook_updated_at = now(), updated_at = now()
-         WHERE id = $1
-         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                   webhook_updated_at, created_at, updated_at",
-    )
-    .bind(org_id)
-    .bind(url)
-    .bind(new_secret)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Remove the webhook configuration: URL and signing secret. A later configuration gets a
-/// fresh secret.
-pub async fn clear_webhook(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<Organization>> {
-    sqlx::query_as::<_, Organization>(
-        "UPDATE organizations
-         SET webhook_url = NULL, signing_secret = NULL, webhook_updated_at = now(), updated_at = now()
-         WHERE id = $1
-         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                   webhook_updated_at, created_at, updated_at",
-    )
-    .bind(org_id)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Replace the signing secret, only if a webhook is configured (`None` otherwise).
-pub async fn rotate_signing_secret(
-    conn: &mut PgConnection,
-    org_id: Uuid,
-    new_secret: &str,
-) -> sqlx::Result<Option<Organization>> {
-    sqlx::query_as::<_, Organization>(
-        "UPDATE organizations
-         SET signing_secret = $2, webhook_updated_at = now(), updated_at = now()
-         WHERE id = $1 AND webhook_url IS NOT NULL
-         RETURNING id, name, tier, rate_limit_per_minute, webhook_url, signing_secret,
-                   webhook_updated_at, created_at, updated_at",
-    )
-    .bind(org_id)
-    .bind(new_secret)
-    .fetch_optional(conn)
-    .await
 }

@@ -27,11 +27,10 @@ use tokio::{sync::oneshot, task::JoinHandle};
 pub use triggers_shared::db::queue;
 use triggers_shared::{
     config::{LogFormat, WorkerConfig},
-    db::organizations,
-    jobs::{self, DeliveryJob},
+    db::{self, endpoints, organizations},
     models::Tier,
     signing, telemetry,
-    testing::TestDb,
+    testing::{self, TestDb},
 };
 use triggers_worker::Worker;
 use uuid::Uuid;
@@ -123,51 +122,89 @@ pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)]) -> Child {
 
 // ---------------------------------------------------------------- fixtures
 
-/// A `pro` organisation (no API key: the worker never reads one) whose webhook is `webhook_url`,
-/// created by the same `db::organizations` functions as the API; returns its id and its signing
-/// secret (stored only with a webhook, as the API does).
+/// A `pro` organisation (no API key: the worker never reads one) whose default endpoint (its
+/// webhook) is `webhook_url`, created by the same `db` functions as the API; returns its id and
+/// the endpoint's signing secret.
 pub async fn create_org(pool: &PgPool, webhook_url: Option<&str>) -> (Uuid, String) {
     let id = Uuid::now_v7();
-    let secret = signing::generate_secret();
-    let mut conn = pool.acquire().await.expect("connection");
-    organizations::insert(&mut conn, id, &format!("org-{id}"), Tier::Pro)
+    let mut secret = signing::generate_secret();
+    let mut tx = pool.begin().await.expect("begin");
+    organizations::insert(&mut tx, id, &format!("org-{id}"), Tier::Pro)
         .await
         .expect("insert organization");
     if let Some(url) = webhook_url {
-        organizations::set_webhook(&mut conn, id, url, &secret)
+        let url = triggers_shared::net::WebhookUrl::parse(url).expect("a webhook URL");
+        secret = endpoints::set_default(&mut tx, id, &url, &secret)
             .await
-            .expect("set webhook");
+            .expect("set webhook")
+            .signing_secret;
     }
+    tx.commit().await.expect("commit");
     (id, secret)
 }
 
-/// `n` events of `org` with their first delivery jobs, committed together (as ingest does).
-pub async fn create_events(pool: &PgPool, org: Uuid, n: usize) -> Vec<Uuid> {
-    let mut tx = pool.begin().await.expect("begin");
-    let mut ids = Vec::with_capacity(n);
-    let mut queued = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO events (id, organization_id, type, dedup_id, payload) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(org)
-        .bind("order.created")
-        .bind(format!("dedup-{i}-{id}"))
-        .bind(serde_json::json!({"n": i, "note": "snow ☃ \"quoted\"", "nested": {"a": [1, 2.5, null]}}))
-        .execute(&mut *tx)
+/// An endpoint of `org` at `url`, subscribed to `patterns`, with custom `headers`, created by
+/// `db::endpoints::create` as the API creates it; returns its id and its signing secret.
+pub async fn create_endpoint(
+    pool: &PgPool,
+    org: Uuid,
+    url: &str,
+    patterns: &[&str],
+    headers: &[(&str, &str)],
+) -> (Uuid, String) {
+    use triggers_shared::{
+        db::endpoints::{Created, NewEndpoint},
+        models::{Description, EventTypes},
+    };
+    let new = NewEndpoint {
+        url: triggers_shared::net::WebhookUrl::parse(url).expect("a webhook URL"),
+        description: Description::parse("").expect("description"),
+        event_types: EventTypes::try_from(patterns.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+            .expect("patterns"),
+        enabled: true,
+        headers: headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into(),
+        rate_limit_per_second: None,
+    };
+    let secret = signing::generate_secret();
+    let mut conn = pool.acquire().await.expect("connection");
+    match endpoints::create(&mut conn, org, i64::MAX, &new, &secret, false)
         .await
-        .expect("insert event");
-        ids.push(id);
-        queued.push((DeliveryJob::first(id, org), Duration::ZERO));
+        .expect("create endpoint")
+    {
+        Created::Endpoint(e) => (e.id, secret),
+        Created::OverCap => panic!("no cap in tests"),
     }
-    jobs::enqueue(&mut tx, &queued).await.expect("enqueue");
-    tx.commit().await.expect("commit");
-    ids
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// `n` events of `org` of type `event_type`, stored as ingest stores them.
+pub async fn create_events_of(pool: &PgPool, org: Uuid, event_type: &str, n: usize) -> Vec<Uuid> {
+    let events: Vec<_> = (0..n).map(|i| (None, serde_json::json!({"n": i}))).collect();
+    testing::store_events(pool, org, event_type, &events)
+        .await
+        .expect("store events")
+}
+
+/// `n` events of `org` of type `order.created`, stored as ingest stores them (one statement,
+/// with their deliveries and first jobs).
+pub async fn create_events(pool: &PgPool, org: Uuid, n: usize) -> Vec<Uuid> {
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            let payload =
+                serde_json::json!({"n": i, "note": "snow ☃ \"quoted\"", "nested": {"a": [1, 2.5, null]}});
+            (Some(format!("dedup-{i}-{}", Uuid::now_v7())), payload)
+        })
+        .collect();
+    testing::store_events(pool, org, "order.created", &events)
+        .await
+        .expect("store events")
+}
+
+/// An event as the API reads it (its status sums its deliveries up).
+#[derive(Debug)]
 pub struct EventRow {
     pub status: String,
     pub attempts: i32,
@@ -177,13 +214,36 @@ pub struct EventRow {
 }
 
 pub async fn event(pool: &PgPool, id: Uuid) -> EventRow {
-    sqlx::query_as(
-        "SELECT status, attempts, response_status, last_error, delivered_at FROM events WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
-    .expect("event row")
+    let mut conn = pool.acquire().await.expect("connection");
+    let org: Uuid = sqlx::query_scalar("SELECT organization_id FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("event's organisation");
+    let e = db::events::find(&mut conn, org, id)
+        .await
+        .expect("read event")
+        .expect("event exists");
+    EventRow {
+        status: e.status.as_str().to_owned(),
+        attempts: e.attempts,
+        response_status: e.response_status,
+        last_error: e.last_error,
+        delivered_at: e.delivered_at,
+    }
+}
+
+/// The deliveries of event `id` as the API reads them, by endpoint id.
+pub async fn deliveries(pool: &PgPool, id: Uuid) -> Vec<triggers_shared::models::Delivery> {
+    let mut conn = pool.acquire().await.expect("connection");
+    let org: Uuid = sqlx::query_scalar("SELECT organization_id FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("event's organisation");
+    db::deliveries::list_for_event(&mut conn, org, id)
+        .await
+        .expect("read deliveries")
 }
 
 #[derive(Debug, sqlx::FromRow)]

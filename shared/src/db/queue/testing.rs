@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::DELIVERY_QUEUE;
-use crate::jobs::DeliveryJob;
+use crate::jobs::{DeliveryJob, JobId};
 
 /// A state to force a job into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,32 +32,37 @@ pub async fn job_ids(conn: &mut PgConnection) -> Vec<String> {
         .expect("job ids")
 }
 
-/// Ids of the jobs (every state) that deliver event `event_id`.
+/// Every job of the delivery queue (every state), decoded, oldest first. (Tests decode in Rust,
+/// as the worker does; production code finds jobs by key.)
+pub async fn decoded_jobs(conn: &mut PgConnection) -> Vec<(String, DeliveryJob)> {
+    let raw: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT id, job FROM apalis.jobs WHERE job_type = $1 ORDER BY id")
+            .bind(DELIVERY_QUEUE)
+            .fetch_all(conn)
+            .await
+            .expect("jobs");
+    raw.into_iter()
+        .map(|(id, bytes)| (id, serde_json::from_slice(&bytes).expect("a delivery job")))
+        .collect()
+}
+
+/// Ids of the jobs (every state) that deliver event `event_id`, oldest first.
 pub async fn jobs_of_event(conn: &mut PgConnection, event_id: Uuid) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT id FROM apalis.jobs
-         WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2 ORDER BY id",
-    )
-    .bind(DELIVERY_QUEUE)
-    .bind(event_id.to_string())
-    .fetch_all(conn)
-    .await
-    .expect("jobs of event")
+    decoded_jobs(conn)
+        .await
+        .into_iter()
+        .filter(|(_, job)| job.event_id == event_id)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// The decoded jobs that deliver event `event_id`, oldest first.
 pub async fn decoded_jobs_of_event(conn: &mut PgConnection, event_id: Uuid) -> Vec<DeliveryJob> {
-    let raw: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT job FROM apalis.jobs
-         WHERE job_type = $1 AND convert_from(job, 'UTF8')::jsonb ->> 'event_id' = $2 ORDER BY id",
-    )
-    .bind(DELIVERY_QUEUE)
-    .bind(event_id.to_string())
-    .fetch_all(conn)
-    .await
-    .expect("jobs of event");
-    raw.iter()
-        .map(|bytes| serde_json::from_slice(bytes).expect("a delivery job"))
+    decoded_jobs(conn)
+        .await
+        .into_iter()
+        .filter(|(_, job)| job.event_id == event_id)
+        .map(|(_, job)| job)
         .collect()
 }
 
@@ -150,17 +155,34 @@ pub async fn backdate_due_jobs(conn: &mut PgConnection, ago: Duration) {
     .expect("backdate jobs");
 }
 
-/// Delete every job of event `event_id` (as the janitor used to, stranding the event).
+/// Make job `id` due `secs` from now (negative: due for that long already).
+pub async fn set_due_in(conn: &mut PgConnection, id: &str, secs: f64) {
+    sqlx::query("UPDATE apalis.jobs SET run_at = now() + make_interval(secs => $2) WHERE id = $1")
+        .bind(id)
+        .bind(secs)
+        .execute(conn)
+        .await
+        .expect("reschedule job");
+}
+
+/// Delete every job of these events (stranding their deliveries).
 pub async fn delete_jobs_of_events(conn: &mut PgConnection, event_ids: &[Uuid]) {
-    sqlx::query(
-        "DELETE FROM apalis.jobs
-         WHERE job_type = $1 AND (convert_from(job, 'UTF8')::jsonb ->> 'event_id')::uuid = ANY($2)",
-    )
-    .bind(DELIVERY_QUEUE)
-    .bind(event_ids)
-    .execute(conn)
-    .await
-    .expect("delete jobs");
+    let ids: Vec<String> = decoded_jobs(&mut *conn)
+        .await
+        .into_iter()
+        .filter(|(_, job)| event_ids.contains(&job.event_id))
+        .map(|(id, _)| id)
+        .collect();
+    delete_jobs(conn, &ids).await;
+}
+
+/// Delete these jobs (in any state), as a worker deletes the jobs it finished.
+pub async fn delete_jobs(conn: &mut PgConnection, ids: &[String]) {
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await
+        .expect("delete jobs");
 }
 
 /// Mark job `id` as claimed and running by worker `worker`.
@@ -175,7 +197,7 @@ pub async fn hold_by(conn: &mut PgConnection, id: &str, worker: &str) {
 
 /// Push one job of `job` onto another queue than ours.
 pub async fn push_to(conn: &mut PgConnection, queue: &str, job: &DeliveryJob) {
-    let task = job.to_task(Duration::ZERO).expect("task");
+    let task = job.to_task(&JobId::new(), Duration::ZERO).expect("task");
     apalis_postgres::queries::push_tasks(conn, queue, vec![task])
         .await
         .expect("push");

@@ -1,0 +1,352 @@
+//! SQL of the `endpoints` table: every statement on it, each taking the organisation id.
+//!
+//! Every change of an organisation's endpoints ([`create`], [`update`], [`delete`]) runs in a
+//! transaction of its own (a savepoint when the caller already has one open) that first bumps
+//! `organizations.endpoints_version` and sends `pg_notify(`[`CHANNEL`]`, organization_id)`
+//! ([`announce_change`]). Ingest's endpoint cache relies on both: the version tells its batch
+//! statement whether the endpoints it matched against are still current, the notification tells
+//! every instance to reload, and it is heard only if the change commits. Bumping first takes the
+//! organisation's row lock, which serialises the changes of one organisation: that is what
+//! makes the cap check of [`create`] hold under concurrent creates.
+
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use super::deliveries;
+use crate::{
+    models::{
+        Description, DisabledReason, Endpoint, EndpointHeaders, EventTypes, RateLimit, RequestedHeaders,
+    },
+    net::WebhookUrl,
+};
+
+/// The Postgres channel on which a change of an organisation's endpoints is announced (payload:
+/// the organisation id as text), by the transaction that makes it.
+pub const CHANNEL: &str = "triggers_endpoints";
+
+/// The columns of [`Endpoint`], in one place so every statement returns the same shape.
+macro_rules! endpoint_columns {
+    () => {
+        "organization_id, id, url, description, event_types, disabled_reason, headers, \
+         rate_limit_per_second, signing_secret, is_default, created_at, updated_at"
+    };
+}
+
+/// A new endpoint's fields, validated (what a client chooses; [`create`] takes the secret and
+/// whether it is the default endpoint besides).
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub url: WebhookUrl,
+    pub description: Description,
+    pub event_types: EventTypes,
+    pub enabled: bool,
+    pub headers: EndpointHeaders,
+    pub rate_limit_per_second: Option<RateLimit>,
+}
+
+/// What [`create`] did.
+#[derive(Debug)]
+pub enum Created {
+    Endpoint(Endpoint),
+    /// The organisation already has `cap` endpoints or more: nothing was written.
+    OverCap,
+}
+
+/// What a PATCH changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    pub url: Option<WebhookUrl>,
+    pub description: Option<Description>,
+    pub event_types: Option<EventTypes>,
+    /// `true` clears `disabled_reason`; `false` sets it to `manual`.
+    pub enabled: Option<bool>,
+    /// Replaces the whole set; a masked value keeps the stored value of that header.
+    pub headers: Option<RequestedHeaders>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit_per_second: Option<Option<RateLimit>>,
+}
+
+/// What [`update`] did.
+#[derive(Debug)]
+pub enum Updated {
+    Endpoint(Endpoint),
+    NotFound,
+    /// This header's value was the mask, but no header of that name is stored: nothing was
+    /// written.
+    MaskedWithoutStoredValue(String),
+}
+
+/// One page of an organisation's endpoints, oldest first.
+#[derive(Debug)]
+pub struct EndpointPage {
+    pub endpoints: Vec<Endpoint>,
+    /// More endpoints follow the last one.
+    pub has_more: bool,
+}
+
+/// Bump the organisation's `endpoints_version` (taking its row lock until the transaction ends)
+/// and announce the change on [`CHANNEL`]. Returns the new version. Every change of endpoints
+/// calls this first, in its transaction.
+pub async fn announce_change(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<i64> {
+    let version = sqlx::query_scalar(
+        "UPDATE organizations SET endpoints_version = endpoints_version + 1 WHERE id = $1
+         RETURNING endpoints_version",
+    )
+    .bind(organization_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(organization_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    Ok(version)
+}
+
+/// Create an endpoint signed with `signing_secret`, unless the organisation already has `cap`
+/// endpoints (then [`Created::OverCap`] and nothing is written). The organisation's row lock,
+/// taken first, makes the count and the insert one step for concurrent creates.
+pub async fn create(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    cap: i64,
+    new: &NewEndpoint,
+    signing_secret: &str,
+    is_default: bool,
+) -> sqlx::Result<Created> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    if count(&mut tx, organization_id).await? >= cap {
+        return Ok(Created::OverCap);
+    }
+    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+        "INSERT INTO endpoints (organization_id, id, url, description, event_types, disabled_reason,
+                                headers, rate_limit_per_second, signing_secret, is_default)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING ",
+        endpoint_columns!()
+    ))
+    .bind(organization_id)
+    .bind(Uuid::now_v7())
+    .bind(new.url.as_str())
+    .bind(new.description.as_str())
+    .bind(new.event_types.as_strs())
+    .bind((!new.enabled).then_some(DisabledReason::Manual))
+    .bind(sqlx::types::Json(&new.headers))
+    .bind(new.rate_limit_per_second.map(RateLimit::get))
+    .bind(signing_secret)
+    .bind(is_default)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Created::Endpoint(endpoint))
+}
+
+/// One endpoint of the organisation.
+pub async fn find(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    id: Uuid,
+) -> sqlx::Result<Option<Endpoint>> {
+    sqlx::query_as::<_, Endpoint>(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM endpoints WHERE organization_id = $1 AND id = $2"
+    ))
+    .bind(organization_id)
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Up to `limit` endpoints of the organisation after `after` (by id: ids are UUID v7, so this is
+/// oldest first), served by the primary key.
+pub async fn list(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<EndpointPage> {
+    let mut endpoints = sqlx::query_as::<_, Endpoint>(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM endpoints
+         WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id
+         LIMIT $3"
+    ))
+    .bind(organization_id)
+    .bind(after)
+    .bind(limit.saturating_add(1))
+    .fetch_all(conn)
+    .await?;
+    let has_more = endpoints.len() as i64 > limit;
+    endpoints.truncate(usize::try_from(limit).unwrap_or(0));
+    Ok(EndpointPage { endpoints, has_more })
+}
+
+/// How many endpoints the organisation has.
+pub async fn count(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
+        .bind(organization_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Apply `patch` to one endpoint of the organisation (an empty patch still counts as a change:
+/// `updated_at` moves and the change is announced). Nothing is written unless it returns
+/// [`Updated::Endpoint`].
+pub async fn update(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    id: Uuid,
+    patch: EndpointPatch,
+) -> sqlx::Result<Updated> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    let current = sqlx::query_as::<_, Endpoint>(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE"
+    ))
+    .bind(organization_id)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(Updated::NotFound);
+    };
+    let headers = match patch.headers {
+        None => current.headers,
+        Some(requested) => match requested.resolve(&current.headers) {
+            Ok(headers) => headers,
+            Err(name) => return Ok(Updated::MaskedWithoutStoredValue(name)),
+        },
+    };
+    let disabled_reason = match patch.enabled {
+        None => current.disabled_reason,
+        Some(true) => None,
+        Some(false) => Some(DisabledReason::Manual),
+    };
+    let rate_limit = match patch.rate_limit_per_second {
+        None => current.rate_limit_per_second,
+        Some(limit) => limit.map(RateLimit::get),
+    };
+    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+        "UPDATE endpoints
+         SET url = coalesce($3, url), description = coalesce($4, description),
+             event_types = coalesce($5, event_types), disabled_reason = $6, headers = $7,
+             rate_limit_per_second = $8, updated_at = now()
+         WHERE organization_id = $1 AND id = $2
+         RETURNING ",
+        endpoint_columns!()
+    ))
+    .bind(organization_id)
+    .bind(id)
+    .bind(patch.url.as_ref().map(WebhookUrl::as_str))
+    .bind(patch.description.as_ref().map(Description::as_str))
+    .bind(patch.event_types.as_ref().map(EventTypes::as_strs))
+    .bind(disabled_reason)
+    .bind(sqlx::types::Json(&headers))
+    .bind(rate_limit)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Updated::Endpoint(endpoint))
+}
+
+/// Delete one endpoint of the organisation; its pending deliveries become `cancelled` (their
+/// jobs then send nothing). `false` (and nothing written) when there is none.
+pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    let deleted = sqlx::query("DELETE FROM endpoints WHERE organization_id = $1 AND id = $2")
+        .bind(organization_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        deliveries::cancel_for_endpoint(&mut tx, organization_id, id).await?;
+        tx.commit().await?;
+    }
+    Ok(deleted)
+}
+
+// ------------------------------------------------------------------ the default endpoint
+// The organisation's one webhook of the API's first version: `/api/webhook/config` and
+// `POST /api/webhook/secret/rotate` manage it (patterns `{*}`, `is_default`).
+
+/// The organisation's default endpoint, if it has one.
+pub async fn find_default(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<Option<Endpoint>> {
+    sqlx::query_as::<_, Endpoint>(concat!(
+        "SELECT ",
+        endpoint_columns!(),
+        " FROM endpoints WHERE organization_id = $1 AND is_default"
+    ))
+    .bind(organization_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Point the default endpoint at `url`, creating it (with `new_secret`, outside the cap: the
+/// first version's clients know no cap) when there is none. A URL change keeps the existing
+/// secret, so receivers need not be reconfigured.
+pub async fn set_default(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    url: &WebhookUrl,
+    new_secret: &str,
+) -> sqlx::Result<Endpoint> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+        "INSERT INTO endpoints (organization_id, id, url, signing_secret, is_default)
+         VALUES ($1, $2, $3, $4, true)
+         ON CONFLICT (organization_id) WHERE is_default
+         DO UPDATE SET url = EXCLUDED.url, updated_at = now()
+         RETURNING ",
+        endpoint_columns!()
+    ))
+    .bind(organization_id)
+    .bind(Uuid::now_v7())
+    .bind(url.as_str())
+    .bind(new_secret)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(endpoint)
+}
+
+/// Delete the default endpoint (see [`delete`]); `false` when there is none.
+pub async fn delete_default(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<bool> {
+    match find_default(&mut *conn, organization_id).await? {
+        Some(endpoint) => delete(conn, organization_id, endpoint.id).await,
+        None => Ok(false),
+    }
+}
+
+/// Replace the default endpoint's signing secret at once (no grace). `None`: there is none.
+pub async fn rotate_default_secret(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    new_secret: &str,
+) -> sqlx::Result<Option<Endpoint>> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+        "UPDATE endpoints SET signing_secret = $2, previous_secrets = '[]', updated_at = now()
+         WHERE organization_id = $1 AND is_default
+         RETURNING ",
+        endpoint_columns!()
+    ))
+    .bind(organization_id)
+    .bind(new_secret)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if endpoint.is_some() {
+        tx.commit().await?;
+    }
+    Ok(endpoint)
+}
