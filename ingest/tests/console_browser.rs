@@ -16,9 +16,9 @@ use std::{
 };
 
 use browser::{Browser, PATIENCE, Spawned, screenshot_dir, sibling_binary};
+use fantoccini::{Locator, key::Key};
 use process::IngestProcess;
 use serde_json::{Value, json};
-use thirtyfour::{Key, prelude::By};
 use triggers_shared::testing::TestDb;
 
 /// The API, as the test's own client calls it.
@@ -154,7 +154,7 @@ async fn lands_on_sign_in(browser: &Browser, what: &str, reason: &str) {
     browser.text(what, "#signin-reason", reason).await;
     let data = browser
         .driver()
-        .find_all(By::Css(
+        .find_all(Locator::Css(
             "#events-table, #event-summary, #backlog, #org-name, #nav a",
         ))
         .await
@@ -287,7 +287,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
     let type_filter = browser.one("the type filter", "#filter-type").await;
     type_filter.send_keys("order.failed").await.expect("type");
     type_filter
-        .send_keys(Key::Enter)
+        .send_keys(&Key::Enter)
         .await
         .expect("submit with Enter");
     let one = rows(&browser, "only order.failed", 1).await;
@@ -404,13 +404,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         .await;
     let mut order = vec![browser.focused().await];
     for _ in 0..9 {
-        browser
-            .driver()
-            .action_chain()
-            .send_keys(Key::Tab)
-            .perform()
-            .await
-            .expect("Tab");
+        browser.press(Key::Tab).await;
         order.push(browser.focused().await);
     }
     assert_eq!(
@@ -429,13 +423,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         ],
         "focus order"
     );
-    browser
-        .driver()
-        .action_chain()
-        .send_keys(Key::Enter)
-        .perform()
-        .await
-        .expect("Enter");
+    browser.press(Key::Enter).await;
     browser
         .text("the event opened with Enter", "h1", "order.failed")
         .await;
@@ -454,7 +442,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         .send_keys("trg_live_000000000000_wrong")
         .await
         .expect("type");
-    input.send_keys(Key::Enter).await.expect("submit");
+    input.send_keys(&Key::Enter).await.expect("submit");
     browser
         .text("the refusal", "#api-key-problem", "This API key was refused")
         .await;

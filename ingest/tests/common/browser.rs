@@ -1,5 +1,5 @@
 //! A real browser for the console's tests: Debian's headless `chromium`, driven through
-//! `chromedriver` (WebDriver) by thirtyfour, with the flags this machine's closed network needs.
+//! `chromedriver` (WebDriver) by fantoccini, with the flags this machine's closed network needs.
 //! `deploy/local/test.sh` installs both packages when they are missing.
 //!
 //! Without them, a test using [`Browser::start`] is skipped with a message, unless
@@ -13,16 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use thirtyfour::{ChromiumLikeCapabilities, DesiredCapabilities, WebDriver, WebElement, prelude::By};
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element, key::Key};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
 
 /// How long a step may wait for the page to show what it expects.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
 /// A headless chromium session; [`Browser::quit`] it at the end of the test.
 pub struct Browser {
-    /// `None` once quit.
-    driver: Option<WebDriver>,
+    driver: Client,
     chromedriver: Child,
     profile: PathBuf,
     shots: PathBuf,
@@ -65,10 +65,8 @@ impl Browser {
             .expect("spawn chromedriver");
         let profile =
             std::env::temp_dir().join(format!("triggers-console-browser-{}-{port}", std::process::id()));
-        let mut caps = DesiredCapabilities::chrome();
-        caps.set_binary(&chromium.to_string_lossy()).expect("binary");
         // The machine's closed network: no background connections, no updates, no sync.
-        for arg in [
+        let args = [
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -81,13 +79,20 @@ impl Browser {
             "--window-size=1280,900",
             "--lang=en-US",
             &format!("--user-data-dir={}", profile.display()),
-        ] {
-            caps.add_arg(arg).expect("argument");
-        }
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({ "binary": chromium, "args": args }),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let started = Instant::now();
         let driver = loop {
-            match WebDriver::new(url.as_str(), caps.clone()).await {
+            let connected = ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await;
+            match connected {
                 Ok(driver) => break driver,
                 Err(e) => {
                     assert!(
@@ -103,7 +108,7 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&shots);
         std::fs::create_dir_all(&shots).expect("screenshot folder");
         Some(Self {
-            driver: Some(driver),
+            driver,
             chromedriver,
             profile,
             shots,
@@ -111,14 +116,12 @@ impl Browser {
     }
 
     /// End the session (the browser exits with it).
-    pub async fn quit(mut self) {
-        if let Some(driver) = self.driver.take() {
-            let _ = driver.quit().await;
-        }
+    pub async fn quit(self) {
+        let _ = self.driver.clone().close().await;
     }
 
-    pub fn driver(&self) -> &WebDriver {
-        self.driver.as_ref().expect("the browser was quit")
+    pub fn driver(&self) -> &Client {
+        &self.driver
     }
 
     pub async fn goto(&self, url: &str) {
@@ -128,7 +131,8 @@ impl Browser {
     /// Write the page as `target/console-screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         let path = self.shots.join(format!("{name}.png"));
-        self.driver().screenshot(&path).await.expect("screenshot");
+        let png = self.driver().screenshot().await.expect("screenshot");
+        std::fs::write(&path, png).expect("write the screenshot");
     }
 
     /// The page's visible text.
@@ -142,20 +146,19 @@ impl Browser {
 
     /// Run `script` in the page (a returned promise is awaited): its JSON result.
     pub async fn script(&self, script: &str, args: Vec<Value>) -> Value {
-        self.driver()
-            .execute(script, args)
-            .await
-            .expect("script")
-            .json()
-            .clone()
+        self.driver().execute(script, args).await.expect("script")
     }
 
     /// The elements matching `css` once `ready` holds for them (polled up to [`PATIENCE`]);
     /// otherwise a screenshot `failed-<what>` and a panic naming `what` with the page's text.
-    pub async fn until(&self, what: &str, css: &str, ready: impl Fn(&[String]) -> bool) -> Vec<WebElement> {
+    pub async fn until(&self, what: &str, css: &str, ready: impl Fn(&[String]) -> bool) -> Vec<Element> {
         let started = Instant::now();
         loop {
-            let found = self.driver().find_all(By::Css(css)).await.unwrap_or_default();
+            let found = self
+                .driver()
+                .find_all(Locator::Css(css))
+                .await
+                .unwrap_or_default();
             let mut texts = Vec::with_capacity(found.len());
             for element in &found {
                 texts.push(element.text().await.unwrap_or_default());
@@ -179,7 +182,7 @@ impl Browser {
     }
 
     /// The one element matching `css` whose text contains `text`, once it shows.
-    pub async fn text(&self, what: &str, css: &str, text: &str) -> WebElement {
+    pub async fn text(&self, what: &str, css: &str, text: &str) -> Element {
         let found = self
             .until(what, css, |texts| texts.iter().any(|t| t.contains(text)))
             .await;
@@ -192,7 +195,7 @@ impl Browser {
     }
 
     /// The first element matching `css`, once one shows.
-    pub async fn one(&self, what: &str, css: &str) -> WebElement {
+    pub async fn one(&self, what: &str, css: &str) -> Element {
         let mut found = self.until(what, css, |texts| !texts.is_empty()).await;
         found.swap_remove(0)
     }
@@ -200,6 +203,12 @@ impl Browser {
     /// Click the element matching `css` that shows `text`.
     pub async fn click(&self, what: &str, css: &str, text: &str) {
         self.text(what, css, text).await.click().await.expect("click");
+    }
+
+    /// Press a key in the focused element.
+    pub async fn press(&self, key: Key) {
+        let focused = self.driver().active_element().await.expect("a focused element");
+        focused.send_keys(&key).await.expect("key press");
     }
 
     /// The `id` (or, without one, the text) of the focused element.
@@ -217,11 +226,6 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A session not quit (a failed test) would quit synchronously in its own drop, blocking
-        // the test's runtime until a timeout: let it go, and kill its processes instead.
-        if let Some(driver) = self.driver.take() {
-            std::mem::forget(driver);
-        }
         // chromedriver and every browser process it started.
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{}", self.chromedriver.id())])
