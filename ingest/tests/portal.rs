@@ -480,12 +480,12 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
     send_event(&app, &acme, "acme.event", json!({"n": 1})).await;
     let (_, keys) = call(&app, Method::GET, "/api/keys", &globex.key, None).await;
     let globex_prefix = keys["key_prefix"].as_str().expect("key_prefix").to_owned();
-    // Globex's endpoint (its webhook's), where the API has endpoints.
-    let (status, endpoints) = call(&app, Method::GET, "/api/endpoints", &globex.key, None).await;
-    let globex_endpoint = match status {
-        StatusCode::OK => endpoints["endpoints"][0]["id"].as_str().map(str::to_owned),
-        _ => None,
-    };
+    // Globex's endpoint: its webhook's.
+    let (_, endpoints) = call(&app, Method::GET, "/api/endpoints", &globex.key, None).await;
+    let globex_endpoint = endpoints["endpoints"][0]["id"]
+        .as_str()
+        .expect("Globex's default endpoint")
+        .to_owned();
     let mut secrets = vec![
         globex.id.as_str(),
         globex_event.as_str(),
@@ -496,15 +496,13 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         "globex.only",
         globex_prefix.as_str(),
     ];
-    secrets.extend(globex_endpoint.as_deref());
-    let mut ids = vec![
+    secrets.push(globex_endpoint.as_str());
+    let ids = [
         ("events", globex_event.as_str()),
         ("ack", globex_event.as_str()),
         ("sessions", globex_session_id.as_str()),
+        ("endpoints", globex_endpoint.as_str()),
     ];
-    if let Some(endpoint) = &globex_endpoint {
-        ids.push(("endpoints", endpoint.as_str()));
-    }
     // Whatever a body of any route might name, it names Globex's ids.
     let body = json!({
         "event_ids": [globex_event],
@@ -566,6 +564,10 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         "POST /api/events/{id}/redeliver",
         "GET /api/inbox",
         "DELETE /api/portal/sessions/{id}",
+        "GET /api/endpoints/{id}",
+        "PATCH /api/endpoints/{id}",
+        "DELETE /api/endpoints/{id}",
+        "GET /api/endpoints/{id}/deliveries",
     ] {
         assert!(reached.contains(route), "{route} was not tried: {reached:?}");
     }
