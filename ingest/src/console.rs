@@ -18,7 +18,7 @@ use std::{collections::HashMap, io::Write as _, sync::Arc};
 use anyhow::{Context, bail};
 use axum::{
     body::{Body, Bytes},
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Redirect, Response},
     routing::get,
@@ -189,18 +189,23 @@ pub async fn console_page(State(state): State<AppState>, headers: HeaderMap) -> 
     serve(&state.console.inner.index, &headers, "no-cache")
 }
 
-/// One of the page's assets; another build's, or an unknown path, is `404`.
+/// One of the page's assets; another build's, an unknown path, or one that is not UTF-8 once
+/// decoded, is `404`.
 async fn console_asset(
     State(state): State<AppState>,
-    Path((build, path)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let inner = &state.console.inner;
-    match inner.assets.get(&path) {
-        Some(asset) if build == inner.build => serve(asset, &headers, "public, max-age=31536000, immutable"),
-        _ => triggers_shared::service::http::not_found(method, uri).await,
+    let asset = path
+        .ok()
+        .filter(|Path((build, _))| *build == inner.build)
+        .and_then(|Path((_, path))| inner.assets.get(&path));
+    match asset {
+        Some(asset) => serve(asset, &headers, "public, max-age=31536000, immutable"),
+        None => triggers_shared::service::http::not_found(method, uri).await,
     }
 }
 

@@ -185,7 +185,7 @@ async fn every_asset_the_page_loads_exists_with_its_type_is_cached_for_a_year_an
 }
 
 #[tokio::test]
-async fn assets_of_another_build_and_unknown_assets_are_404_json() {
+async fn assets_of_another_build_unknown_assets_and_undecodable_paths_are_404_json() {
     let app = TestApp::spawn().await;
     let build = app_build(&app).await;
     let (status, _, _) = get(&app, &format!("/console/assets/{build}/js/main.js"), &[]).await;
@@ -195,6 +195,8 @@ async fn assets_of_another_build_and_unknown_assets_are_404_json() {
         format!("/console/assets/{build}/js/nope.js"),
         format!("/console/assets/{build}/index.html"),
         format!("/console/assets/{build}/../Cargo.toml"),
+        "/console/assets/%ff/js/main.js".to_owned(),
+        format!("/console/assets/{build}/js/%C0%AF.js"),
     ] {
         let res = app.client.get(app.url(&path)).send().await.expect("request");
         let (status, body) = error_of(res).await;
