@@ -45,6 +45,19 @@ pub enum ApiError {
     InvalidApiKey,
     #[error("this route requires the admin token")]
     AdminTokenRequired,
+    /// A console session token that is expired, revoked, unknown or malformed.
+    #[error("the console session has ended (expired or revoked): sign in again")]
+    InvalidSession,
+    #[error("this console session is read-only: it cannot change anything")]
+    ReadOnlySession,
+    #[error("this route needs an API key: a console session cannot manage API keys or portal sessions")]
+    ApiKeyRequired,
+    #[error("this portal link is invalid, expired or already used: ask for a new one")]
+    InvalidPortalLink,
+    #[error("portal session not found")]
+    PortalSessionNotFound,
+    #[error("an organisation may have at most {limit} live portal sessions: revoke some or let them expire")]
+    TooManyPortalSessions { limit: i64 },
     #[error("request validation failed")]
     Validation(Vec<FieldError>),
     #[error("malformed JSON: {0}")]
@@ -86,14 +99,19 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
-            Validation(_) | WebhookUrlNotAllowed | TooManyEndpoints { .. } => {
+            MissingApiKey | InvalidApiKey | AdminTokenRequired | InvalidSession | InvalidPortalLink => {
+                StatusCode::UNAUTHORIZED
+            }
+            ReadOnlySession | ApiKeyRequired => StatusCode::FORBIDDEN,
+            Validation(_) | WebhookUrlNotAllowed | TooManyPortalSessions { .. } | TooManyEndpoints { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | EndpointNotFound | WebhookNotConfigured => StatusCode::NOT_FOUND,
+            EventNotFound | EndpointNotFound | WebhookNotConfigured | PortalSessionNotFound => {
+                StatusCode::NOT_FOUND
+            }
             DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +125,12 @@ impl ApiError {
             MissingApiKey => "missing_api_key",
             InvalidApiKey => "invalid_api_key",
             AdminTokenRequired => "admin_token_required",
+            InvalidSession => "invalid_session",
+            ReadOnlySession => "read_only_session",
+            ApiKeyRequired => "api_key_required",
+            InvalidPortalLink => "invalid_portal_link",
+            PortalSessionNotFound => "portal_session_not_found",
+            TooManyPortalSessions { .. } => "too_many_portal_sessions",
             Validation(_) => "validation_failed",
             InvalidJson(_) => "invalid_json",
             UnsupportedMediaType => "unsupported_media_type",
@@ -184,7 +208,13 @@ impl IntoResponse for ApiError {
                 body.insert("retry_after".into(), json!(retry_after));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => {
+            ApiError::TooManyPortalSessions { limit } => {
+                body.insert("limit".into(), json!(limit));
+            }
+            ApiError::MissingApiKey
+            | ApiError::InvalidApiKey
+            | ApiError::InvalidSession
+            | ApiError::InvalidPortalLink => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(r#"ApiKey header="X-API-Key", Bearer realm="triggers""#),

@@ -4,7 +4,10 @@
 use axum::Router;
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Ref, ResponseBuilder,
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -35,6 +38,8 @@ endpoint (`event_types [\"*\"]`, `\"default\": true`).",
         (name = "endpoints", description = "Endpoints: many per organisation, each subscribed to chosen event types"),
         (name = "events", description = "Event ingestion and inspection"),
         (name = "inbox", description = "Pull consumption and acknowledgement"),
+        (name = "portal", description = "Console sessions: links that open the console for one organisation"),
+        (name = "console", description = "The web console"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -51,7 +56,18 @@ impl Modify for SecuritySchemes {
         );
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key, or a console session token (`trg_session_...`, from `POST \
+                         /api/portal/exchange`). A session reaches its organisation's routes but \
+                         not key rotation or portal session creation (`403 api_key_required`); a \
+                         read-only session only `GET` routes (`403 read_only_session`); an ended \
+                         session is `401 invalid_session`.",
+                    ))
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "admin_token",
@@ -65,6 +81,30 @@ pub fn base() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = triggers_shared::VERSION.to_string();
     doc
+}
+
+/// A read-only console session is refused on every route that changes state, by the extractor
+/// those routes share ([`crate::auth::Org`]): document that `403` here, once for all of them,
+/// on every authenticated (`401`) `POST`, `PUT`, `PATCH` and `DELETE` that documents no `403`
+/// of its own.
+pub fn document_read_only_sessions(doc: &mut utoipa::openapi::OpenApi) {
+    let forbidden = || {
+        ResponseBuilder::new()
+            .description("`read_only_session`: a read-only console session cannot change anything")
+            .content_ref("application/json", Ref::from_schema_name("ErrorBody"))
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            if responses.contains_key("401") && !responses.contains_key("403") {
+                responses.insert("403".to_owned(), forbidden().into());
+            }
+        }
+    }
 }
 
 /// `/openapi.json` and the browsable `/docs`.

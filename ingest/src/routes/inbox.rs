@@ -5,6 +5,8 @@
 //! (base64url of the last item's `created_at` and `id`): paging by cursor neither repeats nor
 //! skips events that existed when paging began, however many arrive meanwhile. It is present
 //! only when `has_more` is true. `offset` may be combined with a cursor (it applies after it).
+//! `since` starts the listing at a time: it is the keyset position just before that instant, so
+//! it costs what a cursor costs; with both, listing starts after the later of the two.
 
 use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -27,7 +29,7 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery},
-    validate::{Parse, Problems, integer_in, json_string, non_empty},
+    validate::{Parse, Problems, integer_in, json_string, non_empty, timestamp},
 };
 
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -73,6 +75,10 @@ pub struct InboxQuery {
     /// `true`.
     #[param(value_type = Option<bool>)]
     include_total: Option<String>,
+    /// Only events created at or after this instant (RFC 3339). `pagination.total` is then
+    /// `null`: it is not counted.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
 }
 
 /// A valid inbox request.
@@ -103,6 +109,7 @@ impl Parse for InboxQuery {
         let after = problems.optional("cursor", non_empty(self.cursor), |c| {
             decode_cursor(&c).ok_or_else(|| "is not a cursor this API issued".to_owned())
         });
+        let since = problems.optional("since", non_empty(self.since), |t| timestamp(&t));
         let include_total = problems.optional("include_total", non_empty(self.include_total), |v| {
             match v.as_str() {
                 "true" => Ok(true),
@@ -117,13 +124,30 @@ impl Parse for InboxQuery {
                 event_type: non_empty(self.event_type),
             },
             bounds: PageBounds {
-                after,
+                after: start_after(after, since),
                 offset: offset.unwrap_or(0),
                 limit: limit.unwrap_or(DEFAULT_LIMIT),
                 max_payload_bytes: MAX_PAGE_PAYLOAD_BYTES,
             },
-            include_total: include_total.unwrap_or(true),
+            include_total: include_total.unwrap_or(true) && since.is_none(),
         })
+    }
+}
+
+/// Where a listing starts: after the cursor's position, and at or after `since` (the position
+/// before every event of that instant: ids are never nil), whichever is later.
+fn start_after(cursor: Option<Keyset>, since: Option<DateTime<Utc>>) -> Option<Keyset> {
+    let since = since.map(|created_at| Keyset {
+        created_at,
+        id: Uuid::nil(),
+    });
+    match (cursor, since) {
+        (Some(c), Some(s)) => Some(if (c.created_at, c.id) >= (s.created_at, s.id) {
+            c
+        } else {
+            s
+        }),
+        (c, s) => c.or(s),
     }
 }
 
@@ -224,7 +248,8 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
 /// returned exactly once, in order, however many events arrive meanwhile. `total` counts the
 /// events matching `status` and `type`, regardless of cursor and offset (`include_total=false`
 /// skips the count: `total` is then `null`). `offset` goes up to 10,000; page deeper with
-/// `cursor`. A page holds at most `limit` events and ends early once their payloads reach
+/// `cursor`. `since` lists only events created at or after an instant (then `total` is `null`).
+/// A page holds at most `limit` events and ends early once their payloads reach
 /// 8 MiB of JSON text (at least one event is always served): `has_more` and `next_cursor` then
 /// lead on. Payloads are served as stored.
 #[utoipa::path(
@@ -234,7 +259,7 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
     responses(
         (status = 200, body = InboxOut),
         (status = 401, body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad status, limit, offset, cursor or include_total, or a parameter holding NUL", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad status, limit, offset, cursor, include_total or since, or a parameter holding NUL", body = ErrorBody),
     )
 )]
 pub async fn list_inbox(

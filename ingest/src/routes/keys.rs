@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Admin, INVALIDATION_CHANNEL, Org},
+    auth::{Admin, INVALIDATION_CHANNEL, KeyHolder, Org},
     error::{ApiError, ErrorBody},
     extract::{ApiJson, OptionalApiJson},
     validate::{Parse, Problems, json_kind, json_string},
@@ -221,12 +221,13 @@ pub async fn get_keys(org: Org, State(state): State<AppState>) -> Result<Json<Ke
         (status = 200, body = RotateKeyOut),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 403, description = "`api_key_required`: a console session cannot rotate keys", body = ErrorBody),
         (status = 415, description = "A body that is not `application/json`", body = ErrorBody),
         (status = 422, description = "Invalid `grace_period_seconds`", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub async fn rotate_key(
-    org: Org,
+    KeyHolder(org): KeyHolder,
     State(state): State<AppState>,
     OptionalApiJson(body): OptionalApiJson<RotateKeyIn>,
 ) -> Result<Json<RotateKeyOut>, ApiError> {
