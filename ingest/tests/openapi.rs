@@ -210,16 +210,24 @@ async fn the_endpoints_routes_document_the_parsed_bodies_and_every_answer() {
         (
             "/api/endpoints",
             "post",
-            &["201", "400", "401", "413", "415", "422", "503"][..],
+            &["201", "400", "401", "408", "413", "415", "422", "503"][..],
         ),
-        ("/api/endpoints", "get", &["200", "401", "422", "503"][..]),
-        ("/api/endpoints/{id}", "get", &["200", "401", "404", "503"][..]),
+        ("/api/endpoints", "get", &["200", "401", "408", "422", "503"][..]),
+        (
+            "/api/endpoints/{id}",
+            "get",
+            &["200", "401", "404", "408", "503"][..],
+        ),
         (
             "/api/endpoints/{id}",
             "patch",
-            &["200", "400", "401", "404", "413", "415", "422", "503"][..],
+            &["200", "400", "401", "404", "408", "413", "415", "422", "503"][..],
         ),
-        ("/api/endpoints/{id}", "delete", &["204", "401", "404", "503"][..]),
+        (
+            "/api/endpoints/{id}",
+            "delete",
+            &["204", "401", "404", "408", "503"][..],
+        ),
     ];
     for (path, method, codes) in expected {
         assert_eq!(statuses(path, method), codes, "{method} {path}");

@@ -47,7 +47,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    let (routes, api) = api_routes().split_for_parts();
+    let (routes, mut api) = api_routes().split_for_parts();
+    let limits = service::ServerLimits::with_max_connections(state.config.common.max_connections);
+    openapi::document_shared_responses(&mut api, limits.request_timeout);
     routes
         .merge(openapi::docs_router(api))
         .fallback(service::http::not_found)
