@@ -21,10 +21,14 @@ seed=20261204
 started=$SECONDS
 
 venv=$root/target/api-check/venv
-if ! "$venv/bin/python" -c 'import openapi_spec_validator, schemathesis' 2>/dev/null; then
-  log "installing openapi-spec-validator and schemathesis into target/api-check"
+pins=(openapi-spec-validator==0.9.0 schemathesis==4.32.5)
+if ! "$venv/bin/python" - "${pins[@]}" 2>/dev/null <<'PY'; then
+import importlib.metadata, sys
+sys.exit(any(importlib.metadata.version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+  log "installing ${pins[*]} into target/api-check"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check openapi-spec-validator==0.9.0 schemathesis==4.32.5
+  "$venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}"
 fi
 
 if [[ -z ${DATABASE_URL:-} ]]; then
@@ -38,7 +42,12 @@ db_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]);
 work=$(mktemp -d)
 ingest_pid=
 cleanup() {
-  [[ -n $ingest_pid ]] && { kill -TERM "$ingest_pid" 2>/dev/null || true; wait "$ingest_pid" 2>/dev/null || true; }
+  if [[ -n $ingest_pid ]]; then
+    kill -TERM "$ingest_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$ingest_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$ingest_pid" 2>/dev/null || true
+    wait "$ingest_pid" 2>/dev/null || true
+  fi
   "$psql_bin" "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null 2>&1 || true
   [[ ${keep_work:-} ]] || rm -rf "$work"
 }
