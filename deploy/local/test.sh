@@ -45,8 +45,10 @@ else
   cargo test --workspace --no-fail-fast "$@"
 fi
 
-# The README quickstart and the example receivers against a real instance (whole suite only).
+# The README quickstart and the example receivers against a real instance, and the OpenAPI
+# document validated and fuzzed against the service (whole suite only).
 if [[ $# -eq 0 ]]; then
   deploy/local/integration-test.sh
+  deploy/local/api-check.sh
   deploy/local/bench-smoke.sh
 fi

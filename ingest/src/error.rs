@@ -28,13 +28,36 @@ impl FieldError {
     }
 }
 
-/// The JSON error body, as documented in OpenAPI.
+/// The JSON error body of every refusal, as [`ApiError::into_response`] writes it: `error` and
+/// `code` always, and the members some codes add. Other members may be added over time.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A human sentence.
     pub error: String,
     /// A stable snake_case code.
+    #[schema(examples("validation_failed"))]
     pub code: String,
+    /// `validation_failed`: every bad field, in the order found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldError>>,
+    /// `payload_too_large`: the limit the body or payload went over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// `rate_limited`: events per minute; `too_many_endpoints`: endpoints per organisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `rate_limited`: always `1 minute`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// `rate_limited` and `unavailable`: seconds to wait (also the `Retry-After` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// `duplicate_event`: the `dedup_id` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
+    /// `duplicate_event`: the event first accepted with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -52,6 +52,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let (routes, mut api) = api_routes().split_for_parts();
+    let limits = service::ServerLimits::with_max_connections(state.config.common.max_connections);
+    openapi::document_shared_responses(&mut api, limits.request_timeout);
+    // After the shared answers: a read-only session's 403 goes where a 401 is.
     openapi::document_read_only_sessions(&mut api);
     routes
         .merge(openapi::docs_router(api))

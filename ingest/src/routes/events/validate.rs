@@ -15,16 +15,12 @@ use crate::{
 /// The body of `POST /api/events`. Unknown fields are ignored; `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EventIn {
-    /// 1-255 characters matching `^[A-Za-z0-9][A-Za-z0-9._:-]*$`.
     #[serde(rename = "type")]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+    #[schema(value_type = EventType)]
     event_type: Option<Box<RawValue>>,
-    /// Any JSON object without `\u0000`; without insignificant whitespace it may take at most
-    /// 262,144 bytes. Stored and served as JSON text.
-    #[schema(value_type = Object, required = true)]
+    #[schema(value_type = Payload)]
     payload: Option<Box<RawValue>>,
-    /// 1-255 characters. The same id within 24 hours for the same organisation is a duplicate.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(value_type = Option<DedupId>)]
     dedup_id: Option<Box<RawValue>>,
 }
 
