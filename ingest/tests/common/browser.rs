@@ -149,9 +149,21 @@ impl Browser {
         self.driver().execute(script, args).await.expect("script")
     }
 
-    /// The elements matching `css` once `ready` holds for them (polled up to [`PATIENCE`]);
-    /// otherwise a screenshot `failed-<what>` and a panic naming `what` with the page's text.
-    pub async fn until(&self, what: &str, css: &str, ready: impl Fn(&[String]) -> bool) -> Vec<Element> {
+    /// The texts of the elements matching `css` once `ready` holds for them (polled up to
+    /// [`PATIENCE`]). The texts are one consistent reading of the page: if the page re-renders
+    /// while they are read (an element goes stale), they are read again. Otherwise a
+    /// screenshot `failed-<what>` and a panic naming `what` with the page's text.
+    pub async fn until(&self, what: &str, css: &str, ready: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.until_elements(what, css, ready).await.1
+    }
+
+    /// [`Browser::until`], with the elements read (which a later re-render may make stale).
+    async fn until_elements(
+        &self,
+        what: &str,
+        css: &str,
+        ready: impl Fn(&[String]) -> bool,
+    ) -> (Vec<Element>, Vec<String>) {
         let started = Instant::now();
         loop {
             let found = self
@@ -161,10 +173,13 @@ impl Browser {
                 .unwrap_or_default();
             let mut texts = Vec::with_capacity(found.len());
             for element in &found {
-                texts.push(element.text().await.unwrap_or_default());
+                match element.text().await {
+                    Ok(text) => texts.push(text),
+                    Err(_) => break,
+                }
             }
-            if ready(&texts) {
-                return found;
+            if texts.len() == found.len() && ready(&texts) {
+                return (found, texts);
             }
             if started.elapsed() > PATIENCE {
                 let slug: String = what
@@ -183,20 +198,19 @@ impl Browser {
 
     /// The one element matching `css` whose text contains `text`, once it shows.
     pub async fn text(&self, what: &str, css: &str, text: &str) -> Element {
-        let found = self
-            .until(what, css, |texts| texts.iter().any(|t| t.contains(text)))
+        let (found, texts) = self
+            .until_elements(what, css, |texts| texts.iter().any(|t| t.contains(text)))
             .await;
-        for element in found {
-            if element.text().await.unwrap_or_default().contains(text) {
-                return element;
-            }
+        let at = texts.iter().position(|t| t.contains(text));
+        match at {
+            Some(at) => found.into_iter().nth(at).expect("one element per text"),
+            None => panic!("{what}: `{css}` with {text:?} vanished"),
         }
-        panic!("{what}: `{css}` with {text:?} vanished")
     }
 
     /// The first element matching `css`, once one shows.
     pub async fn one(&self, what: &str, css: &str) -> Element {
-        let mut found = self.until(what, css, |texts| !texts.is_empty()).await;
+        let (mut found, _) = self.until_elements(what, css, |texts| !texts.is_empty()).await;
         found.swap_remove(0)
     }
 
