@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod keys;
+pub mod portal;
 pub mod webhook;
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::{
     AppState,
     budget::{self, Budget},
+    console,
     extract::MAX_BODY_BYTES,
     openapi,
 };
@@ -44,12 +46,16 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(endpoints::router())
         .merge(events::router())
         .merge(inbox::router())
+        .merge(portal::router())
+        .merge(console::router())
 }
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let (routes, mut api) = api_routes().split_for_parts();
-    openapi::document_request_timeout(&mut api, state.config.request_timeout);
+    openapi::document_shared_responses(&mut api, state.config.request_timeout);
+    // After the shared answers: a read-only session's 403 goes where a 401 is.
+    openapi::document_read_only_sessions(&mut api);
     routes
         .merge(openapi::docs_router(api))
         .fallback(service::http::not_found)

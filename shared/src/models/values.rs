@@ -11,6 +11,8 @@ pub use json_text::{MAX_PAYLOAD_DEPTH, NUMERIC_MAX_INTEGER_DIGITS, NUMERIC_MAX_S
 
 /// The most characters of an event type, a dedup id and an organisation name.
 pub const MAX_NAME_CHARS: usize = 255;
+/// What an event type is, as a regular expression (also the schema's `pattern`).
+pub const EVENT_TYPE_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._:-]*$";
 /// The most bytes a payload's JSON text may take once insignificant whitespace is removed.
 pub const MAX_PAYLOAD_BYTES: usize = 262_144;
 
@@ -37,7 +39,7 @@ impl EventType {
         let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
         let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if !(first_ok && rest_ok) {
-            return Err("must match ^[A-Za-z0-9][A-Za-z0-9._:-]*$".into());
+            return Err(format!("must match {EVENT_TYPE_PATTERN}"));
         }
         Ok(Self(s.to_owned()))
     }

@@ -18,19 +18,12 @@ use crate::{
 /// The body of `POST /api/events`. Unknown fields are ignored; `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EventIn {
-    /// 1-255 characters matching `^[A-Za-z0-9][A-Za-z0-9._:-]*$`.
     #[serde(rename = "type")]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+    #[schema(value_type = EventType)]
     event_type: Option<Box<RawValue>>,
-    /// Any JSON object that Postgres' jsonb can store: no `\u0000`, no `\u` escape of a lone
-    /// UTF-16 surrogate, objects and arrays nested at most 64 levels deep (the payload is level
-    /// 1), numbers with at most 131,072 digits before the decimal point and 16,383 after it (the
-    /// exponent counted: `1e131072` is too large, `1e-16384` too precise). Without insignificant
-    /// whitespace it may take at most 262,144 bytes. Stored and served as JSON text.
-    #[schema(value_type = Object, required = true)]
+    #[schema(value_type = Payload)]
     payload: Option<Box<RawValue>>,
-    /// 1-255 characters. The same id within 24 hours for the same organisation is a duplicate.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(value_type = Option<DedupId>)]
     dedup_id: Option<Box<RawValue>>,
 }
 
