@@ -229,6 +229,7 @@ mod tests {
             backlog_at_schedule_end: Some(0),
             slow_accepted: None,
             recovery: None,
+            poison: None,
         };
         let svg = svg(&outcome);
         assert!(svg.starts_with("<svg "), "{svg}");

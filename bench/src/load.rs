@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::args::RunArgs;
+use crate::poison::{PoisonOutcome, Poisoner};
 use crate::receiver::Receiver;
 use crate::recovery::{self, Arrivals, RecoveryOutcome};
 use crate::stats::Latency;
@@ -50,6 +51,8 @@ pub struct Outcome {
     pub slow_accepted: Option<u64>,
     /// A recovery under load: how it went.
     pub recovery: Option<RecoveryOutcome>,
+    /// `--poison`: what the poisoning organisation sent meanwhile and was answered.
+    pub poison: Option<PoisonOutcome>,
 }
 
 /// The counts at one moment of the run.
@@ -110,6 +113,14 @@ impl Outcome {
                 w.missing
             ));
         }
+        if let Some(p) = &self.poison
+            && p.server_errors() > 0
+        {
+            reasons.push(format!(
+                "{} poison payloads were answered with a 5xx",
+                p.server_errors()
+            ));
+        }
         if self.sent < self.args.events {
             reasons.push(format!(
                 "stopped at the time limit after sending {} of {} events",
@@ -155,7 +166,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     } else {
         None
     };
-    let (keys, slow_key) = bounded(
+    let (keys, slow_key, poison_key) = bounded(
         deadline,
         setup_orgs(&client, &args, &run_id, admin_token.as_deref(), receiver.as_ref()),
     )
@@ -208,6 +219,8 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         _ => None,
     };
 
+    let poisoner =
+        poison_key.map(|key| Poisoner::start(&client, &url, &key, args.poison, &args.poison_kinds, deadline));
     let send_start = Instant::now();
     let sampler = Sampler::start(timeline.clone(), send_start, args.rate.map(|_| args.events));
     let (s, backlog_at_schedule_end) = match args.rate {
@@ -246,6 +259,10 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     } = s;
     let send_end = Instant::now();
     let send_wall = send_end - send_start;
+    let poison = match poisoner {
+        Some(p) => Some(p.stop().await),
+        None => None,
+    };
 
     let webhook = match receiver {
         Some(receiver) => {
@@ -288,6 +305,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         backlog_at_schedule_end,
         slow_accepted,
         recovery,
+        poison,
     })
 }
 
@@ -454,14 +472,15 @@ async fn bounded<F: Future>(deadline: Instant, fut: F) -> anyhow::Result<F::Outp
 
 /// Create K enterprise organisations (their limit, 100,000/min, stays out of the way), point
 /// their webhooks at the receiver, and authenticate once with each key so the ingest's key cache
-/// is warm: the run measures steady state, not K argon2 verifications.
+/// is warm: the run measures steady state, not K argon2 verifications. Also the slow
+/// organisation of an isolation run and the poisoning one of a `--poison` run (no webhook).
 async fn setup_orgs(
     client: &reqwest::Client,
     args: &RunArgs,
     run_id: &str,
     admin_token: Option<&str>,
     receiver: Option<&Receiver>,
-) -> anyhow::Result<(Vec<String>, Option<String>)> {
+) -> anyhow::Result<(Vec<String>, Option<String>, Option<String>)> {
     let mut keys = Vec::with_capacity(args.orgs);
     for org in 0..args.orgs {
         let webhook = receiver.map(|r| r.url_for(org));
@@ -489,7 +508,12 @@ async fn setup_orgs(
         ),
         _ => None,
     };
-    Ok((keys, slow))
+    let poison = if args.poison > 0 {
+        Some(create_org(client, args, &format!("bench-{run_id}-poison"), admin_token, None).await?)
+    } else {
+        None
+    };
+    Ok((keys, slow, poison))
 }
 
 async fn create_org(

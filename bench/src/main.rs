@@ -4,6 +4,7 @@
 mod args;
 mod chart;
 mod load;
+mod poison;
 mod receiver;
 mod recovery;
 mod report;

@@ -29,6 +29,7 @@ cat >&2 <<MSG
   Triggers is starting.
     API:      $base
     Docs:     $base/docs   (OpenAPI: $base/openapi.json)
+    Console:  $base/console   (sign in with an API key)
     Worker:   http://$TRIGGERS_WORKER_ADDR/health/ready
     Database: $DATABASE_URL
 
@@ -43,6 +44,9 @@ cat >&2 <<MSG
   Then send an event:
     curl -s -X POST $base/api/events -H 'Content-Type: application/json' -H "X-API-Key: \$KEY" \\
          -d '{"type": "user.created", "payload": {"id": 1}}'
+
+  Or open the console with a link that signs in (the answer's url; it works once):
+    curl -s -X POST $base/api/portal/sessions -H "X-API-Key: \$KEY"
 
   The README's Quickstart runs a receiver that verifies each delivery's signature
   (examples/ has it in Rust, Python and Node).

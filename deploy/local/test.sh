@@ -22,6 +22,20 @@ drop_test_databases() {
 drop_test_databases
 trap drop_test_databases EXIT
 
+# The console's browser test drives Debian's headless chromium through chromedriver: install both
+# when missing (as postgres.sh installs Postgres), and make that test fail rather than skip.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "test.sh: installing Debian's chromium and chromium-driver (the console's browser test)" >&2
+  sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
+fi
+CHROMIUM=$(command -v chromium)
+CHROMEDRIVER=$(command -v chromedriver)
+TRIGGERS_BROWSER_TESTS=required
+export CHROMIUM CHROMEDRIVER TRIGGERS_BROWSER_TESTS
+
 # Binaries the end-to-end tests start as real processes.
 cargo build --workspace --bins
 
@@ -31,8 +45,10 @@ else
   cargo test --workspace --no-fail-fast "$@"
 fi
 
-# The README quickstart and the example receivers against a real instance (whole suite only).
+# The README quickstart and the example receivers against a real instance, and the OpenAPI
+# document validated and fuzzed against the service (whole suite only).
 if [[ $# -eq 0 ]]; then
   deploy/local/integration-test.sh
+  deploy/local/api-check.sh
   deploy/local/bench-smoke.sh
 fi

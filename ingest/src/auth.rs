@@ -1,6 +1,11 @@
 //! Authentication: `X-API-Key: <key>` or `Authorization: Bearer <key>` → the organisation, and
 //! the operator's admin token that guards organisation creation.
 //!
+//! The credential is an API key or a console session token ([`session`]), told apart by its
+//! prefix. Handlers take [`Org`] (either credential; a read-only session only on `GET`), or
+//! [`KeyHolder`] where a console session must never reach (managing keys and portal sessions),
+//! or [`Caller`] to see which credential was used.
+//!
 //! The prefix of a key finds its row; argon2id verifies the secret on the process's one hash
 //! pool. Verified keys are cached (TTL) so argon2 runs only on a miss; refused keys are cached
 //! too (bounded), so an unknown key costs at most one argon2 per TTL, and wrong secrets for one
@@ -9,6 +14,7 @@
 
 mod cache;
 mod invalidations;
+pub mod session;
 pub mod throttle;
 
 use axum::{
@@ -19,6 +25,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 pub use cache::AuthCache;
+pub use session::Session;
 
 use crate::{AppState, error::ApiError};
 
@@ -47,16 +54,66 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Who is calling: the organisation, and the console session when the credential is one.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub org: Org,
+    /// `None` for an API key.
+    pub session: Option<Session>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = presented_key(parts)
+            .filter(|k| !k.is_empty())
+            .ok_or(ApiError::MissingApiKey)?;
+        let caller = if presented.starts_with(session::SESSION_PREFIX) {
+            let (org, session) = session::authenticate(&state.db, presented).await?;
+            Caller {
+                org,
+                session: Some(session),
+            }
+        } else {
+            Caller {
+                org: state.auth.authenticate(&state.db, presented).await?,
+                session: None,
+            }
+        };
+        tracing::Span::current().record("org_id", tracing::field::display(caller.org.id));
+        Ok(caller)
+    }
+}
+
+/// The organisation of an API key or of a console session. A read-only session is refused
+/// (`403 read_only_session`) on every method but `GET`, `HEAD` and `OPTIONS`, so every route
+/// that changes state is closed to it without a check of its own.
 impl FromRequestParts<AppState> for Org {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = presented_key(parts)
-            .filter(|k| !k.is_empty())
-            .ok_or(ApiError::MissingApiKey)?;
-        let org = state.auth.authenticate(&state.db, key).await?;
-        tracing::Span::current().record("org_id", tracing::field::display(org.id));
-        Ok(org)
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.session.is_some_and(|s| s.read_only) && !parts.method.is_safe() {
+            return Err(ApiError::ReadOnlySession);
+        }
+        Ok(caller.org)
+    }
+}
+
+/// The organisation of an API key: what creating and rotating keys and creating portal sessions
+/// need. A console session, even a read-write one, is refused with `403 api_key_required`.
+#[derive(Clone, Debug)]
+pub struct KeyHolder(pub Org);
+
+impl FromRequestParts<AppState> for KeyHolder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller { org, session: None } => Ok(KeyHolder(org)),
+            Caller { session: Some(_), .. } => Err(ApiError::ApiKeyRequired),
+        }
     }
 }
 

@@ -28,13 +28,36 @@ impl FieldError {
     }
 }
 
-/// The JSON error body, as documented in OpenAPI.
+/// The JSON error body of every refusal, as [`ApiError::into_response`] writes it: `error` and
+/// `code` always, and the members some codes add. Other members may be added over time.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A human sentence.
     pub error: String,
     /// A stable snake_case code.
+    #[schema(examples("validation_failed"))]
     pub code: String,
+    /// `validation_failed`: every bad field, in the order found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<FieldError>>,
+    /// `payload_too_large`: the limit the body or payload went over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    /// `rate_limited`: events per minute; `too_many_endpoints`: endpoints per organisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `rate_limited`: always `1 minute`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// `rate_limited` and `unavailable`: seconds to wait (also the `Retry-After` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// `duplicate_event`: the `dedup_id` sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
+    /// `duplicate_event`: the event first accepted with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<Uuid>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +68,19 @@ pub enum ApiError {
     InvalidApiKey,
     #[error("this route requires the admin token")]
     AdminTokenRequired,
+    /// A console session token that is expired, revoked, unknown or malformed.
+    #[error("the console session has ended (expired or revoked): sign in again")]
+    InvalidSession,
+    #[error("this console session is read-only: it cannot change anything")]
+    ReadOnlySession,
+    #[error("this route needs an API key: a console session cannot manage API keys or portal sessions")]
+    ApiKeyRequired,
+    #[error("this portal link is invalid, expired or already used: ask for a new one")]
+    InvalidPortalLink,
+    #[error("portal session not found")]
+    PortalSessionNotFound,
+    #[error("an organisation may have at most {limit} live portal sessions: revoke some or let them expire")]
+    TooManyPortalSessions { limit: i64 },
     #[error("request validation failed")]
     Validation(Vec<FieldError>),
     #[error("malformed JSON: {0}")]
@@ -53,6 +89,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// Passed validation, but the database refused to store the event's data (a check
+    /// validation lacks; the cause is logged by the batcher).
+    #[error("the database could not store this event's payload")]
+    PayloadNotStorable,
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
@@ -105,18 +145,26 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MissingApiKey | InvalidApiKey | AdminTokenRequired => StatusCode::UNAUTHORIZED,
+            MissingApiKey | InvalidApiKey | AdminTokenRequired | InvalidSession | InvalidPortalLink => {
+                StatusCode::UNAUTHORIZED
+            }
+            ReadOnlySession | ApiKeyRequired => StatusCode::FORBIDDEN,
             Validation(_)
             | WebhookUrlNotAllowed
+            | TooManyPortalSessions { .. }
             | TooManyEndpoints { .. }
             | TooManySecrets { .. }
-            | TooManyToRecover { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            | TooManyToRecover { .. }
+            | PayloadNotStorable => StatusCode::UNPROCESSABLE_ENTITY,
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | EndpointNotFound | DeliveryNotFound | RecoveryNotFound | WebhookNotConfigured => {
-                StatusCode::NOT_FOUND
-            }
+            EventNotFound
+            | EndpointNotFound
+            | DeliveryNotFound
+            | RecoveryNotFound
+            | WebhookNotConfigured
+            | PortalSessionNotFound => StatusCode::NOT_FOUND,
             DuplicateEvent { .. } | RedeliveryWithoutWebhook | EndpointDisabled => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,11 +178,18 @@ impl ApiError {
             MissingApiKey => "missing_api_key",
             InvalidApiKey => "invalid_api_key",
             AdminTokenRequired => "admin_token_required",
+            InvalidSession => "invalid_session",
+            ReadOnlySession => "read_only_session",
+            ApiKeyRequired => "api_key_required",
+            InvalidPortalLink => "invalid_portal_link",
+            PortalSessionNotFound => "portal_session_not_found",
+            TooManyPortalSessions { .. } => "too_many_portal_sessions",
             Validation(_) => "validation_failed",
             InvalidJson(_) => "invalid_json",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             BodyTooLarge { .. } => "payload_too_large",
+            PayloadNotStorable => "payload_not_storable",
             EventNotFound => "event_not_found",
             EndpointNotFound => "endpoint_not_found",
             TooManyEndpoints { .. } => "too_many_endpoints",
@@ -233,7 +288,13 @@ impl IntoResponse for ApiError {
                 body.insert("retry_after".into(), json!(retry_after));
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            ApiError::MissingApiKey | ApiError::InvalidApiKey => {
+            ApiError::TooManyPortalSessions { limit } => {
+                body.insert("limit".into(), json!(limit));
+            }
+            ApiError::MissingApiKey
+            | ApiError::InvalidApiKey
+            | ApiError::InvalidSession
+            | ApiError::InvalidPortalLink => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(r#"ApiKey header="X-API-Key", Bearer realm="triggers""#),

@@ -32,7 +32,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON body that may be absent: an empty body (with or without a content type) is `None`.
+/// A JSON body that may be absent: an empty body (with or without a content type) is `None`, and
+/// so is a JSON `null` (as a `null` field counts as absent).
 pub struct OptionalApiJson<T>(pub Option<T>);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalApiJson<T> {
@@ -50,6 +51,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalApiJson<T> 
         }
         if !has_content_type {
             return Err(ApiError::UnsupportedMediaType);
+        }
+        if bytes.trim_ascii() == b"null" {
+            return Ok(OptionalApiJson(None));
         }
         parse_json(&bytes).map(|v| OptionalApiJson(Some(v)))
     }

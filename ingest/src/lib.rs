@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod batcher;
 pub mod budget;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod listener;
@@ -43,7 +44,8 @@ impl Application {
             .with_context(|| format!("binding TRIGGERS_INGEST_ADDR {}", config.addr))?;
         warn_if_open_without_admin_token(&config);
         let limits = ServerLimits::with_max_connections(config.common.max_connections);
-        let state = AppState::start(Arc::new(config), pool).await?;
+        let public_url = public_url(&config, &listener)?;
+        let state = AppState::start(Arc::new(config), pool, &public_url).await?;
         triggers_shared::metrics::init_ingest();
         let router = routes::router(state.clone());
         Ok(Self {
@@ -80,6 +82,22 @@ impl Application {
         tracing::info!("ingest stopped");
         served
     }
+}
+
+/// Where browsers reach this service: `TRIGGERS_PUBLIC_URL`, or `http://` and the bound address
+/// (an unspecified address, `0.0.0.0` or `::`, as loopback).
+fn public_url(config: &IngestConfig, listener: &TcpListener) -> anyhow::Result<String> {
+    if let Some(url) = &config.public_url {
+        return Ok(url.as_str().trim_end_matches('/').to_owned());
+    }
+    let mut addr = listener.local_addr().context("reading the bound address")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(format!("http://{addr}"))
 }
 
 /// Without an admin token anyone who reaches the port can create organisations: fine on

@@ -10,6 +10,7 @@ use triggers_shared::{config::IngestConfig, service::Ops};
 use crate::{
     auth::{AuthCache, INVALIDATION_CHANNEL},
     batcher::BatchWriter,
+    console::Console,
     listener::{self, Listener},
     ratelimit::RateLimiter,
     routing::{ENDPOINTS_CHANNEL, RoutingCache},
@@ -24,13 +25,16 @@ pub struct AppState {
     pub routing: RoutingCache,
     pub limiter: RateLimiter,
     pub batcher: BatchWriter,
+    /// Where browsers reach this service (no trailing `/`): the base of console links.
+    pub public_url: Arc<str>,
+    pub console: Console,
     /// Keeps the caches' invalidation listener running.
     _listener: Arc<Listener>,
 }
 
 impl AppState {
     /// Build the state and start its background tasks (batch writer, cache invalidation).
-    pub async fn start(config: Arc<IngestConfig>, db: PgPool) -> anyhow::Result<Self> {
+    pub async fn start(config: Arc<IngestConfig>, db: PgPool, public_url: &str) -> anyhow::Result<Self> {
         let auth = AuthCache::new(&config);
         let routing = RoutingCache::new(db.clone());
         let listener = listener::start(
@@ -42,6 +46,8 @@ impl AppState {
         )
         .await;
         Ok(Self {
+            public_url: public_url.trim_end_matches('/').into(),
+            console: Console::load()?,
             metrics: triggers_shared::metrics::install_recorder(),
             batcher: BatchWriter::start(db.clone(), routing.clone(), config.dedup_window),
             auth,

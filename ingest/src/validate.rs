@@ -92,14 +92,26 @@ pub fn json_string(raw: &RawValue) -> Result<String, String> {
     serde_json::from_str(raw.get()).map_err(|_| format!("must be a string, not {}", json_kind(raw)))
 }
 
+/// A JSON integer: a number with no fractional part, however it is written (`3`, `3.0`,
+/// `3e0`: JSON Schema's `integer`), that fits an `i64`; `None` for anything else.
+pub fn json_integer(raw: &RawValue) -> Option<i64> {
+    let number: serde_json::Number = serde_json::from_str(raw.get()).ok()?;
+    if let Some(n) = number.as_i64() {
+        return Some(n);
+    }
+    let float = number.as_f64()?;
+    // Integral and inside i64 (2^63 is exactly representable; the cast is exact below it).
+    (float.fract() == 0.0 && float >= -(2f64.powi(63)) && float < 2f64.powi(63)).then_some(float as i64)
+}
+
 /// The longest grace period a rotation (of an API key or of a signing secret) may give the
 /// previous one: 7 days.
 pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
 
 /// A JSON `grace_period_seconds`: an integer from 0 to [`MAX_GRACE_PERIOD_SECS`].
 pub fn grace_period(raw: &RawValue) -> Result<Duration, String> {
-    serde_json::from_str::<u64>(raw.get())
-        .ok()
+    json_integer(raw)
+        .and_then(|secs| u64::try_from(secs).ok())
         .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
@@ -160,6 +172,26 @@ mod tests {
             listed,
             [("a", "is required"), ("b", "must be a string, not a number")]
         );
+    }
+
+    #[test]
+    fn integers_are_read_however_json_writes_them() {
+        for (text, expected) in [
+            ("3", Some(3)),
+            ("-3", Some(-3)),
+            ("3.0", Some(3)),
+            ("3e0", Some(3)),
+            ("2.69e2", Some(269)),
+            ("-0.0", Some(0)),
+            ("3.5", None),
+            ("1e19", None),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("9223372036854775808", None),
+            ("\"3\"", None),
+            ("null", None),
+        ] {
+            assert_eq!(json_integer(&raw(text)), expected, "{text}");
+        }
     }
 
     #[test]

@@ -21,13 +21,37 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("patch", "/api/endpoints/{id}", "endpoints", "api_key"),
     ("delete", "/api/endpoints/{id}", "endpoints", "api_key"),
     ("get", "/api/endpoints/{id}/deliveries", "endpoints", "api_key"),
+    ("get", "/api/endpoints/{id}/stats", "endpoints", "api_key"),
+    (
+        "post",
+        "/api/endpoints/{id}/secret/rotate",
+        "endpoints",
+        "api_key",
+    ),
+    ("post", "/api/endpoints/{id}/recover", "endpoints", "api_key"),
+    (
+        "get",
+        "/api/endpoints/{id}/recoveries/{recovery_id}",
+        "endpoints",
+        "api_key",
+    ),
     ("post", "/api/events", "events", "api_key"),
     ("get", "/api/events/{id}", "events", "api_key"),
     ("post", "/api/events/{id}/redeliver", "events", "api_key"),
     ("post", "/api/events/redeliver", "events", "api_key"),
+    (
+        "post",
+        "/api/events/{id}/endpoints/{endpoint_id}/resend",
+        "events",
+        "api_key",
+    ),
     ("get", "/api/inbox", "inbox", "api_key"),
     ("post", "/api/ack/{id}", "inbox", "api_key"),
     ("post", "/api/ack", "inbox", "api_key"),
+    ("post", "/api/portal/sessions", "portal", "api_key"),
+    ("post", "/api/portal/exchange", "portal", ""),
+    ("delete", "/api/portal/sessions/{id}", "portal", "api_key"),
+    ("get", "/console", "console", ""),
     ("get", "/health", "operations", ""),
     ("get", "/health/live", "operations", ""),
     ("get", "/health/ready", "operations", ""),
@@ -84,6 +108,19 @@ async fn every_route_of_the_api_is_in_the_openapi_document_with_its_tag_and_secu
             op["responses"].as_object().is_some_and(|r| !r.is_empty()),
             "{method} {path} responses"
         );
+        // The request timeout can answer every API route (each reads a body or waits on the
+        // database), not the operations routes.
+        let timeout = &op["responses"]["408"];
+        if path.starts_with("/api/") {
+            assert!(
+                timeout["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("`request_timeout`")),
+                "{method} {path} does not document its 408: {timeout}"
+            );
+        } else {
+            assert!(timeout.is_null(), "{method} {path} documents a 408");
+        }
     }
 }
 
@@ -163,13 +200,45 @@ async fn the_document_describes_the_types_that_are_really_parsed_and_the_inbox_b
         .as_array()
         .expect("inbox parameters");
     let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
-    for name in ["status", "limit", "offset", "cursor", "type", "include_total"] {
+    for name in [
+        "status",
+        "limit",
+        "offset",
+        "cursor",
+        "type",
+        "include_total",
+        "since",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     let offset = params.iter().find(|p| p["name"] == "offset").expect("offset");
     assert_eq!(offset["schema"]["maximum"], 10_000, "{offset}");
     let total = doc["components"]["schemas"]["Pagination"]["properties"]["total"].to_string();
     assert!(total.contains("null"), "total must be nullable: {total}");
+}
+
+#[tokio::test]
+async fn every_authenticated_change_documents_why_a_console_session_may_be_refused() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let mut changes = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let authenticated = op["responses"].get("401").is_some();
+            if method == "get" || !authenticated {
+                continue;
+            }
+            changes += 1;
+            let forbidden = op["responses"]["403"]["description"].as_str().unwrap_or_default();
+            assert!(
+                forbidden.contains("read_only_session") || forbidden.contains("api_key_required"),
+                "{method} {path} does not document its 403: {forbidden:?}"
+            );
+        }
+    }
+    assert!(changes >= 10, "{changes} authenticated changes");
+    let bearer = doc["components"]["securitySchemes"]["bearer"]["description"].to_string();
+    assert!(bearer.contains("trg_session_"), "{bearer}");
 }
 
 #[tokio::test]
@@ -206,20 +275,31 @@ async fn the_endpoints_routes_document_the_parsed_bodies_and_every_answer() {
             .map(|r| r.keys().cloned().collect())
             .unwrap_or_default()
     };
+    // Every change also documents the 403 of a read-only console session.
     let expected = [
         (
             "/api/endpoints",
             "post",
-            &["201", "400", "401", "413", "415", "422", "503"][..],
+            &["201", "400", "401", "403", "408", "413", "415", "422", "503"][..],
         ),
-        ("/api/endpoints", "get", &["200", "401", "422", "503"][..]),
-        ("/api/endpoints/{id}", "get", &["200", "401", "404", "503"][..]),
+        ("/api/endpoints", "get", &["200", "401", "408", "422", "503"][..]),
+        (
+            "/api/endpoints/{id}",
+            "get",
+            &["200", "401", "404", "408", "503"][..],
+        ),
         (
             "/api/endpoints/{id}",
             "patch",
-            &["200", "400", "401", "404", "413", "415", "422", "503"][..],
+            &[
+                "200", "400", "401", "403", "404", "408", "413", "415", "422", "503",
+            ][..],
         ),
-        ("/api/endpoints/{id}", "delete", &["204", "401", "404", "503"][..]),
+        (
+            "/api/endpoints/{id}",
+            "delete",
+            &["204", "401", "403", "404", "408", "503"][..],
+        ),
     ];
     for (path, method, codes) in expected {
         assert_eq!(statuses(path, method), codes, "{method} {path}");

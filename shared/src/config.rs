@@ -105,6 +105,11 @@ pub struct IngestConfig {
     pub dedup_window: Duration,
     /// Bytes of request bodies ingest holds at once; a request that does not fit is `503`.
     pub request_bytes_budget: usize,
+    /// A request (body included) not answered within this gets `408`: 30 s, shorter in tests.
+    pub request_timeout: Duration,
+    /// Where browsers reach ingest (`TRIGGERS_PUBLIC_URL`): the base of the console links that
+    /// `POST /api/portal/sessions` answers. `None`: `http://` and the address ingest listens on.
+    pub public_url: Option<url::Url>,
     /// The most endpoints one organisation may have.
     pub max_endpoints_per_org: u32,
 }
@@ -126,6 +131,15 @@ impl IngestConfig {
                 0 => bail!("TRIGGERS_REQUEST_BYTES_BUDGET must be at least 1"),
                 bytes => bytes,
             },
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
+            public_url: std::env::var("TRIGGERS_PUBLIC_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    parse_public_url(v.trim())
+                        .with_context(|| format!("TRIGGERS_PUBLIC_URL is invalid (`{v}`)"))
+                })
+                .transpose()?,
             max_endpoints_per_org: match env_or(
                 "TRIGGERS_MAX_ENDPOINTS_PER_ORG",
                 DEFAULT_MAX_ENDPOINTS_PER_ORG,
@@ -147,9 +161,31 @@ impl IngestConfig {
             auth_cache_ttl: Duration::from_secs(60),
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
+            public_url: None,
             max_endpoints_per_org: DEFAULT_MAX_ENDPOINTS_PER_ORG,
         }
     }
+}
+
+/// A public origin: http or https, a host (and port), nothing else: the console and the API it
+/// calls are served at the root of their host. Paths are appended to
+/// `as_str().trim_end_matches('/')` (the URL prints as `https://host/`).
+pub fn parse_public_url(text: &str) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(text)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("must be an http or https URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("must name a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("must not carry user-info");
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        bail!("must be an origin (scheme, host, port) without a path, query or fragment");
+    }
+    Ok(url)
 }
 
 /// Default of `TRIGGERS_REQUEST_BYTES_BUDGET`: 64 MiB.
@@ -383,6 +419,28 @@ mod tests {
                 Duration::from_secs(2700)
             ]
         );
+    }
+
+    #[test]
+    fn a_public_url_is_an_origin() {
+        for good in [
+            "https://triggers.example.com",
+            "https://triggers.example.com/",
+            "http://10.0.0.5:8080",
+        ] {
+            let url = parse_public_url(good).expect(good);
+            assert_eq!(url.as_str().trim_end_matches('/'), good.trim_end_matches('/'));
+        }
+        for bad in [
+            "https://example.com/triggers",
+            "ftp://example.com",
+            "https://u:p@example.com",
+            "https://example.com/?q=1",
+            "https://example.com/#x",
+            "example.com",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod net;
+pub mod schemas;
 pub mod service;
 pub mod signing;
 pub mod telemetry;

@@ -160,15 +160,15 @@ impl<S: Send + Sync> FromRequestParts<S> for EndpointId {
     request_body = EndpointIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 201, description = "Created", body = EndpointCreatedOut, headers(
+        (status = 201, description = "Created; the answer carries the signing secret, shown only here", body = EndpointCreatedOut, headers(
             ("Location" = String, description = "`/api/endpoints/{id}`"),
+        ), links(
+            ("get" = (operation_id = "get_endpoint", parameters(("id" = "$response.body#/id")))),
+            ("update" = (operation_id = "update_endpoint", parameters(("id" = "$response.body#/id")))),
+            ("delete" = (operation_id = "delete_endpoint", parameters(("id" = "$response.body#/id")))),
+            ("deliveries" = (operation_id = "list_endpoint_deliveries", parameters(("id" = "$response.body#/id")))),
         )),
-        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 413, description = "Body over 1 MiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = ErrorBody),
-        (status = 422, description = "`validation_failed` with `details` naming each bad field (`event_types[1]`, `headers.Host`), `webhook_url_not_allowed` (the URL points to an internal address), or `too_many_endpoints` with `limit`", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
+        (status = 422, description = "`validation_failed` with `details` naming each bad field (`event_types[1]`, `headers.Host`), `webhook_url_not_allowed` (depends on the outside world: the host is internal, resolves to an internal address, or does not resolve in time), or `too_many_endpoints` with `limit` (depends on state: the organisation already has `TRIGGERS_MAX_ENDPOINTS_PER_ORG` endpoints)", body = ErrorBody),
     ))]
 pub async fn create_endpoint(
     org: Org,
@@ -208,10 +208,8 @@ pub async fn create_endpoint(
     params(EndpointsQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EndpointListOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad `limit` or `cursor`, or a parameter holding NUL", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
+        (status = 200, description = "A page of endpoints, oldest first", body = EndpointListOut),
+        (status = 422, description = "`validation_failed`: a bad `limit` or `cursor`, or a parameter (name or value) holding NUL", body = ErrorBody),
     ))]
 pub async fn list_endpoints(
     org: Org,
@@ -241,10 +239,8 @@ pub async fn list_endpoints(
     params(("id" = String, Path, description = "Endpoint id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EndpointOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 200, description = "The endpoint, without its secret", body = EndpointOut),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
     ))]
 pub async fn get_endpoint(
     org: Org,
@@ -268,14 +264,9 @@ pub async fn get_endpoint(
     request_body = EndpointPatchIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EndpointOut),
-        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 200, description = "The endpoint as changed", body = EndpointOut),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
-        (status = 413, description = "Body over 1 MiB (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = ErrorBody),
-        (status = 422, description = "`validation_failed` with `details` naming each bad field (a masked header value with nothing stored under its name included), or `webhook_url_not_allowed`", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
+        (status = 422, description = "`validation_failed` with `details` naming each bad field, including a masked header value (`********`) with nothing stored under its name (depends on state); or `webhook_url_not_allowed` (depends on the outside world, as for `POST`)", body = ErrorBody),
     ))]
 pub async fn update_endpoint(
     org: Org,
@@ -306,10 +297,8 @@ pub async fn update_endpoint(
     params(("id" = String, Path, description = "Endpoint id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 204, description = "Deleted; its pending deliveries are cancelled"),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
     ))]
 pub async fn delete_endpoint(
     org: Org,

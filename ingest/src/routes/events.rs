@@ -181,8 +181,19 @@ pub struct RedeliveryOut {
 /// The body of `POST /api/events/redeliver`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RedeliverAllIn {
-    /// `failed` (or its synonym `dead_letter`): the only selection supported.
+    #[schema(schema_with = failed_status_schema)]
     pub status: String,
+}
+
+/// The statuses `POST /api/events/redeliver` takes: those [`EventStatus::parse`] reads as
+/// `failed`.
+pub const FAILED_STATUS_NAMES: [&str; 2] = ["failed", "dead_letter"];
+
+fn failed_status_schema() -> utoipa::openapi::Schema {
+    triggers_shared::schemas::one_of_strings(
+        "`failed` (or its synonym `dead_letter`): the only selection supported.",
+        &FAILED_STATUS_NAMES,
+    )
 }
 
 /// How many failed deliveries were given a new chain of attempts.
@@ -198,9 +209,13 @@ pub struct RedeliverAllOut {
 /// endpoint is disabled) are committed, in one transaction. Unknown body fields are ignored; `null` counts as absent; a key
 /// given twice is `422`. The payload is never decoded into a tree: it is checked as JSON text and
 /// stored from that text. A payload over the size limit is `413` even if other fields are
-/// invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
-/// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
-/// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
+/// invalid too; otherwise every bad field is listed in one `422`, including a payload Postgres
+/// could not store (nesting over 64 levels, a lone surrogate escape, a number outside
+/// `numeric`). Should Postgres still refuse an event's data, that event alone is `422
+/// payload_not_storable` (never a `500`, and never a failure of other events). Every
+/// authenticated request consumes one rate-limit token, whether or not it is accepted, and every
+/// response after authentication carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
+/// (approximate) and `X-RateLimit-Reset` (seconds).
 #[utoipa::path(
     post, path = "/api/events", tag = "events",
     request_body = EventIn,
@@ -211,20 +226,20 @@ pub struct RedeliverAllOut {
             ("X-RateLimit-Remaining" = u32, description = "Approximate events left in the sliding minute"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until the current minute ends"),
             ("Location" = String, description = "`/api/events/{id}`"),
+        ), links(
+            ("get" = (operation_id = "get_event", parameters(("id" = "$response.body#/id")))),
+            ("acknowledge" = (operation_id = "ack_event", parameters(("id" = "$response.body#/id")))),
+            ("redeliver" = (operation_id = "redeliver_event", parameters(("id" = "$response.body#/id")))),
         )),
-        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
-        (status = 401, description = "Missing or invalid key", body = ErrorBody),
         (status = 409, description = "`duplicate_event`, with `dedup_id` and the original `event_id`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`, with `limit_bytes`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`, with `details`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`, with `limit_bytes`: the payload is over its limit (262,144 bytes without insignificant white space; reported even when other fields are bad too), or the whole body is over 1 MiB (answered before it is read: `Connection: close`)", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `details` naming each bad field (`body` when the body is not a JSON object or holds a key twice); or `payload_not_storable`: the database refused the event's data although it passed validation", body = ErrorBody),
         (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`", body = ErrorBody, headers(
             ("Retry-After" = u64, description = "Seconds until capacity frees up"),
             ("X-RateLimit-Limit" = u32),
             ("X-RateLimit-Remaining" = u32, description = "0"),
             ("X-RateLimit-Reset" = u64, description = "Seconds until capacity frees up"),
         )),
-        (status = 503, description = "`unavailable`: the database is unreachable, or ingest is over its budget of request bytes in flight; `Retry-After` header", body = ErrorBody),
     )
 )]
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
@@ -317,8 +332,7 @@ impl<S: Send + Sync> FromRequestParts<S> for EventId {
     params(("id" = String, Path, description = "Event id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EventDetailOut),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "The event, its deliveries and their attempts", body = EventDetailOut),
         (status = 404, description = "`event_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
     )
 )]
@@ -354,8 +368,7 @@ pub async fn get_event(
     security(("api_key" = []), ("bearer" = [])),
     responses(
         (status = 202, description = "Enqueued, or a delivery was already pending", body = RedeliveryOut),
-        (status = 401, body = ErrorBody),
-        (status = 404, description = "`event_not_found`", body = ErrorBody),
+        (status = 404, description = "`event_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
         (status = 409, description = "`webhook_not_configured`: the event has no delivery", body = ErrorBody),
     )
 )]
@@ -397,11 +410,9 @@ pub async fn redeliver_event(
     request_body = RedeliverAllIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 202, body = RedeliverAllOut),
-        (status = 401, body = ErrorBody),
-        (status = 409, description = "`webhook_not_configured`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`", body = ErrorBody),
-    )
+        (status = 202, description = "The failed deliveries given a new chain of attempts", body = RedeliverAllOut),
+        (status = 409, description = "`webhook_not_configured`: the organisation has no endpoint", body = ErrorBody),
+            )
 )]
 pub async fn redeliver_events(
     State(state): State<AppState>,
@@ -421,4 +432,19 @@ pub async fn redeliver_events(
     }
     let count = db::events::redeliver_failed(&state.db, org.id, None).await?;
     Ok((StatusCode::ACCEPTED, Json(RedeliverAllOut { count })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_redelivery_statuses_are_exactly_those_read_as_failed() {
+        for name in FAILED_STATUS_NAMES {
+            assert_eq!(EventStatus::parse(name), Some(EventStatus::Failed), "{name}");
+        }
+        for other in ["pending", "delivered", "", "FAILED"] {
+            assert_ne!(EventStatus::parse(other), Some(EventStatus::Failed), "{other}");
+        }
+    }
 }

@@ -5,6 +5,8 @@
 //! (base64url of the last item's `created_at` and `id`): paging by cursor neither repeats nor
 //! skips events that existed when paging began, however many arrive meanwhile. It is present
 //! only when `has_more` is true. `offset` may be combined with a cursor (it applies after it).
+//! `since` starts the listing at a time: it is the keyset position just before that instant, so
+//! it costs what a cursor costs; with both, listing starts after the later of the two.
 
 use axum::{Json, extract::State};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -27,8 +29,10 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiQuery},
-    validate::{Parse, Problems, integer_in, json_string, non_empty},
+    openapi,
+    validate::{Parse, Problems, integer_in, json_string, non_empty, timestamp},
 };
+use triggers_shared::schemas;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
@@ -49,30 +53,83 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Query parameters of `GET /api/inbox`, as read (text); [`InboxQuery::parse`] checks them
-/// all, so every bad parameter is reported in one `422`. An empty value counts as absent.
+/// all, so every bad parameter is reported in one `422`. An empty text parameter (`status`,
+/// `cursor`, `type`) counts as absent; a number or boolean must be one.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InboxQuery {
-    /// `pending`, `delivered`, `failed` (or its synonym `dead_letter`). Absent: all.
-    #[param(value_type = Option<EventStatus>)]
+    /// Only events with this status (`dead_letter` is a synonym of `failed`). Absent: all.
+    #[param(schema_with = event_status_filter_schema)]
     status: Option<String>,
-    /// 1-1000, default 100. A page also ends early once its payloads reach 8 MiB of JSON text
-    /// (then `has_more` is true).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    /// A page also ends early once its payloads reach 8 MiB of JSON text (then `has_more` is
+    /// true).
+    #[param(schema_with = limit_schema)]
     limit: Option<String>,
-    /// 0-10000, default 0. Page deeper with `cursor`.
-    #[param(value_type = Option<i64>, minimum = 0, maximum = 10000)]
+    /// Page deeper with `cursor`.
+    #[param(schema_with = offset_schema)]
     offset: Option<String>,
-    /// `next_cursor` of a previous page.
+    #[param(schema_with = cursor_schema)]
     cursor: Option<String>,
-    /// Only events of this type (matched literally).
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", schema_with = event_type_filter_schema)]
     event_type: Option<String>,
-    /// `false` skips counting the matching events: `pagination.total` is then `null`. Default
-    /// `true`.
-    #[param(value_type = Option<bool>)]
+    /// `false` skips counting the matching events: `pagination.total` is then `null`.
+    #[param(schema_with = include_total_schema)]
     include_total: Option<String>,
+    /// Only events created at or after this instant (RFC 3339). `pagination.total` is then
+    /// `null`: it is not counted.
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+}
+
+/// The statuses the inbox filters on, as [`EventStatus::parse`] reads them.
+pub const EVENT_STATUS_FILTERS: [&str; 4] = ["pending", "delivered", "failed", "dead_letter"];
+
+fn event_status_filter_schema() -> utoipa::openapi::Schema {
+    schemas::one_of_strings(
+        "An event status; `dead_letter` is `failed`; empty is all.",
+        &[&[""][..], &EVENT_STATUS_FILTERS].concat(),
+    )
+}
+
+/// `limit` of every listing: [`MAX_LIMIT`] at most, [`DEFAULT_LIMIT`] by default.
+pub(crate) fn limit_schema() -> utoipa::openapi::Schema {
+    openapi::integer_in(
+        1..=MAX_LIMIT.unsigned_abs(),
+        false,
+        &format!("Default {DEFAULT_LIMIT}."),
+    )
+}
+
+fn offset_schema() -> utoipa::openapi::Schema {
+    openapi::integer_in(0..=MAX_OFFSET.unsigned_abs(), false, "Default 0.")
+}
+
+/// `cursor` of a listing whose cursor is a keyset position ([`encode_cursor`]).
+pub(crate) fn cursor_schema() -> utoipa::openapi::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(CURSOR_PATTERN))
+        .description(Some(
+            "The `next_cursor` of a previous page: opaque. Depends on state: a value the API did \
+             not issue is `422` (no pattern can tell one apart).",
+        ))
+        .extensions(Some(openapi::issued_as("next_cursor")))
+        .into()
+}
+
+/// What every cursor is made of (base64url, padding optional); not every such text is one.
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]*=*$";
+
+fn event_type_filter_schema() -> utoipa::openapi::Schema {
+    schemas::text_without_nul("Only events of this type (matched literally).")
+}
+
+fn include_total_schema() -> utoipa::openapi::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .description(Some("Default `true`."))
+        .into()
 }
 
 /// A valid inbox request.
@@ -101,14 +158,15 @@ impl Parse for InboxQuery {
             })
         });
         let after = problems.optional("cursor", non_empty(self.cursor), |c| {
-            decode_cursor(&c).ok_or_else(|| "is not a cursor this API issued".to_owned())
+            decode_cursor(&c)
+                .map(storable)
+                .ok_or_else(|| "is not a cursor this API issued".to_owned())
         });
-        let include_total = problems.optional("include_total", non_empty(self.include_total), |v| {
-            match v.as_str() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err("must be true or false".to_owned()),
-            }
+        let since = problems.optional("since", self.since, |t| timestamp(&t));
+        let include_total = problems.optional("include_total", self.include_total, |v| match v.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err("must be true or false".to_owned()),
         });
         problems.finish()?;
         Ok(InboxRequest {
@@ -117,13 +175,30 @@ impl Parse for InboxQuery {
                 event_type: non_empty(self.event_type),
             },
             bounds: PageBounds {
-                after,
+                after: start_after(after, since),
                 offset: offset.unwrap_or(0),
                 limit: limit.unwrap_or(DEFAULT_LIMIT),
                 max_payload_bytes: MAX_PAGE_PAYLOAD_BYTES,
             },
-            include_total: include_total.unwrap_or(true),
+            include_total: include_total.unwrap_or(true) && since.is_none(),
         })
+    }
+}
+
+/// Where a listing starts: after the cursor's position, and at or after `since` (the position
+/// before every event of that instant: ids are never nil), whichever is later.
+fn start_after(cursor: Option<Keyset>, since: Option<DateTime<Utc>>) -> Option<Keyset> {
+    let since = since.map(|created_at| Keyset {
+        created_at,
+        id: Uuid::nil(),
+    });
+    match (cursor, since) {
+        (Some(c), Some(s)) => Some(if (c.created_at, c.id) >= (s.created_at, s.id) {
+            c
+        } else {
+            s
+        }),
+        (c, s) => c.or(s),
     }
 }
 
@@ -157,9 +232,19 @@ pub struct AckOut {
 /// The body of `POST /api/ack`. Ids that are not UUIDs are answered in `not_found`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AckBatchIn {
-    /// 1-1000 event ids.
-    #[schema(value_type = Vec<String>, required = true, min_items = 1, max_items = 1000)]
+    #[schema(schema_with = event_ids_schema, required = true)]
     event_ids: Option<Box<RawValue>>,
+}
+
+fn event_ids_schema() -> utoipa::openapi::Schema {
+    openapi::array_of(
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .into(),
+        1..=MAX_ACK_BATCH,
+        false,
+        "Event ids; each is acknowledged once however often it is given.",
+    )
 }
 
 impl Parse for AckBatchIn {
@@ -205,6 +290,10 @@ pub fn encode_cursor(k: Keyset) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}.{}", k.created_at.timestamp_micros(), k.id.simple()))
 }
 
+/// The earliest instant Postgres' `timestamptz` holds (4713 BC), in microseconds since 1970. Its
+/// latest (294276 AD) is beyond chrono's, so only this bound matters.
+const POSTGRES_MIN_TIMESTAMP_MICROS: i64 = -210_866_803_200_000_000;
+
 /// Decode a cursor made by [`encode_cursor`].
 pub fn decode_cursor(s: &str) -> Option<Keyset> {
     let bytes = URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()?;
@@ -217,6 +306,19 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
     })
 }
 
+/// A decoded cursor as a query can bind it: a position before the earliest instant Postgres
+/// holds (only a forged cursor has one; binding it would fail the query) becomes the position
+/// before every event, which lists the same events in either direction.
+pub(crate) fn storable(keyset: Keyset) -> Keyset {
+    match DateTime::<Utc>::from_timestamp_micros(POSTGRES_MIN_TIMESTAMP_MICROS) {
+        Some(earliest) if keyset.created_at < earliest => Keyset {
+            created_at: earliest,
+            id: Uuid::nil(),
+        },
+        _ => keyset,
+    }
+}
+
 /// List your events, oldest first (by `created_at`, then `id`).
 ///
 /// Page with `offset`, or with `cursor` = the previous page's `next_cursor` (present only while
@@ -224,7 +326,8 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
 /// returned exactly once, in order, however many events arrive meanwhile. `total` counts the
 /// events matching `status` and `type`, regardless of cursor and offset (`include_total=false`
 /// skips the count: `total` is then `null`). `offset` goes up to 10,000; page deeper with
-/// `cursor`. A page holds at most `limit` events and ends early once their payloads reach
+/// `cursor`. `since` lists only events created at or after an instant (then `total` is `null`).
+/// A page holds at most `limit` events and ends early once their payloads reach
 /// 8 MiB of JSON text (at least one event is always served): `has_more` and `next_cursor` then
 /// lead on. Payloads are served as stored.
 #[utoipa::path(
@@ -232,9 +335,8 @@ pub fn decode_cursor(s: &str) -> Option<Keyset> {
     params(InboxQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = InboxOut),
-        (status = 401, body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad status, limit, offset, cursor or include_total, or a parameter holding NUL", body = ErrorBody),
+        (status = 200, description = "A page of events, oldest first", body = InboxOut),
+        (status = 422, description = "`validation_failed`: a bad status, limit, offset, include_total or since, a parameter (name or value) holding NUL, or a `cursor` this API did not issue (depends on state: only `next_cursor` values are cursors)", body = ErrorBody),
     )
 )]
 pub async fn list_inbox(
@@ -283,8 +385,7 @@ pub async fn list_inbox(
     params(("id" = String, Path, description = "Event id (UUID)")),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = AckOut),
-        (status = 401, body = ErrorBody),
+        (status = 200, description = "Acknowledged (now or before: the first `acknowledged_at` is kept)", body = AckOut),
         (status = 404, description = "`event_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
     )
 )]
@@ -316,9 +417,8 @@ pub async fn ack_event(
     request_body = AckBatchIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = AckBatchOut),
-        (status = 401, body = ErrorBody),
-        (status = 422, description = "`validation_failed`: `event_ids` missing, empty, too long or not strings", body = ErrorBody),
+        (status = 200, description = "Which ids were acknowledged and which were not found", body = AckBatchOut),
+        (status = 422, description = "`validation_failed`: `event_ids` missing, empty, over 1,000 ids or holding something that is not a string", body = ErrorBody),
     )
 )]
 pub async fn ack_events(
@@ -346,4 +446,55 @@ pub async fn ack_events(
         acknowledged,
         not_found,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_status_filters_are_exactly_what_the_parser_reads() {
+        for name in EVENT_STATUS_FILTERS {
+            assert!(EventStatus::parse(name).is_some(), "{name}");
+        }
+        for status in [EventStatus::Pending, EventStatus::Delivered, EventStatus::Failed] {
+            assert!(EVENT_STATUS_FILTERS.contains(&status.as_str()), "{status:?}");
+        }
+        for other in ["Pending", "dead-letter", "skipped", "all"] {
+            assert_eq!(EventStatus::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_forged_cursor_before_what_postgres_holds_becomes_the_start() {
+        let id = Uuid::now_v7();
+        let forged = |micros: i64| URL_SAFE_NO_PAD.encode(format!("{micros}.{}", id.simple()));
+        let earliest = POSTGRES_MIN_TIMESTAMP_MICROS;
+        for micros in [-6_000_000_000_000_000_000, earliest - 1] {
+            let keyset = storable(decode_cursor(&forged(micros)).expect("a position"));
+            assert_eq!(
+                (keyset.created_at.timestamp_micros(), keyset.id),
+                (earliest, Uuid::nil())
+            );
+        }
+        let keyset = storable(decode_cursor(&forged(earliest)).expect("a position"));
+        assert_eq!((keyset.created_at.timestamp_micros(), keyset.id), (earliest, id));
+        assert!(decode_cursor(&forged(i64::MAX)).is_none(), "beyond chrono");
+        let now = Utc::now();
+        let issued = encode_cursor(Keyset { created_at: now, id });
+        let decoded = decode_cursor(&issued).expect("an issued cursor");
+        assert_eq!(
+            (decoded.created_at.timestamp_micros(), decoded.id),
+            (now.timestamp_micros(), id)
+        );
+        assert!(regex_free_match(CURSOR_PATTERN, &issued), "{issued}");
+    }
+
+    /// `^[A-Za-z0-9_-]*=*$`, spelled out.
+    fn regex_free_match(pattern: &str, s: &str) -> bool {
+        assert_eq!(pattern, "^[A-Za-z0-9_-]*=*$");
+        let body = s.trim_end_matches('=');
+        body.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
 }

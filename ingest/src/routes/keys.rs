@@ -21,10 +21,11 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
-    auth::{Admin, INVALIDATION_CHANNEL, Org},
+    auth::{Admin, INVALIDATION_CHANNEL, KeyHolder, Org},
     error::{ApiError, ErrorBody},
     extract::{ApiJson, OptionalApiJson},
-    validate::{Parse, Problems, grace_period, json_kind, json_string},
+    openapi,
+    validate::{MAX_GRACE_PERIOD_SECS, Parse, Problems, grace_period, json_kind, json_string},
 };
 
 /// Shown with every new key.
@@ -41,8 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// checks it, so a bad request lists every problem in `details`. `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct GenerateKeyIn {
-    /// 1-255 characters, not only whitespace, no control characters; stored as given.
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, example = "Acme Inc")]
+    #[schema(value_type = OrganizationName)]
     organization_name: Option<Box<RawValue>>,
     /// Default `free`.
     #[schema(value_type = Option<Tier>)]
@@ -100,10 +100,17 @@ pub struct KeysOut {
 /// Optional body of `POST /api/keys/rotate`.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct RotateKeyIn {
-    /// How long the previous key keeps working, in seconds (0-604800, default 0: it stops at
-    /// once, on every instance).
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 604800)]
+    #[schema(schema_with = grace_period_schema)]
     grace_period_seconds: Option<Box<RawValue>>,
+}
+
+fn grace_period_schema() -> utoipa::openapi::Schema {
+    openapi::integer_in(
+        0..=MAX_GRACE_PERIOD_SECS,
+        true,
+        "How long the previous key keeps working, in seconds (default 0: it stops at once, on \
+         every instance).",
+    )
 }
 
 impl Parse for RotateKeyIn {
@@ -143,12 +150,8 @@ pub struct RotateKeyOut {
     security((), ("admin_token" = []), ("bearer" = [])),
     responses(
         (status = 201, description = "Organisation and key created", body = GenerateKeyOut),
-        (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "Admin token missing or wrong (`admin_token_required`)", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid fields (`validation_failed`, with `details`)", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
-    ))]
+            ))]
 pub async fn generate_key(
     _admin: Admin,
     State(state): State<AppState>,
@@ -175,9 +178,7 @@ pub async fn generate_key(
 #[utoipa::path(get, path = "/api/keys", tag = "keys",
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = KeysOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 200, description = "The organisation and its key's public prefix", body = KeysOut),
     ))]
 pub async fn get_keys(org: Org, State(state): State<AppState>) -> Result<Json<KeysOut>, ApiError> {
     let mut conn = state.db.acquire().await?;
@@ -210,15 +211,11 @@ pub async fn get_keys(org: Org, State(state): State<AppState>) -> Result<Json<Ke
     request_body = Option<RotateKeyIn>,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = RotateKeyOut),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 415, description = "A body that is not `application/json`", body = ErrorBody),
-        (status = 422, description = "Invalid `grace_period_seconds`", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 200, description = "The new key (shown only here) and when the previous one stops working", body = RotateKeyOut),
+        (status = 403, description = "`api_key_required`: a console session cannot rotate keys", body = ErrorBody),
     ))]
 pub async fn rotate_key(
-    org: Org,
+    KeyHolder(org): KeyHolder,
     State(state): State<AppState>,
     OptionalApiJson(body): OptionalApiJson<RotateKeyIn>,
 ) -> Result<Json<RotateKeyOut>, ApiError> {

@@ -1,11 +1,13 @@
 //! The HTTP surface: one module per resource, merged here with the middleware every request
-//! gets (request id, trace span, metrics, body limit) and the JSON fallbacks.
+//! gets (request id, trace span, metrics, request timeout, bytes budget, body limit) and the JSON
+//! fallbacks. The request timeout sits inside the metrics, so a `408` is counted like any answer.
 
 pub mod endpoints;
 pub mod events;
 pub mod health;
 pub mod inbox;
 pub mod keys;
+pub mod portal;
 pub mod webhook;
 
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::{
     AppState,
     budget::{self, Budget},
+    console,
     extract::MAX_BODY_BYTES,
     openapi,
 };
@@ -43,11 +46,16 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(endpoints::router())
         .merge(events::router())
         .merge(inbox::router())
+        .merge(portal::router())
+        .merge(console::router())
 }
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    let (routes, api) = api_routes().split_for_parts();
+    let (routes, mut api) = api_routes().split_for_parts();
+    openapi::document_shared_responses(&mut api, state.config.request_timeout);
+    // After the shared answers: a read-only session's 403 goes where a 401 is.
+    openapi::document_read_only_sessions(&mut api);
     routes
         .merge(openapi::docs_router(api))
         .fallback(service::http::not_found)
@@ -75,6 +83,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(
+                    state.config.request_timeout,
+                    service::request_timeout,
+                ))
                 .layer(middleware::from_fn_with_state(
                     Budget::new(state.config.request_bytes_budget),
                     budget::limit,

@@ -45,9 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// shape, [`public_target`] where it points.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfigIn {
-    /// http or https, at most 2,048 characters (also once normalised), no user-info, not an
-    /// internal address.
-    #[schema(value_type = String, required = true, max_length = 2048, example = "https://example.com/webhooks/triggers")]
+    #[schema(value_type = WebhookUrl)]
     webhook_url: Option<Box<RawValue>>,
 }
 
@@ -112,12 +110,8 @@ pub struct SecretRotatedOut {
     request_body = WebhookConfigIn,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = WebhookConfigOut),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 422, description = "`validation_failed` (shape) or `webhook_url_not_allowed` (internal address)", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 200, description = "Configured; the answer carries the signing secret", body = WebhookConfigOut),
+        (status = 422, description = "`validation_failed` (the URL's shape) or `webhook_url_not_allowed` (depends on the outside world: the host is internal, resolves to an internal address, or does not resolve in time)", body = ErrorBody),
     ))]
 pub async fn set_webhook_config(
     org: Org,
@@ -144,8 +138,6 @@ pub async fn set_webhook_config(
     security(("api_key" = []), ("bearer" = [])),
     responses(
         (status = 200, description = "`webhook_url` is null when none is configured", body = WebhookStatusOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub async fn get_webhook_config(
     org: Org,
@@ -165,9 +157,7 @@ pub async fn get_webhook_config(
 #[utoipa::path(delete, path = "/api/webhook/config", tag = "webhook",
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = WebhookDeletedOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 200, description = "Removed (or there was nothing to remove)", body = WebhookDeletedOut),
     ))]
 pub async fn delete_webhook_config(
     org: Org,
@@ -189,10 +179,8 @@ pub async fn delete_webhook_config(
 #[utoipa::path(post, path = "/api/webhook/secret/rotate", tag = "webhook",
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = SecretRotatedOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 200, description = "The new signing secret", body = SecretRotatedOut),
         (status = 404, description = "No webhook is configured (`webhook_not_configured`)", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub async fn rotate_webhook_secret(
     org: Org,

@@ -1,5 +1,6 @@
 //! The real `triggers-ingest` binary as a process on a free port, for tests that read its memory
-//! from `/proc`. Killed when dropped.
+//! from `/proc` or drive it from a browser. Killed when dropped.
+#![allow(dead_code)]
 
 use std::{
     net::SocketAddr,
@@ -18,6 +19,11 @@ pub struct IngestProcess {
 impl IngestProcess {
     /// Start it on `db_url` and wait (up to 30 s) until it answers `/health/ready`.
     pub async fn start(db_url: &str) -> Self {
+        Self::start_with(db_url, &[]).await
+    }
+
+    /// [`IngestProcess::start`] with more environment variables.
+    pub async fn start_with(db_url: &str, extra_env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -28,6 +34,7 @@ impl IngestProcess {
             .env("DATABASE_URL", db_url)
             .env("TRIGGERS_INGEST_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod events;
 pub mod janitor;
 pub mod organizations;
+pub mod portal_sessions;
 pub mod queue;
 pub mod rate_limits;
 pub mod recoveries;

@@ -54,7 +54,7 @@ where
 }
 
 /// Liveness: the process answers. No database call.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = HealthOut)))]
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, description = "The process answers", body = HealthOut)))]
 pub async fn health() -> Json<HealthOut> {
     Json(HealthOut {
         status: "healthy",
@@ -63,14 +63,15 @@ pub async fn health() -> Json<HealthOut> {
 }
 
 /// Liveness (same as `/health`).
-#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, body = HealthOut)))]
+#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, description = "The process answers", body = HealthOut)))]
 pub async fn health_live() -> Json<HealthOut> {
     health().await
 }
 
 /// Readiness: the database answers within 2 seconds.
 #[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
-    (status = 200, body = ReadyOut), (status = 503, body = ReadyOut)))]
+    (status = 200, description = "The database answered", body = ReadyOut),
+    (status = 503, description = "The database did not answer within 2 seconds", body = ReadyOut)))]
 pub async fn health_ready(State(ops): State<Ops>) -> (StatusCode, Json<ReadyOut>) {
     let ok = tokio::time::timeout(READY_PATIENCE, sqlx::query("SELECT 1").execute(&ops.db))
         .await
@@ -95,7 +96,7 @@ pub async fn health_ready(State(ops): State<Ops>) -> (StatusCode, Json<ReadyOut>
 }
 
 /// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain")))]
 pub async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
@@ -127,11 +128,16 @@ pub async fn method_not_allowed() -> Response {
     )
 }
 
-/// A router with only the operations routes and the JSON fallbacks (the worker's admin port).
+/// A router with only the operations routes and the JSON fallbacks (the worker's admin port),
+/// answering `408` past the default request timeout.
 pub fn ops_router(ops: Ops) -> axum::Router {
     let (routes, _doc) = router::<Ops>().split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            super::server::DEFAULT_REQUEST_TIMEOUT,
+            super::server::request_timeout,
+        ))
         .with_state(ops)
 }

@@ -17,6 +17,7 @@ use triggers_shared::{
         events::Keyset,
     },
     models::DeliveryStatus,
+    schemas,
 };
 use uuid::Uuid;
 
@@ -26,29 +27,58 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiQuery,
-    routes::inbox::{DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor},
+    routes::inbox::{
+        DEFAULT_LIMIT, MAX_LIMIT, cursor_schema, decode_cursor, encode_cursor, limit_schema, storable,
+    },
     validate::{Parse, Problems, integer_in, non_empty, timestamp},
 };
 
 /// Query of `GET /api/endpoints/{id}/deliveries`, as read; every bad parameter is reported in
-/// one `422`. An empty value counts as absent.
+/// one `422`. An empty text parameter (`status`, `cursor`) counts as
+/// absent; a timestamp or number must be one.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EndpointDeliveriesQuery {
-    /// `pending`, `delivered`, `failed` (or `dead_letter`), `skipped` or `cancelled`. Absent: all.
-    #[param(value_type = Option<DeliveryStatus>)]
+    /// Only deliveries with this status (`dead_letter` is a synonym of `failed`). Absent: all.
+    #[param(schema_with = delivery_status_filter_schema)]
     status: Option<String>,
     /// Deliveries created at or after this instant (RFC 3339).
-    #[param(value_type = Option<DateTime<Utc>>)]
+    #[param(schema_with = instant_schema)]
     since: Option<String>,
     /// Deliveries created before this instant (RFC 3339).
-    #[param(value_type = Option<DateTime<Utc>>)]
+    #[param(schema_with = instant_schema)]
     until: Option<String>,
-    /// 1-1000, default 100.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    #[param(schema_with = limit_schema)]
     limit: Option<String>,
-    /// `next_cursor` of a previous page.
+    #[param(schema_with = cursor_schema)]
     cursor: Option<String>,
+}
+
+/// The statuses the listing filters on, as [`DeliveryStatus::parse`] reads them.
+pub const DELIVERY_STATUS_FILTERS: [&str; 6] = [
+    "pending",
+    "delivered",
+    "failed",
+    "dead_letter",
+    "skipped",
+    "cancelled",
+];
+
+fn delivery_status_filter_schema() -> utoipa::openapi::Schema {
+    schemas::one_of_strings(
+        "A delivery status; `dead_letter` is `failed`; empty is all.",
+        &[&[""][..], &DELIVERY_STATUS_FILTERS].concat(),
+    )
+}
+
+fn instant_schema() -> utoipa::openapi::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::DateTime,
+        )))
+        .description(Some("An RFC 3339 timestamp, e.g. `2026-12-04T17:00:00Z`."))
+        .into()
 }
 
 /// A valid listing request.
@@ -68,13 +98,15 @@ impl Parse for EndpointDeliveriesQuery {
                 "must be one of pending, delivered, failed, dead_letter, skipped, cancelled".to_owned()
             })
         });
-        let since = problems.optional("since", non_empty(self.since), |t| timestamp(&t));
-        let until = problems.optional("until", non_empty(self.until), |t| timestamp(&t));
+        let since = problems.optional("since", self.since, |t| timestamp(&t));
+        let until = problems.optional("until", self.until, |t| timestamp(&t));
         let limit = problems.optional("limit", self.limit, |v| {
             integer_in(&v, 1, MAX_LIMIT).ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
         });
         let before = problems.optional("cursor", non_empty(self.cursor), |c| {
-            decode_cursor(&c).ok_or_else(|| "is not a cursor this API issued".to_owned())
+            decode_cursor(&c)
+                .map(storable)
+                .ok_or_else(|| "is not a cursor this API issued".to_owned())
         });
         problems.finish()?;
         Ok(DeliveriesRequest {
@@ -143,11 +175,9 @@ pub struct EndpointDeliveriesOut {
     params(("id" = String, Path, description = "Endpoint id (UUID)"), EndpointDeliveriesQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EndpointDeliveriesOut),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
+        (status = 200, description = "A page of the endpoint's deliveries, newest first", body = EndpointDeliveriesOut),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: a bad status, since, until, limit or cursor, or a parameter holding NUL", body = ErrorBody),
-        (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a bad status, since, until or limit, a parameter (name or value) holding NUL, or a `cursor` this API did not issue (depends on state: only `next_cursor` values are cursors)", body = ErrorBody),
     ))]
 pub async fn list_endpoint_deliveries(
     org: Org,
@@ -178,4 +208,25 @@ pub async fn list_endpoint_deliveries(
         },
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_status_filters_are_exactly_what_the_parser_reads() {
+        for name in DELIVERY_STATUS_FILTERS {
+            assert!(DeliveryStatus::parse(name).is_some(), "{name}");
+        }
+        for status in [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Skipped,
+            DeliveryStatus::Cancelled,
+        ] {
+            assert!(DELIVERY_STATUS_FILTERS.contains(&status.as_str()), "{status:?}");
+        }
+    }
 }

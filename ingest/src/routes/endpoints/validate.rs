@@ -14,46 +14,40 @@ use serde_json::value::RawValue;
 use triggers_shared::{
     db::endpoints::{EndpointPatch, NewEndpoint},
     models::{
-        Description, EndpointHeaders, EventTypes, ItemProblem, RateLimit, RequestedHeaders,
-        masked_without_stored_value_message, rate_limit_range_message,
+        Description, EndpointHeaders, EventTypePattern, EventTypes, ItemProblem, MAX_EVENT_TYPES,
+        RATE_LIMIT_RANGE, RateLimit, RequestedHeaders, masked_without_stored_value_message,
+        rate_limit_range_message,
     },
     net::WebhookUrl,
+    schemas::EndpointHeadersSchema,
 };
+use utoipa::PartialSchema;
 use uuid::Uuid;
 
 use crate::{
     error::ApiError,
-    routes::inbox::{DEFAULT_LIMIT, MAX_LIMIT},
-    validate::{Parse, Problems, integer_in, json_kind, json_string, non_empty},
+    openapi,
+    routes::inbox::{DEFAULT_LIMIT, MAX_LIMIT, limit_schema},
+    validate::{Parse, Problems, integer_in, json_integer, json_kind, json_string, non_empty},
 };
 
 /// The body of `POST /api/endpoints`. Unknown fields are ignored; `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EndpointIn {
-    /// The rules of `webhook_url`: http or https, at most 2,048 characters (also once
-    /// normalised), no user-info, not an internal address. Stored normalised.
-    #[schema(value_type = String, required = true, max_length = 2048, example = "https://example.com/webhooks/billing")]
+    #[schema(value_type = WebhookUrl)]
     url: Option<Box<RawValue>>,
-    /// 0-255 characters, no control characters. Default empty.
-    #[schema(value_type = Option<String>, max_length = 255)]
+    /// Default empty.
+    #[schema(value_type = Option<Description>)]
     description: Option<Box<RawValue>>,
-    /// 1-100 patterns, default `["*"]`: `*` (every type), an exact event type, or an event type
-    /// followed by `.*` (`order.*` matches `order.created` and `order.item.added`, not `order`).
-    /// A repeated pattern is kept once.
-    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 100, example = json!(["order.*", "invoice.paid"]))]
+    #[schema(schema_with = event_types_schema)]
     event_types: Option<Box<RawValue>>,
     /// Default `true`.
     #[schema(value_type = Option<bool>)]
     enabled: Option<Box<RawValue>>,
-    /// Up to 20 custom request headers, name → value. Names: HTTP tokens of 1-255 characters,
-    /// unique ignoring case; `content-type`, `content-length`, `host`, `user-agent`,
-    /// `connection`, `transfer-encoding`, `webhook-*` and `x-event-*` are refused (ignoring
-    /// case). Values: at most 1,024 characters of visible ASCII, spaces and tabs, not starting or
-    /// ending with whitespace.
-    #[schema(value_type = Option<std::collections::HashMap<String, String>>, example = json!({"Authorization": "Bearer abc"}))]
+    /// Default none.
+    #[schema(value_type = Option<EndpointHeadersSchema>)]
     headers: Option<Box<RawValue>>,
-    /// 1-10,000, or null (the default) for no limit.
-    #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
+    #[schema(schema_with = rate_limit_schema)]
     rate_limit_per_second: Option<Box<RawValue>>,
 }
 
@@ -61,14 +55,13 @@ pub struct EndpointIn {
 /// `null`, except for `rate_limit_per_second`) is left as it is, and `{}` changes nothing.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EndpointPatchIn {
-    /// The rules of `webhook_url`. The signing secret is kept.
-    #[schema(value_type = Option<String>, max_length = 2048)]
+    /// The signing secret is kept.
+    #[schema(value_type = Option<WebhookUrl>)]
     url: Option<Box<RawValue>>,
-    /// 0-255 characters; `""` clears it.
-    #[schema(value_type = Option<String>, max_length = 255)]
+    /// `""` clears it.
+    #[schema(value_type = Option<Description>)]
     description: Option<Box<RawValue>>,
-    /// Replaces the patterns (1-100).
-    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 100)]
+    #[schema(schema_with = event_types_schema)]
     event_types: Option<Box<RawValue>>,
     /// `true` enables the endpoint and clears `disabled_reason`; `false` disables it with
     /// `disabled_reason` `manual`.
@@ -76,12 +69,31 @@ pub struct EndpointPatchIn {
     enabled: Option<Box<RawValue>>,
     /// Replaces the whole set (`{}` removes every header). The value `********` of a masked
     /// header keeps its stored value, so a read's `headers` can be sent back as they are.
-    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
+    #[schema(value_type = Option<EndpointHeadersSchema>)]
     headers: Option<Box<RawValue>>,
-    /// 1-10,000; `null` removes the limit.
+    /// `null` removes the limit.
     #[serde(default, deserialize_with = "null_is_a_value")]
-    #[schema(value_type = Option<i32>, minimum = 1, maximum = 10000)]
+    #[schema(schema_with = rate_limit_schema)]
     rate_limit_per_second: Option<Box<RawValue>>,
+}
+
+fn event_types_schema() -> utoipa::openapi::Schema {
+    openapi::array_of(
+        EventTypePattern::schema(),
+        1..=MAX_EVENT_TYPES,
+        true,
+        "The event types the endpoint subscribes to (default `[\"*\"]`). A repeated pattern is \
+         kept once (the limit counts them as given).",
+    )
+}
+
+fn rate_limit_schema() -> utoipa::openapi::Schema {
+    let range = RATE_LIMIT_RANGE;
+    openapi::integer_in(
+        range.start().unsigned_abs()..=range.end().unsigned_abs(),
+        true,
+        "Deliveries per second for the whole worker fleet; `null` (the default) for no limit.",
+    )
 }
 
 /// A field whose `null` is a value rather than absence: absent is `None`, `null` is the raw
@@ -175,11 +187,13 @@ fn parse_fields(raw: RawFields<'_>, problems: &mut Problems) -> EndpointPatch {
         }),
         headers: raw.headers.and_then(|raw| headers(raw, problems)),
         rate_limit_per_second: problems.optional("rate_limit_per_second", raw.rate_limit_per_second, |raw| {
-            match serde_json::from_str::<Option<i64>>(raw.get()) {
-                Ok(None) => Ok(None),
-                Ok(Some(n)) => RateLimit::parse(n).map(Some),
-                Err(_) => Err(rate_limit_range_message()),
+            if raw.get() == "null" {
+                return Ok(None);
             }
+            json_integer(raw)
+                .ok_or_else(rate_limit_range_message)
+                .and_then(RateLimit::parse)
+                .map(Some)
         }),
     }
 }
@@ -257,15 +271,28 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
-/// Query parameters of `GET /api/endpoints`, as read (text); an empty value counts as absent.
+/// Query parameters of `GET /api/endpoints`, as read (text); an empty `cursor` counts as absent,
+/// an empty `limit` is not a number.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EndpointsQuery {
-    /// 1-1000, default 100.
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    #[param(schema_with = limit_schema)]
     limit: Option<String>,
-    /// `next_cursor` of a previous page.
+    #[param(schema_with = endpoint_cursor_schema)]
     cursor: Option<String>,
+}
+
+/// An endpoint cursor ([`encode_cursor`]): the base64url of 16 bytes, whose last character
+/// carries 2 bits (so it is one of `AQgw`), padding optional. Every such text is a position;
+/// empty is no cursor.
+const ENDPOINT_CURSOR_PATTERN: &str = "^([A-Za-z0-9_-]{21}[AQgw]=*)?$";
+
+fn endpoint_cursor_schema() -> utoipa::openapi::Schema {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(ENDPOINT_CURSOR_PATTERN))
+        .description(Some("The `next_cursor` of a previous page."))
+        .into()
 }
 
 /// A valid listing request: endpoints after `after` (by id), at most `limit`.
@@ -280,7 +307,7 @@ impl Parse for EndpointsQuery {
 
     fn parse(self) -> Result<EndpointsPage, ApiError> {
         let mut problems = Problems::default();
-        let limit = problems.optional("limit", non_empty(self.limit), |v| {
+        let limit = problems.optional("limit", self.limit, |v| {
             integer_in(&v, 1, MAX_LIMIT).ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
         });
         let after = problems.optional("cursor", non_empty(self.cursor), |c| {
@@ -378,6 +405,25 @@ mod tests {
             .and_then(EndpointIn::parse)
             .expect_err("invalid");
         assert_eq!(fields_of(err), ["headers.X-A"]);
+    }
+
+    #[test]
+    fn every_cursor_the_pattern_admits_is_a_position_and_every_issued_one_matches() {
+        use proptest::{prelude::*, string::string_regex, test_runner::TestRunner};
+        let shape = ENDPOINT_CURSOR_PATTERN
+            .trim_start_matches('^')
+            .trim_end_matches('$');
+        let strategy = string_regex(shape).expect("pattern");
+        TestRunner::default()
+            .run(&strategy, |c| {
+                prop_assert!(c.is_empty() || decode_cursor(&c).is_some(), "{:?}", c);
+                Ok(())
+            })
+            .expect("every admitted cursor decodes");
+        for _ in 0..100 {
+            let issued = encode_cursor(Uuid::new_v4());
+            assert!(issued.len() == 22 && "AQgw".contains(&issued[21..]), "{issued}");
+        }
     }
 
     #[test]

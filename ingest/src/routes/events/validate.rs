@@ -5,7 +5,10 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use triggers_shared::models::{DedupId, EventType, MAX_PAYLOAD_BYTES, Payload, PayloadProblem};
+use triggers_shared::models::{
+    DedupId, EventType, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, NUMERIC_MAX_INTEGER_DIGITS, NUMERIC_MAX_SCALE,
+    Payload, PayloadProblem,
+};
 
 use crate::{
     error::ApiError,
@@ -15,16 +18,12 @@ use crate::{
 /// The body of `POST /api/events`. Unknown fields are ignored; `null` counts as absent.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct EventIn {
-    /// 1-255 characters matching `^[A-Za-z0-9][A-Za-z0-9._:-]*$`.
     #[serde(rename = "type")]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+    #[schema(value_type = EventType)]
     event_type: Option<Box<RawValue>>,
-    /// Any JSON object without `\u0000`; without insignificant whitespace it may take at most
-    /// 262,144 bytes. Stored and served as JSON text.
-    #[schema(value_type = Object, required = true)]
+    #[schema(value_type = Payload)]
     payload: Option<Box<RawValue>>,
-    /// 1-255 characters. The same id within 24 hours for the same organisation is a duplicate.
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    #[schema(value_type = Option<DedupId>)]
     dedup_id: Option<Box<RawValue>>,
 }
 
@@ -54,9 +53,7 @@ impl Parse for EventIn {
         let dedup_id = problems.optional("dedup_id", self.dedup_id.as_deref(), |raw| {
             DedupId::parse(&json_string(raw)?)
         });
-        let payload = problems.required("payload", payload, |parsed| {
-            parsed.map_err(|problem| payload_message(problem).to_owned())
-        });
+        let payload = problems.required("payload", payload, |parsed| parsed.map_err(payload_message));
         let (Some(event_type), Some(payload)) = (event_type, payload) else {
             return Err(problems.into_error());
         };
@@ -69,11 +66,24 @@ impl Parse for EventIn {
     }
 }
 
-fn payload_message(problem: PayloadProblem) -> &'static str {
+/// What `details` says about a refused payload.
+fn payload_message(problem: PayloadProblem) -> String {
     match problem {
-        PayloadProblem::NotAnObject => "must be a JSON object",
-        PayloadProblem::ContainsNul => "must not contain NUL characters (\\u0000) in strings or keys",
-        PayloadProblem::TooLarge => "exceeds the size limit",
+        PayloadProblem::NotAnObject => "must be a JSON object".into(),
+        PayloadProblem::ContainsNul => "must not contain NUL characters (\\u0000) in strings or keys".into(),
+        PayloadProblem::TooLarge => "exceeds the size limit".into(),
+        PayloadProblem::TooDeep => {
+            format!("must not nest objects and arrays more than {MAX_PAYLOAD_DEPTH} levels deep")
+        }
+        PayloadProblem::LoneSurrogate => {
+            "must not contain a \\u escape of a lone UTF-16 surrogate (an escape \
+             in \\uD800-\\uDBFF must be followed at once by one in \\uDC00-\\uDFFF)"
+                .into()
+        }
+        PayloadProblem::NumberOutOfRange => format!(
+            "must not contain a number with more than {NUMERIC_MAX_INTEGER_DIGITS} digits before the \
+             decimal point or {NUMERIC_MAX_SCALE} after it, the exponent counted (Postgres numeric)"
+        ),
     }
 }
 
