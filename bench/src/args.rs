@@ -5,17 +5,22 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::poison;
+
 pub const MAX_EVENTS: u64 = 1_000_000;
 pub const MAX_CONCURRENCY: usize = 1024;
 pub const MAX_ORGS: usize = 1000;
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 pub const MAX_RATE: u64 = 100_000;
 pub const MAX_SLOW_EVENTS: u64 = 100_000;
+pub const MAX_RECOVER_EVENTS: u64 = 100_000;
+pub const MAX_POISON_CONNECTIONS: usize = 64;
 
 pub const USAGE: &str = "\
 usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
                       [--webhook] [--drain-start CMD] [--rate R --duration S]
-                      [--slow-org N [--slow-delay 3s]] [--chart RUN.svg]
+                      [--slow-org N [--slow-delay 3s]] [--recover N]
+                      [--poison C [--poison-payload all]] [--chart RUN.svg]
                       [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
 
@@ -38,6 +43,17 @@ count from the scheduled arrival. N is R x S.
 only after --slow-delay (3s), first gets N events queued; then the measured events are sent for
 the other organisations. The slow organisation's events are not waited for nor counted.
 
+--recover N (with --webhook): a recovery under load. One more organisation's endpoint misses N
+events (disabled while they are sent, so they are `skipped`), is enabled again, and
+POST /api/endpoints/{id}/recover restarts them; the measured events are sent right after. The
+recovered deliveries go to a route of the receiver that only counts them; their rate and the
+recovery's progress at the end of the run are reported beside the measured events' latency.
+
+--poison C: one more organisation sends payloads Postgres cannot store (issue 15's five:
+deep-objects, deep-arrays, lone-surrogate, huge-exponent, long-number; --poison-payload picks
+one, `all` sends each in turn) in a loop from C connections while the measured events are sent;
+its answers are counted by status (a 5xx is a failure of the run).
+
 With --webhook, the accepted and delivered counts (and the backlog, accepted - delivered) are
 sampled every 250 ms into the JSON's `timeline`; --chart writes an SVG of throughput, backlog
 and end-to-end latency over time. Runs longer than 3 s print a progress line on stderr.
@@ -45,7 +61,7 @@ and end-to-end latency over time. Runs longer than 3 s print a progress line on 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
 Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
-duration limit <= 1h
+recover N <= 100000, poison C <= 64, duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
 /// One run of the load test.
@@ -66,8 +82,14 @@ pub struct RunArgs {
     /// An isolation run: events queued first for an organisation whose endpoint is slow.
     pub slow_events: u64,
     pub slow_delay: Duration,
+    /// A recovery under load: events missed by one more organisation, recovered during the run.
+    pub recover_events: u64,
     /// Where to write the SVG chart of the run's timeline.
     pub chart: Option<PathBuf>,
+    /// Connections of an organisation sending poison payloads meanwhile (0: none).
+    pub poison: usize,
+    /// Which poison payloads it sends, in turn.
+    pub poison_kinds: Vec<poison::Kind>,
 }
 
 impl Default for RunArgs {
@@ -84,7 +106,10 @@ impl Default for RunArgs {
             rate: None,
             slow_events: 0,
             slow_delay: Duration::from_secs(3),
+            recover_events: 0,
             chart: None,
+            poison: 0,
+            poison_kinds: poison::Kind::ALL.to_vec(),
         }
     }
 }
@@ -161,7 +186,21 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 }
                 run.slow_delay = d;
             }
+            "--recover" => {
+                run.recover_events = parse_bounded("--recover", &value("--recover")?, 1, MAX_RECOVER_EVENTS)?
+            }
             "--chart" => run.chart = Some(PathBuf::from(value("--chart")?)),
+            "--poison" => {
+                run.poison =
+                    parse_bounded("--poison", &value("--poison")?, 1, MAX_POISON_CONNECTIONS as u64)? as usize
+            }
+            "--poison-payload" => {
+                let name = value("--poison-payload")?;
+                run.poison_kinds = poison::Kind::parse_list(&name).ok_or_else(|| {
+                    let names: Vec<&str> = poison::Kind::ALL.iter().map(|k| k.name()).collect();
+                    format!("--poison-payload `{name}`: one of all, {}", names.join(", "))
+                })?;
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -170,6 +209,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     }
     if run.slow_events > 0 && !run.webhook {
         return Err("--slow-org needs --webhook".into());
+    }
+    if run.recover_events > 0 && !run.webhook {
+        return Err("--recover needs --webhook".into());
     }
     match (run.rate, duration) {
         (Some(rate), Some(d)) => {
@@ -309,6 +351,18 @@ mod tests {
     }
 
     #[test]
+    fn a_recovery_run_needs_webhooks_and_at_most_100000_events() {
+        let Ok(Command::Run(run)) = parse(args("--webhook --recover 100000 --rate 500 --duration 40s"))
+        else {
+            panic!("valid arguments")
+        };
+        assert_eq!((run.recover_events, run.events), (100_000, 20_000));
+        assert!(parse(args("--recover 10")).is_err());
+        assert!(parse(args("--webhook --recover 100001")).is_err());
+        assert!(parse(args("--webhook --recover 0")).is_err());
+    }
+
+    #[test]
     fn an_isolation_run_needs_webhooks_and_a_bounded_delay() {
         let Ok(Command::Run(run)) = parse(args("--webhook --slow-org 2000 --slow-delay 3s --chart x.svg"))
         else {
@@ -318,6 +372,23 @@ mod tests {
         assert_eq!(run.chart, Some(PathBuf::from("x.svg")));
         assert!(parse(args("--slow-org 2000")).is_err());
         assert!(parse(args("--webhook --slow-org 10 --slow-delay 2m")).is_err());
+    }
+
+    #[test]
+    fn a_poisoned_run_takes_bounded_connections_and_a_known_payload() {
+        let Ok(Command::Run(run)) = parse(args("--poison 4 --poison-payload lone-surrogate")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(
+            (run.poison, run.poison_kinds),
+            (4, vec![poison::Kind::LoneSurrogate])
+        );
+        let Ok(Command::Run(run)) = parse(args("--poison 2")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(run.poison_kinds.len(), 5, "all five in turn by default");
+        assert!(parse(args("--poison 65")).is_err());
+        assert!(parse(args("--poison 1 --poison-payload ricin")).is_err());
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub fn svg(o: &Outcome) -> String {
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let mode = match (o.args.rate, o.args.drain_start.is_some(), o.args.slow_events) {
+        (Some(r), _, _) if o.args.recover_events > 0 => format!(
+            "open loop, {r} events/s, during a recovery of {}",
+            o.args.recover_events
+        ),
         (Some(r), _, _) => format!("open loop, {r} events/s"),
         (None, true, _) => "drain".to_string(),
         (None, false, n) if n > 0 => format!("isolation, {n} slow events queued first"),
@@ -224,6 +228,8 @@ mod tests {
             ],
             backlog_at_schedule_end: Some(0),
             slow_accepted: None,
+            recovery: None,
+            poison: None,
         };
         let svg = svg(&outcome);
         assert!(svg.starts_with("<svg "), "{svg}");

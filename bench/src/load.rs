@@ -14,7 +14,9 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::args::RunArgs;
+use crate::poison::{PoisonOutcome, Poisoner};
 use crate::receiver::Receiver;
+use crate::recovery::{self, Arrivals, RecoveryOutcome};
 use crate::stats::Latency;
 use crate::timeline::Timeline;
 
@@ -47,6 +49,10 @@ pub struct Outcome {
     pub backlog_at_schedule_end: Option<u64>,
     /// Isolation: the slow organisation's events accepted before the measured ones were sent.
     pub slow_accepted: Option<u64>,
+    /// A recovery under load: how it went.
+    pub recovery: Option<RecoveryOutcome>,
+    /// `--poison`: what the poisoning organisation sent meanwhile and was answered.
+    pub poison: Option<PoisonOutcome>,
 }
 
 /// The counts at one moment of the run.
@@ -107,6 +113,14 @@ impl Outcome {
                 w.missing
             ));
         }
+        if let Some(p) = &self.poison
+            && p.server_errors() > 0
+        {
+            reasons.push(format!(
+                "{} poison payloads were answered with a 5xx",
+                p.server_errors()
+            ));
+        }
         if self.sent < self.args.events {
             reasons.push(format!(
                 "stopped at the time limit after sending {} of {} events",
@@ -146,12 +160,13 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         .build()
         .context("building the HTTP client")?;
 
+    let recovered = Arc::new(Arrivals::default());
     let receiver = if args.webhook {
-        Some(Receiver::start(timeline.clone(), args.slow_delay).await?)
+        Some(Receiver::start(timeline.clone(), args.slow_delay, recovered.clone()).await?)
     } else {
         None
     };
-    let (keys, slow_key) = bounded(
+    let (keys, slow_key, poison_key) = bounded(
         deadline,
         setup_orgs(&client, &args, &run_id, admin_token.as_deref(), receiver.as_ref()),
     )
@@ -179,6 +194,33 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         None => None,
     };
 
+    // A recovery under load: its organisation misses N events, then they are recovered while
+    // the measured events are sent.
+    let recovery = match (args.recover_events, receiver.as_ref()) {
+        (n, Some(r)) if n > 0 => {
+            let key = bounded(
+                deadline,
+                create_org(
+                    &client,
+                    &args,
+                    &format!("bench-{run_id}-recover"),
+                    admin_token.as_deref(),
+                    Some(r.recover_url()),
+                ),
+            )
+            .await
+            .context("creating the recovering organisation")??;
+            Some(
+                bounded(deadline, recovery::start(&client, &args.base_url, &key, n))
+                    .await
+                    .context("starting the recovery")??,
+            )
+        }
+        _ => None,
+    };
+
+    let poisoner =
+        poison_key.map(|key| Poisoner::start(&client, &url, &key, args.poison, &args.poison_kinds, deadline));
     let send_start = Instant::now();
     let sampler = Sampler::start(timeline.clone(), send_start, args.rate.map(|_| args.events));
     let (s, backlog_at_schedule_end) = match args.rate {
@@ -217,6 +259,10 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     } = s;
     let send_end = Instant::now();
     let send_wall = send_end - send_start;
+    let poison = match poisoner {
+        Some(p) => Some(p.stop().await),
+        None => None,
+    };
 
     let webhook = match receiver {
         Some(receiver) => {
@@ -228,6 +274,14 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
             receiver.stop().await;
             Some(w)
         }
+        None => None,
+    };
+    let recovery = match recovery {
+        Some(started) => Some(
+            recovery::outcome(&client, &args.base_url, &started, &recovered)
+                .await
+                .context("reading the recovery's progress")?,
+        ),
         None => None,
     };
     let samples = sampler.stop().await;
@@ -250,6 +304,8 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         end_to_end_by_step,
         backlog_at_schedule_end,
         slow_accepted,
+        recovery,
+        poison,
     })
 }
 
@@ -416,14 +472,15 @@ async fn bounded<F: Future>(deadline: Instant, fut: F) -> anyhow::Result<F::Outp
 
 /// Create K enterprise organisations (their limit, 100,000/min, stays out of the way), point
 /// their webhooks at the receiver, and authenticate once with each key so the ingest's key cache
-/// is warm: the run measures steady state, not K argon2 verifications.
+/// is warm: the run measures steady state, not K argon2 verifications. Also the slow
+/// organisation of an isolation run and the poisoning one of a `--poison` run (no webhook).
 async fn setup_orgs(
     client: &reqwest::Client,
     args: &RunArgs,
     run_id: &str,
     admin_token: Option<&str>,
     receiver: Option<&Receiver>,
-) -> anyhow::Result<(Vec<String>, Option<String>)> {
+) -> anyhow::Result<(Vec<String>, Option<String>, Option<String>)> {
     let mut keys = Vec::with_capacity(args.orgs);
     for org in 0..args.orgs {
         let webhook = receiver.map(|r| r.url_for(org));
@@ -451,7 +508,12 @@ async fn setup_orgs(
         ),
         _ => None,
     };
-    Ok((keys, slow))
+    let poison = if args.poison > 0 {
+        Some(create_org(client, args, &format!("bench-{run_id}-poison"), admin_token, None).await?)
+    } else {
+        None
+    };
+    Ok((keys, slow, poison))
 }
 
 async fn create_org(

@@ -4,7 +4,9 @@
 mod args;
 mod chart;
 mod load;
+mod poison;
 mod receiver;
+mod recovery;
 mod report;
 mod stats;
 mod timeline;

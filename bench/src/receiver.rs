@@ -1,6 +1,7 @@
 //! The embedded webhook receiver: an axum server on 127.0.0.1:0 that timestamps each delivery
 //! and answers 200 at once, so the measured end-to-end latency is the service's, not ours; and,
-//! for isolation runs, a slow endpoint that answers 200 only after a delay and records nothing.
+//! for isolation runs, a slow endpoint that answers 200 only after a delay and records nothing;
+//! for recovery runs, an endpoint that answers at once and only counts (`recovery::Arrivals`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use tokio::sync::oneshot;
 
+use crate::recovery::Arrivals;
 use crate::timeline::Timeline;
 
 pub struct Receiver {
@@ -22,7 +24,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start(timeline: Arc<Timeline>, slow_delay: Duration) -> anyhow::Result<Self> {
+    pub async fn start(
+        timeline: Arc<Timeline>,
+        slow_delay: Duration,
+        recovered: Arc<Arrivals>,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -32,6 +38,13 @@ impl Receiver {
                 "/slow",
                 post(move || async move {
                     tokio::time::sleep(slow_delay).await;
+                    StatusCode::OK
+                }),
+            )
+            .route(
+                "/recover",
+                post(move || async move {
+                    recovered.record(Instant::now());
                     StatusCode::OK
                 }),
             );
@@ -56,6 +69,10 @@ impl Receiver {
 
     pub fn slow_url(&self) -> String {
         format!("http://{}/slow", self.addr)
+    }
+
+    pub fn recover_url(&self) -> String {
+        format!("http://{}/recover", self.addr)
     }
 
     pub async fn stop(mut self) {

@@ -45,6 +45,27 @@ pub fn to_json(o: &Outcome) -> Value {
             "slow_delay_s": round3(o.args.slow_delay.as_secs_f64()),
         })
     });
+    let recovery = o.recovery.as_ref().map(|r| {
+        json!({
+            "count": r.count,
+            "enqueued_at_end": r.enqueued,
+            "done_at_end": r.done,
+            "received": r.received,
+            "rate_eps": r.rate_eps.map(round3),
+            "elapsed_s": r.elapsed.map(|d| round3(d.as_secs_f64())),
+        })
+    });
+    let poison = o.poison.as_ref().map(|p| {
+        let kinds: Vec<&str> = o.args.poison_kinds.iter().map(|k| k.name()).collect();
+        json!({
+            "connections": o.args.poison,
+            "payloads": kinds,
+            "sent": p.sent,
+            "answers": p.answers,
+            "rate_eps": round3(per_second(p.sent, p.wall)),
+            "server_errors": p.server_errors(),
+        })
+    });
     json!({
         "run_id": o.run_id,
         "url": o.args.base_url,
@@ -61,6 +82,8 @@ pub fn to_json(o: &Outcome) -> Value {
         "delivery": delivery,
         "open_loop": open_loop,
         "isolation": isolation,
+        "recovery": recovery,
+        "poison": poison,
         // Without webhooks nothing is delivered to us, so there is no backlog to speak of.
         "peak_backlog": o.webhook.as_ref().and(o.samples.iter().map(|s| s.backlog()).max()),
         "timeline_step_s": round3(crate::load::SAMPLE_EVERY.as_secs_f64()),
@@ -126,6 +149,30 @@ pub fn to_text(o: &Outcome) -> String {
             a.slow_delay.as_secs_f64()
         );
     }
+    if let Some(r) = &o.recovery {
+        let _ = writeln!(
+            s,
+            "  recovery         {} of {} deliveries received ({}), {} enqueued{}",
+            r.received,
+            r.count,
+            r.rate_eps.map_or("-".to_string(), |e| format!("{e:.0}/s")),
+            r.enqueued,
+            if r.done { ", done" } else { ", still running" }
+        );
+    }
+    if let Some(p) = &o.poison {
+        let kinds: Vec<&str> = a.poison_kinds.iter().map(|k| k.name()).collect();
+        let answers: Vec<String> = p.answers.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+        let _ = writeln!(
+            s,
+            "  poison           {} payloads ({}) from {} connections meanwhile, {:.0}/s; answered {}",
+            p.sent,
+            kinds.join(", "),
+            a.poison,
+            per_second(p.sent, p.wall),
+            answers.join(", ")
+        );
+    }
     if let Some(w) = &o.webhook {
         let _ = writeln!(
             s,
@@ -154,7 +201,7 @@ pub fn to_text(o: &Outcome) -> String {
 }
 
 /// The columns of `summarize`: a header, a JSON pointer into a run's output, and decimals.
-const COLUMNS: [(&str, &str, usize); 10] = [
+const COLUMNS: [(&str, &str, usize); 13] = [
     ("ingest ev/s", "/ingest_throughput_eps", 0),
     ("POST p50 ms", "/post_latency_ms/p50", 1),
     ("POST p99 ms", "/post_latency_ms/p99", 1),
@@ -165,6 +212,9 @@ const COLUMNS: [(&str, &str, usize); 10] = [
     ("missing", "/delivery/missing", 0),
     ("peak backlog", "/peak_backlog", 0),
     ("backlog end", "/open_loop/backlog_at_schedule_end", 0),
+    ("recovered ev/s", "/recovery/rate_eps", 0),
+    ("poison/s", "/poison/rate_eps", 0),
+    ("poison 5xx", "/poison/server_errors", 0),
 ];
 
 /// Read each run's `--json` output and print them with the median of every column. Returns the
@@ -232,7 +282,9 @@ mod tests {
         let median_line = table.lines().last().expect("a median line");
         assert_eq!(
             median_line.split_whitespace().collect::<Vec<_>>(),
-            ["median", "200", "2.0", "9.0", "-", "-", "-", "0", "-", "-", "-"]
+            [
+                "median", "200", "2.0", "9.0", "-", "-", "-", "0", "-", "-", "-", "-", "-", "-"
+            ]
         );
         assert!(ok);
         let (_, ok) = summary_table(&[run(1.0, 1.0, true), run(1.0, 1.0, false)]);

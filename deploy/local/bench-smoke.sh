@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A smoke run of every triggers-bench mode against real binaries: closed loop, open loop
-# (--rate/--duration), drain (--drain-start) and isolation (--slow-org), each with a handful of
+# (--rate/--duration), drain (--drain-start), isolation (--slow-org) and poison (--poison), each with a handful of
 # events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted:
 # it fails only when a mode breaks (an accepted event not delivered, errors, no chart, a prefill
 # that stored less than asked). `deploy/local/test.sh` runs it after the tests.
@@ -87,6 +87,10 @@ bench closed-loop --events 200 --concurrency 8
 bench open-loop --rate 200 --duration 1s --concurrency 16
 grep -q '"backlog_at_schedule_end":[0-9]' "$out/open-loop.json" || { log "open loop: no backlog figure"; exit 1; }
 bench isolation --events 50 --concurrency 8 --slow-org 20 --slow-delay 1s
+# Issue 15's five poison payloads in turn beside the measured events: every one answered 4xx.
+bench poison --events 100 --concurrency 4 --poison 2
+grep -q '"server_errors":0' "$out/poison.json" && grep -q '"422":' "$out/poison.json" \
+  || { log "poison: not every payload answered 422: $(cat "$out/poison.json")"; exit 1; }
 stop_worker
 # The drain: the bench runs this once every event is queued; it starts the worker and returns.
 export bin out

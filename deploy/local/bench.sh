@@ -5,7 +5,7 @@
 #
 #   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [-w WORKERS]
 #                         [--drain] [--no-webhook] [--rate R --duration S] [--slow-org N]
-#                         [--prefill N]
+#                         [--poison C [--poison-payload KIND]] [--prefill N] [--recover N]
 #   deploy/local/bench.sh --all     # every scenario of BENCHMARKS.md, then latency.sh
 #                                   # (BENCH_SCENARIOS="drain-1 scale ..." runs only those)
 #
@@ -13,9 +13,13 @@
 # events, 64 connections, 4 organisations, 3 runs, 1 worker. --drain: the workers start only once
 # every event is queued, and the delivery rate is that of draining the backlog. --rate/--duration:
 # open loop (R events/s for S seconds, at most C in flight). --slow-org N: isolation (N events
-# of an organisation whose endpoint takes 3 s are queued before each run). --prefill N: the
+# of an organisation whose endpoint takes 3 s are queued before each run). --poison C: another
+# organisation sends payloads Postgres cannot store (issue 15's five, or --poison-payload's one)
+# from C connections while the events are sent, to show what they cost. --prefill N: the
 # database first gets N events of history (delivered, with dedup keys and attempts, of 16 other
-# organisations; deploy/local/sql/prefill.sql), to show the per-event cost at scale. BENCH_PROFILE
+# organisations; deploy/local/sql/prefill.sql), to show the per-event cost at scale. --recover N:
+# a recovery under load (one more organisation's endpoint misses N events, which
+# POST /api/endpoints/{id}/recover restarts right before the measured events). BENCH_PROFILE
 # (default release) picks the cargo profile, BENCH_SERVICE_BIN a folder with prebuilt
 # triggers-ingest and triggers-worker (e.g. of another commit), BENCH_INGEST_ADDR /
 # BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
@@ -48,10 +52,10 @@ while (($#)); do
     -w | --workers) workers=$2; shift 2 ;;
     --drain) drain=1; shift ;;
     --no-webhook) webhook=""; shift ;;
-    --rate | --duration | --slow-org | --slow-delay) extra+=("$1" "$2"); shift 2 ;;
+    --rate | --duration | --slow-org | --slow-delay | --poison | --poison-payload | --recover) extra+=("$1" "$2"); shift 2 ;;
     --all) all=1; shift ;;
     --prefill) prefill=$2; shift 2 ;;
-    -h | --help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -84,6 +88,16 @@ if ((all)); then
   scenario burst-no-webhook -n 60000 -c 64 --no-webhook
   scenario isolation --slow-org 2000 -n 300 -c 64 -k 1 -w 1
   scenario scale --prefill 10000000 -n 60000 -c 64 -w 1
+  # Back to back: the same open loop of 4 organisations, without and then during a recovery of
+  # 100,000 deliveries of a fifth one (its live end-to-end p99 must stay within 2x).
+  scenario recovery-baseline --rate 500 --duration 40 -c 256 -w 1
+  scenario recovery --rate 500 --duration 40 -c 256 -w 1 --recover 100000
+  # One organisation's stream from 16 connections, alone, then beside another sending each of
+  # issue 15's poison payloads from 4 connections (target: >= 80 % of the rate alone).
+  scenario victim-alone -n 40000 -c 16 -k 1 --no-webhook
+  for kind in deep-objects deep-arrays lone-surrogate huge-exponent long-number; do
+    scenario "victim-beside-$kind" -n 40000 -c 16 -k 1 --no-webhook --poison 4 --poison-payload "$kind"
+  done
   if wanted sequential; then
     echo "== sequential: latency.sh -r 3" | tee -a "$base/summary.txt"
     deploy/local/latency.sh -r 3 2>&1 | tee "$base/latency.log" | tail -n 12 | tee -a "$base/summary.txt"

@@ -3,7 +3,10 @@
 # on spare ports, then
 #   1. every command of the README quickstart (its ```sh blocks between the quickstart markers),
 #   2. the Rust, Python and Node example receivers, each receiving a real signed delivery sent
-#      with the Rust example sender, and each refusing a forged and a stale request,
+#      with the Rust example sender, and each refusing a forged and a stale request; then, across
+#      a secret rotation with an 8-second grace, one receiver holding the old secret and one the
+#      new both accept deliveries during the grace, and after it the old one refuses while the
+#      new one accepts,
 #   3. both /metrics scraped after that traffic: every metric name that the Grafana dashboard and
 #      the Prometheus rules use must be exported by ingest or the worker.
 # `deploy/local/test.sh` runs it after the cargo tests; it needs the workspace's binaries built.
@@ -149,8 +152,51 @@ for lang in rust python node; do
   [[ $(post "$now" "v1,$(printf 'forged' | base64)") == 401 ]] || fail "$lang accepted a forged signature"
   stale=$((now - 600))
   [[ $(post "$stale" "$(sign "$secret" msg_x "$stale" "$body")") == 401 ]] || fail "$lang accepted a 10-minute-old timestamp"
-  kill -TERM -- "-${pids[-1]}" 2>/dev/null || true
-  log "$lang receiver: verified a real delivery, refused forged and stale requests"
+  old_receiver=${pids[-1]}
+
+  # Secret rotation with a grace period: until it ends every request carries a signature per
+  # valid secret, so a receiver holding the old secret and one holding the new both accept it;
+  # after it the old secret no longer signs and its receiver refuses.
+  endpoint=$(curl -sf "$ingest/api/endpoints" -H "X-API-Key: $key" | jq -r '.endpoints[] | select(.default) | .id')
+  rotated=$(curl -sf -X POST "$ingest/api/endpoints/$endpoint/secret/rotate" -H "X-API-Key: $key" \
+    -H 'Content-Type: application/json' -d '{"grace_period_seconds": 8}')
+  new_secret=$(jq -r .signing_secret <<<"$rotated")
+  grace_ends=$(date -d "$(jq -r .previous_secret_expires_at <<<"$rotated")" +%s)
+  new_port=$(free_port)
+  WEBHOOK_SECRET=$new_secret PORT=$new_port setsid "${cmd[@]}" >"$work/$lang-new.out" 2>"$work/$lang-new.err" &
+  pids+=($!)
+  new_receiver=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$new_port/" && break; sleep 0.1; done
+  point_at() { curl -sf -X PATCH "$ingest/api/endpoints/$endpoint" -H "X-API-Key: $key" \
+    -H 'Content-Type: application/json' -d "{\"url\": \"http://127.0.0.1:$1/\"}" >/dev/null; }
+  verified_by() { # EVENT OUTFILE
+    for _ in $(seq 1 150); do grep -q "verified $1 " "$2" && return 0; sleep 0.1; done
+    cat "$work/$lang.out" "$work/$lang.err" "$work/$lang-new.out" "$work/$lang-new.err" >&2
+    return 1
+  }
+  send() { TRIGGERS_URL=$ingest TRIGGERS_API_KEY=$key "$root/target/debug/example-sender" "$1" '{"order": 42}'; }
+  id=$(send order.rotating)
+  verified_by "$id" "$work/$lang.out" || fail "$lang: the old secret's receiver refused a delivery during the grace"
+  point_at "$new_port"
+  id=$(send order.rotating)
+  verified_by "$id" "$work/$lang-new.out" || fail "$lang: the new secret's receiver refused a delivery during the grace"
+  (($(date +%s) < grace_ends)) || fail "$lang: the grace ended before both deliveries (machine too slow?)"
+  point_at "$port"
+  while (($(date +%s) <= grace_ends)); do sleep 0.2; done
+  id=$(send order.rotated)
+  for _ in $(seq 1 150); do
+    [[ $(curl -sf "$ingest/api/events/$id" -H "X-API-Key: $key" | jq -c '[.attempts_log[].response_status]') == '[401]' ]] && break
+    sleep 0.1
+  done
+  [[ $(curl -sf "$ingest/api/events/$id" -H "X-API-Key: $key" | jq -c '[.attempts_log[].response_status]') == '[401]' ]] \
+    || fail "$lang: the old secret's receiver did not refuse a delivery after the grace"
+  ! grep -q "verified $id " "$work/$lang.out" || fail "$lang: the old secret's receiver accepted a delivery after the grace"
+  # Its retry (due in 5 s) goes to the new secret's receiver, which accepts it.
+  point_at "$new_port"
+  for _ in $(seq 1 150); do grep -q "verified $id " "$work/$lang-new.out" && break; sleep 0.1; done
+  grep -q "verified $id " "$work/$lang-new.out" || fail "$lang: the new secret's receiver refused the retry after the grace"
+  kill -TERM -- "-$old_receiver" "-$new_receiver" 2>/dev/null || true
+  log "$lang receiver: verified a real delivery, refused forged and stale requests; during a rotation's grace either secret verifies, after it only the new one"
 done
 
 # --- 3. every metric the dashboard and the alerts use is exported ---

@@ -12,6 +12,7 @@
 # run. Each round ends with the commit floor: `pgbench -n -c1 -T10` of a single-row INSERT.
 # With LATENCY_BENCH=path/to/triggers-bench, each run also sends a burst of 20,000 events
 # (LATENCY_BURST_EVENTS) over 64 connections and prints its throughput and latency.
+# LATENCY_BODY=file: every POST sends that file as its body (default: a one-field event).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -21,7 +22,7 @@ while (($#)); do
   case $1 in
     -n) requests=$2; shift 2 ;;
     -r) runs=$2; shift 2 ;;
-    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "latency.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -59,7 +60,8 @@ one_run() {
   db="latency_$RANDOM"
   "$psql_bin" "$admin_url" -qc "CREATE DATABASE $db" >&2
   url="${base_url%/*}/$db"
-  DATABASE_URL=$url TRIGGERS_INGEST_ADDR=$addr RUST_LOG=warn "$bin" >"$work/ingest.log" 2>&1 &
+  DATABASE_URL=$url TRIGGERS_INGEST_ADDR=$addr TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true RUST_LOG=warn \
+    "$bin" >"$work/ingest.log" 2>&1 &
   pid=$!
   for ((i = 0; i < 300; i++)); do
     curl -fsS -o /dev/null "http://$addr/health/ready" 2>/dev/null && break
@@ -68,15 +70,19 @@ one_run() {
   curl -fsS -o "$work/org.json" -H 'Content-Type: application/json' \
     -d '{"organization_name":"latency","tier":"enterprise"}' "http://$addr/api/keys/generate"
   key=$(sed -E 's/.*"api_key":"([^"]+)".*/\1/' "$work/org.json")
-  org=$(sed -E 's/.*"organization_id":"([^"]+)".*/\1/' "$work/org.json")
-  "$psql_bin" "$url" -qc "UPDATE organizations SET webhook_url = 'http://127.0.0.1:9/hook',
-    signing_secret = 'whsec_dGVzdA==', webhook_updated_at = now() WHERE id = '$org'" >&2
+  # Its webhook (the default endpoint) through the API: nothing listens there, no worker runs.
+  curl -fsS -o /dev/null -H "X-API-Key: $key" -H 'Content-Type: application/json' \
+    -d '{"webhook_url":"http://127.0.0.1:9/hook"}' "http://$addr/api/webhook/config"
   # One curl process, one connection: every URL of the list is a POST over the kept-alive socket.
   post() {
     local n=$1
     {
       printf 'header = "X-API-Key: %s"\nheader = "Content-Type: application/json"\n' "$key"
-      printf 'data = "{\\"type\\":\\"latency.test\\",\\"payload\\":{\\"n\\":1}}"\n'
+      if [[ -n ${LATENCY_BODY:-} ]]; then
+        printf 'data-binary = "@%s"\n' "$LATENCY_BODY"
+      else
+        printf 'data = "{\\"type\\":\\"latency.test\\",\\"payload\\":{\\"n\\":1}}"\n'
+      fi
       printf 'write-out = "%%{http_code} %%{time_total} %%{num_connects}\\n"\n'
       for ((i = 0; i < n; i++)); do printf 'url = "http://%s/api/events"\noutput = "/dev/null"\n' "$addr"; done
     } >"$work/curlrc"

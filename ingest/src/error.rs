@@ -89,6 +89,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload exceeds the limit of {limit_bytes} bytes")]
     PayloadTooLarge { limit_bytes: usize },
+    /// Passed validation, but the database refused to store the event's data (a check
+    /// validation lacks; the cause is logged by the batcher).
+    #[error("the database could not store this event's payload")]
+    PayloadNotStorable,
     #[error("request body exceeds the limit of {limit_bytes} bytes")]
     BodyTooLarge { limit_bytes: usize },
     #[error("event not found")]
@@ -97,6 +101,25 @@ pub enum ApiError {
     EndpointNotFound,
     #[error("an organisation may have at most {limit} endpoints: delete one first")]
     TooManyEndpoints { limit: u32 },
+    /// The event exists, but has no delivery to that endpoint (or the endpoint is gone).
+    #[error("this event has no delivery to that endpoint")]
+    DeliveryNotFound,
+    #[error("recovery not found")]
+    RecoveryNotFound,
+    /// Sending to the endpoint is off: what would be sent would be skipped at once.
+    #[error("the endpoint is disabled: enable it first (PATCH enabled: true)")]
+    EndpointDisabled,
+    #[error(
+        "at most {limit} signing secrets may be valid at once: rotate again after {}, when the oldest \
+         previous secret expires, or now with grace_period_seconds 0",
+        next_expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )]
+    TooManySecrets {
+        limit: usize,
+        next_expires_at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("{count} deliveries match: at most {limit} may be recovered by one call; narrow the window")]
+    TooManyToRecover { count: i64, limit: i64 },
     #[error("an event with this dedup_id was already accepted in the last 24 hours")]
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
@@ -126,16 +149,23 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ReadOnlySession | ApiKeyRequired => StatusCode::FORBIDDEN,
-            Validation(_) | WebhookUrlNotAllowed | TooManyPortalSessions { .. } | TooManyEndpoints { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Validation(_)
+            | WebhookUrlNotAllowed
+            | TooManyPortalSessions { .. }
+            | TooManyEndpoints { .. }
+            | TooManySecrets { .. }
+            | TooManyToRecover { .. }
+            | PayloadNotStorable => StatusCode::UNPROCESSABLE_ENTITY,
             InvalidJson(_) => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EventNotFound | EndpointNotFound | WebhookNotConfigured | PortalSessionNotFound => {
-                StatusCode::NOT_FOUND
-            }
-            DuplicateEvent { .. } | RedeliveryWithoutWebhook => StatusCode::CONFLICT,
+            EventNotFound
+            | EndpointNotFound
+            | DeliveryNotFound
+            | RecoveryNotFound
+            | WebhookNotConfigured
+            | PortalSessionNotFound => StatusCode::NOT_FOUND,
+            DuplicateEvent { .. } | RedeliveryWithoutWebhook | EndpointDisabled => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,9 +189,15 @@ impl ApiError {
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge { .. } => "payload_too_large",
             BodyTooLarge { .. } => "payload_too_large",
+            PayloadNotStorable => "payload_not_storable",
             EventNotFound => "event_not_found",
             EndpointNotFound => "endpoint_not_found",
             TooManyEndpoints { .. } => "too_many_endpoints",
+            DeliveryNotFound => "delivery_not_found",
+            RecoveryNotFound => "recovery_not_found",
+            EndpointDisabled => "endpoint_disabled",
+            TooManySecrets { .. } => "too_many_secrets",
+            TooManyToRecover { .. } => "too_many_deliveries",
             DuplicateEvent { .. } => "duplicate_event",
             RateLimited { .. } => "rate_limited",
             WebhookUrlNotAllowed => "webhook_url_not_allowed",
@@ -188,6 +224,16 @@ impl From<sqlx::Error> for ApiError {
             ApiError::Unavailable
         } else {
             ApiError::Internal(err.into())
+        }
+    }
+}
+
+/// A queue write's failure as the API reports it (an unreachable database is a `503`).
+impl From<triggers_shared::jobs::QueueError> for ApiError {
+    fn from(err: triggers_shared::jobs::QueueError) -> Self {
+        match err {
+            triggers_shared::jobs::QueueError::Database(e) => e.into(),
+            other => ApiError::internal(other),
         }
     }
 }
@@ -219,6 +265,17 @@ impl IntoResponse for ApiError {
                 body.insert("limit_bytes".into(), json!(limit_bytes));
             }
             ApiError::TooManyEndpoints { limit } => {
+                body.insert("limit".into(), json!(limit));
+            }
+            ApiError::TooManySecrets {
+                limit,
+                next_expires_at,
+            } => {
+                body.insert("limit".into(), json!(limit));
+                body.insert("next_expires_at".into(), json!(next_expires_at));
+            }
+            ApiError::TooManyToRecover { count, limit } => {
+                body.insert("count".into(), json!(count));
                 body.insert("limit".into(), json!(limit));
             }
             ApiError::DuplicateEvent { dedup_id, event_id } => {

@@ -104,6 +104,19 @@ pub fn json_integer(raw: &RawValue) -> Option<i64> {
     (float.fract() == 0.0 && float >= -(2f64.powi(63)) && float < 2f64.powi(63)).then_some(float as i64)
 }
 
+/// The longest grace period a rotation (of an API key or of a signing secret) may give the
+/// previous one: 7 days.
+pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
+
+/// A JSON `grace_period_seconds`: an integer from 0 to [`MAX_GRACE_PERIOD_SECS`].
+pub fn grace_period(raw: &RawValue) -> Result<Duration, String> {
+    json_integer(raw)
+        .and_then(|secs| u64::try_from(secs).ok())
+        .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
+}
+
 /// A query parameter: an empty value counts as absent.
 pub fn non_empty(param: Option<String>) -> Option<String> {
     param.filter(|v| !v.is_empty())

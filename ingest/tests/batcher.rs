@@ -1,4 +1,5 @@
-//! The event writer on its own (no HTTP): what a waiter learns when its batch fails.
+//! The event writer on its own (no HTTP): what a waiter learns when its batch fails, and what a
+//! failing event costs the others of its batch.
 
 mod common;
 #[path = "common/events_fixtures.rs"]
@@ -7,11 +8,11 @@ mod fixtures;
 // The fixtures reach the harness through the crate root.
 #[allow(unused_imports)]
 use common::TestApp;
-use fixtures::{org_with_key, writer_of};
+use fixtures::{event_statements, job_count, org_with_key, poison_events, set_webhook, writer_of};
 use triggers_ingest::{
     batcher::{NewEvent, Outcome},
     error::ApiError,
-    routing::Fanout,
+    routing::{Fanout, RoutingCache},
 };
 use triggers_shared::{
     models::{DeliveryStatus, EventType, Payload},
@@ -22,12 +23,16 @@ use uuid::Uuid;
 /// An event of `org` delivered to each of `endpoints` (the organisation's endpoints were never
 /// changed: version 0).
 fn event(org: Uuid, endpoints: &[Uuid]) -> NewEvent {
+    event_with(org, endpoints, r#"{"n":1}"#)
+}
+
+fn event_with(org: Uuid, endpoints: &[Uuid], payload: &str) -> NewEvent {
     NewEvent {
         id: Uuid::now_v7(),
         organization_id: org,
         event_type: EventType::parse("batch.test").expect("event type"),
         dedup_id: None,
-        payload: Payload::try_from(r#"{"n":1}"#.to_owned()).expect("JSON"),
+        payload: Payload::try_from(payload.to_owned()).expect("JSON"),
         fanout: Fanout {
             version: 0,
             deliveries: endpoints.iter().map(|&e| (e, DeliveryStatus::Pending)).collect(),
@@ -77,5 +82,68 @@ async fn a_failed_event_reaches_its_waiter_with_the_database_error_and_spares_it
         .await
         .expect("deliveries");
     assert_eq!(delivered, 5, "one delivery per good event");
+    writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_the_database_refuses_are_split_out_in_log_n_statements_and_answered_422() {
+    let test_db = TestDb::new().await.expect("db");
+    let pool = &test_db.pool;
+    let (_, org) = org_with_key(pool, "enterprise").await;
+    set_webhook(pool, org).await;
+    poison_events(pool).await;
+    let writer = writer_of(pool);
+    // Routed as ingest routes them, so no event needs a second statement for a stale fan-out.
+    let routes = RoutingCache::new(pool.clone()).routes(org).await.expect("routes");
+    let routed = |payload: &str| NewEvent {
+        fanout: routes.fanout("batch.test"),
+        ..event_with(org, &[], payload)
+    };
+    // A data exception (class 22) and a too-deep value (54001), anywhere in a batch of 64.
+    let poison = [(9, "22003"), (40, "54001")];
+    let events: Vec<NewEvent> = (0..64)
+        .map(|i| match poison.iter().find(|(at, _)| *at == i) {
+            Some((_, code)) => routed(&format!(r#"{{"poison":"{code}"}}"#)),
+            None => routed(r#"{"n":1}"#),
+        })
+        .collect();
+    let before = event_statements(pool).await;
+    // On the test's single thread every submit is queued before the writer runs: one batch.
+    let answers = futures::future::join_all(events.iter().cloned().map(|e| writer.submit(e))).await;
+    let statements = event_statements(pool).await - before;
+
+    for (i, (sent, answer)) in events.iter().zip(answers).enumerate() {
+        if poison.iter().any(|(at, _)| *at == i) {
+            assert!(
+                matches!(answer, Err(ApiError::PayloadNotStorable)),
+                "event {i}: {answer:?}"
+            );
+        } else {
+            assert!(
+                matches!(answer, Ok(Outcome::Accepted { id, .. }) if id == sent.id),
+                "event {i}: {answer:?}"
+            );
+        }
+    }
+    let stored: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .expect("events");
+    let mut expected: Vec<Uuid> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !poison.iter().any(|(at, _)| at == i))
+        .map(|(_, e)| e.id)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+    assert_eq!(job_count(pool).await, 62, "one delivery job per stored event");
+    // The whole batch once, then at each of the log2(64) = 6 levels of halving at most two
+    // parts hold a poisoned event and are written as two halves: at most 1 + 2·2·6 = 25
+    // statements (here 23). Retrying every event alone, as before, took 1 + 64.
+    assert!(
+        (13..=25).contains(&statements),
+        "{statements} statements for a batch of 64 with 2 poisoned events"
+    );
     writer.shutdown().await;
 }

@@ -1,7 +1,12 @@
 //! The HTTP server's limits, black-box against the real `triggers-ingest` process: idle and
 //! byte-by-byte connections neither starve a normal client nor hold up SIGTERM, the connection
 //! cap holds, early answers close the connection so keep-alive clients do not reuse a dead one,
-//! and a public listen address without an admin token is warned about.
+//! and a public listen address without an admin token is warned about. The request timeout's
+//! `408` is counted in the request metrics (in process, with the timeout shortened).
+
+mod common;
+#[path = "common/events_fixtures.rs"]
+mod fixtures;
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::TestApp;
+use fixtures::org_with_key;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -256,6 +263,74 @@ async fn a_request_that_takes_too_long_gets_a_json_408() {
         took >= Duration::from_secs(29) && took < Duration::from_secs(40),
         "{took:?}"
     );
+}
+
+#[tokio::test]
+async fn a_body_trickled_past_the_request_timeout_gets_a_json_408_that_the_request_metrics_count() {
+    let app = TestApp::spawn_on(&TestDb::new().await.expect("db").url, |config| {
+        config.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (key, _) = org_with_key(&app.db, "pro").await;
+    let series = r#"{route="/api/events",method="POST",status="408"}"#;
+    let counted = app.metric(&format!("triggers_http_requests_total{series}")).await;
+    let timed = app
+        .metric(&format!("triggers_http_request_duration_seconds_count{series}"))
+        .await;
+    let seconds = app
+        .metric(&format!("triggers_http_request_duration_seconds_sum{series}"))
+        .await;
+
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/events HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    // A byte every 100 ms: the body would take 20 s to arrive.
+    let trickle = async {
+        for byte in br#"{"type": "slow", "payload": {"s": ""#.iter().cycle() {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut answer = Vec::new();
+    tokio::select! {
+        () = trickle => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => panic!("no answer within 10 s"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // Counted once, and timed: the histogram holds its second.
+    assert_eq!(
+        app.metric(&format!("triggers_http_requests_total{series}")).await - counted,
+        1.0
+    );
+    assert_eq!(
+        app.metric(&format!("triggers_http_request_duration_seconds_count{series}"))
+            .await
+            - timed,
+        1.0
+    );
+    let waited = app
+        .metric(&format!("triggers_http_request_duration_seconds_sum{series}"))
+        .await
+        - seconds;
+    assert!((0.9..5.0).contains(&waited), "{waited} s");
 }
 
 #[tokio::test]

@@ -105,6 +105,8 @@ pub struct IngestConfig {
     pub dedup_window: Duration,
     /// Bytes of request bodies ingest holds at once; a request that does not fit is `503`.
     pub request_bytes_budget: usize,
+    /// A request (body included) not answered within this gets `408`: 30 s, shorter in tests.
+    pub request_timeout: Duration,
     /// Where browsers reach ingest (`TRIGGERS_PUBLIC_URL`): the base of the console links that
     /// `POST /api/portal/sessions` answers. `None`: `http://` and the address ingest listens on.
     pub public_url: Option<url::Url>,
@@ -129,6 +131,7 @@ impl IngestConfig {
                 0 => bail!("TRIGGERS_REQUEST_BYTES_BUDGET must be at least 1"),
                 bytes => bytes,
             },
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
             public_url: std::env::var("TRIGGERS_PUBLIC_URL")
                 .ok()
                 .filter(|v| !v.trim().is_empty())
@@ -158,6 +161,7 @@ impl IngestConfig {
             auth_cache_ttl: Duration::from_secs(60),
             dedup_window: Duration::from_secs(24 * 3600),
             request_bytes_budget: DEFAULT_REQUEST_BYTES_BUDGET,
+            request_timeout: crate::service::DEFAULT_REQUEST_TIMEOUT,
             public_url: None,
             max_endpoints_per_org: DEFAULT_MAX_ENDPOINTS_PER_ORG,
         }
@@ -226,6 +230,11 @@ pub struct WorkerConfig {
     pub stranded_event_grace: Duration,
     /// How often the queue gauges are sampled (by one worker of the fleet at a time).
     pub queue_sample_interval: Duration,
+    /// Deliveries a recovery restarts per transaction.
+    pub recovery_batch: usize,
+    /// A worker adds a recovery's next batch only while fewer recovered jobs than this wait in
+    /// the queue: recoveries go as fast as deliveries leave, never far ahead of them.
+    pub recovery_backlog: usize,
 }
 
 impl WorkerConfig {
@@ -263,6 +272,14 @@ impl WorkerConfig {
         if sample_secs == 0 {
             bail!("TRIGGERS_QUEUE_SAMPLE_SECS must be at least 1");
         }
+        let recovery_batch: usize = env_or("TRIGGERS_RECOVERY_BATCH", 500)?;
+        if !(1..=10_000).contains(&recovery_batch) {
+            bail!("TRIGGERS_RECOVERY_BATCH must be from 1 to 10000");
+        }
+        let recovery_backlog: usize = env_or("TRIGGERS_RECOVERY_BACKLOG", 1000)?;
+        if recovery_backlog == 0 {
+            bail!("TRIGGERS_RECOVERY_BACKLOG must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env()?,
             addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
@@ -283,6 +300,8 @@ impl WorkerConfig {
             rate_limit_window_retention: Duration::from_secs(window_retention),
             stranded_event_grace: Duration::from_secs(env_or("TRIGGERS_STRANDED_EVENT_GRACE_SECS", 300)?),
             queue_sample_interval: Duration::from_secs(sample_secs),
+            recovery_batch,
+            recovery_backlog,
         })
     }
 
@@ -309,6 +328,8 @@ impl WorkerConfig {
             rate_limit_window_retention: Duration::from_secs(3600),
             stranded_event_grace: Duration::from_secs(300),
             queue_sample_interval: Duration::from_secs(10),
+            recovery_batch: 500,
+            recovery_backlog: 1000,
         }
     }
 }

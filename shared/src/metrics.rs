@@ -24,6 +24,10 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "triggers_http_request_duration_
 pub const EVENTS_ACCEPTED_TOTAL: &str = "triggers_events_accepted_total";
 /// Counter `{reason}`: `POST /api/events` answered with an error; `reason` is the error `code`.
 pub const EVENTS_REJECTED_TOTAL: &str = "triggers_events_rejected_total";
+/// Counter: events that passed validation but that Postgres refused for their data (SQLSTATE
+/// class `22` or `54001`), answered `422 payload_not_storable`. Each is a check
+/// `Payload::parse` lacks: should stay 0.
+pub const EVENTS_UNSTORABLE_TOTAL: &str = "triggers_events_unstorable_total";
 /// Histogram: events per ingest transaction.
 pub const INGEST_BATCH_SIZE: &str = "triggers_ingest_batch_size";
 /// Histogram: seconds one ingest transaction took, BEGIN to COMMIT.
@@ -56,6 +60,8 @@ pub const QUEUE_OLDEST_PENDING_AGE_SECONDS: &str = "triggers_queue_oldest_pendin
 pub const DELIVERIES_WITHOUT_JOB: &str = "triggers_deliveries_without_job";
 /// Counter `{table}`: rows the janitor deleted.
 pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
+/// Counter: deliveries given a new chain by recoveries (`POST /api/endpoints/{id}/recover`).
+pub const RECOVERED_DELIVERIES_TOTAL: &str = "triggers_recovered_deliveries_total";
 
 /// Request methods that get their own `method` label; anything else is `other`.
 pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -97,13 +103,14 @@ pub const DELIVERY_OUTCOMES: [&str; 7] = [
 
 /// Values of [`EVENTS_REJECTED_TOTAL`]'s `reason` label exported from the start (other error
 /// codes appear when first used; the set of codes is fixed by the code, not by input).
-pub const EVENT_REJECTION_REASONS: [&str; 9] = [
+pub const EVENT_REJECTION_REASONS: [&str; 10] = [
     "missing_api_key",
     "invalid_api_key",
     "invalid_json",
     "unsupported_media_type",
     "validation_failed",
     "payload_too_large",
+    "payload_not_storable",
     "duplicate_event",
     "rate_limited",
     "unavailable",
@@ -160,6 +167,7 @@ fn init_common(service: &'static str) {
 pub fn init_ingest() {
     init_common("ingest");
     metrics::counter!(EVENTS_ACCEPTED_TOTAL).absolute(0);
+    metrics::counter!(EVENTS_UNSTORABLE_TOTAL).absolute(0);
     for reason in EVENT_REJECTION_REASONS {
         metrics::counter!(EVENTS_REJECTED_TOTAL, "reason" => reason).absolute(0);
     }
@@ -184,6 +192,7 @@ pub fn init_worker() {
     }
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(0.0);
     metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(0.0);
+    metrics::counter!(RECOVERED_DELIVERIES_TOTAL).absolute(0);
     for table in [
         "apalis.jobs",
         "dedup_keys",

@@ -19,7 +19,8 @@ pub use endpoint::{
 pub use patterns::{EventTypePattern, any_matches};
 pub use values::EVENT_TYPE_PATTERN;
 pub use values::{
-    DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, OrganizationName, Payload, PayloadProblem,
+    DedupId, EventType, MAX_NAME_CHARS, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, NUMERIC_MAX_INTEGER_DIGITS,
+    NUMERIC_MAX_SCALE, OrganizationName, Payload, PayloadProblem,
 };
 
 /// An organisation's plan; it sets the ingest rate limit. Stored as its lowercase name.

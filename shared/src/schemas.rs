@@ -287,10 +287,13 @@ named_schema!(
     "Payload",
     json_object()
         .description(Some(format!(
-            "Any JSON object whose strings and keys hold no NUL, of at most {MAX_PAYLOAD_BYTES} \
-             bytes once insignificant white space is removed (larger: `413 payload_too_large`), \
-             and that Postgres' jsonb can store (see the event route). Stored and served as JSON \
-             text: key order and spacing as Postgres prints them."
+            "Any JSON object of at most {MAX_PAYLOAD_BYTES} bytes once insignificant white \
+             space is removed (larger: `413 payload_too_large`) that Postgres' jsonb can store: \
+             no `\\u0000`, no `\\u` escape of a lone UTF-16 surrogate, objects and arrays \
+             nested at most 64 levels deep (the payload is level 1), numbers with at most 131,072 \
+             digits before the decimal point and 16,383 after it (the exponent counted: \
+             `1e131072` is too large, `1e-16384` too precise). Stored and served as JSON text: \
+             key order and spacing as Postgres prints them."
         )))
         .into()
 );

@@ -1,8 +1,8 @@
 //! The delivery worker: claims delivery jobs from the apalis queue and POSTs signed webhooks.
 //!
 //! [`Worker::build`] connects, applies migrations and binds the admin port;
-//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor and the queue sampler,
-//! and serves the admin port until the shutdown future resolves, then drains. Tests start it
+//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor, the queue sampler,
+//! recoveries and the stats rollup, and serves the admin port until the shutdown future resolves, then drains. Tests start it
 //! in-process the same way `main` does through [`run`]. The shell (database start-up, admin
 //! server and its limits, signals, metrics upkeep) is `triggers_shared::service`.
 
@@ -14,7 +14,9 @@ pub mod fair;
 pub mod janitor;
 pub mod queue;
 pub mod recorder;
+pub mod recovery;
 pub mod retry;
+pub mod rollup;
 pub mod sampler;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -106,6 +108,8 @@ impl Worker {
         };
         let janitor = tokio::spawn(janitor::run(pool.clone(), config.clone(), stop.clone()));
         let sampler = tokio::spawn(sampler::run(pool.clone(), config.clone(), stop.clone()));
+        let recovery = tokio::spawn(recovery::run(pool.clone(), config.clone(), stop.clone()));
+        let rollup = tokio::spawn(rollup::run(pool.clone(), stop.clone()));
         let consumer = tokio::spawn(queue::consume(
             pool.clone(),
             config.clone(),
@@ -125,6 +129,8 @@ impl Worker {
         stop.cancel();
         let _ = janitor.await;
         let _ = sampler.await;
+        let _ = recovery.await;
+        let _ = rollup.await;
         admin_stop.cancel();
         let served = admin.await;
         upkeep.abort();

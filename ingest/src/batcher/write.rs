@@ -49,6 +49,27 @@ impl WriteError {
             WriteError::NotReturned(_) => false,
         }
     }
+
+    /// Postgres refused the data itself: a data exception (SQLSTATE class `22`: a number out of
+    /// range, an invalid escape, ...) or a value too complex to process (`54001`: nesting past
+    /// its stack). Of a batch of one event, the fault of that event, not of the service.
+    pub fn refused_data(&self) -> bool {
+        self.database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code.starts_with("22") || code == "54001")
+    }
+
+    /// Postgres' own answer, when the statement got one.
+    pub fn database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
+        match self {
+            WriteError::Database(e) => e.as_database_error(),
+            // Routing reads endpoints, not this event's data.
+            WriteError::TimedOut
+            | WriteError::NotReturned(_)
+            | WriteError::Routing(_)
+            | WriteError::EndpointsKeptChanging => None,
+        }
+    }
 }
 
 /// Write a batch; one outcome per event, in order. Retried (up to three tries) when Postgres
@@ -80,14 +101,6 @@ pub(super) async fn write_with_retry(
             }
         }
     }
-}
-
-/// The one outcome of a batch of one event.
-pub(super) fn only(outcomes: Vec<Outcome>, id: Uuid) -> Result<Outcome, Arc<WriteError>> {
-    outcomes
-        .into_iter()
-        .next()
-        .ok_or_else(|| Arc::new(WriteError::NotReturned(id)))
 }
 
 #[tracing::instrument(name = "event_batch", skip_all, fields(size = events.len()))]

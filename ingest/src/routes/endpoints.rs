@@ -22,6 +22,10 @@
 //! - The list is oldest first (ids are UUID v7); `next_cursor` is present only when `has_more`.
 
 pub mod deliveries;
+pub mod recover;
+pub mod resend;
+pub mod secret;
+pub mod stats;
 mod validate;
 
 use axum::{
@@ -57,6 +61,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_endpoint, list_endpoints))
         .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
         .routes(routes!(deliveries::list_endpoint_deliveries))
+        .routes(routes!(secret::rotate_endpoint_secret))
+        .routes(routes!(resend::resend_delivery))
+        .routes(routes!(recover::recover_endpoint))
+        .routes(routes!(recover::get_recovery))
+        .routes(routes!(stats::get_endpoint_stats))
 }
 
 /// An endpoint as every answer shows it (never its secret; sensitive header values masked).

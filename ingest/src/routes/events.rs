@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use triggers_shared::{
     db::{self, events::Redelivery},
-    jobs::QueueError,
     metrics as m,
     models::{DedupId, Delivery, DeliveryAttempt, DeliveryStatus, Event, EventStatus, EventType, Payload},
 };
@@ -210,9 +209,13 @@ pub struct RedeliverAllOut {
 /// endpoint is disabled) are committed, in one transaction. Unknown body fields are ignored; `null` counts as absent; a key
 /// given twice is `422`. The payload is never decoded into a tree: it is checked as JSON text and
 /// stored from that text. A payload over the size limit is `413` even if other fields are
-/// invalid too; otherwise every bad field is listed in one `422`. Every authenticated request consumes one rate-limit token, whether
-/// or not it is accepted, and every response after authentication carries `X-RateLimit-Limit`,
-/// `X-RateLimit-Remaining` (approximate) and `X-RateLimit-Reset` (seconds).
+/// invalid too; otherwise every bad field is listed in one `422`, including a payload Postgres
+/// could not store (nesting over 64 levels, a lone surrogate escape, a number outside
+/// `numeric`). Should Postgres still refuse an event's data, that event alone is `422
+/// payload_not_storable` (never a `500`, and never a failure of other events). Every
+/// authenticated request consumes one rate-limit token, whether or not it is accepted, and every
+/// response after authentication carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
+/// (approximate) and `X-RateLimit-Reset` (seconds).
 #[utoipa::path(
     post, path = "/api/events", tag = "events",
     request_body = EventIn,
@@ -230,7 +233,7 @@ pub struct RedeliverAllOut {
         )),
         (status = 409, description = "`duplicate_event`, with `dedup_id` and the original `event_id`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`, with `limit_bytes`: the payload is over its limit (262,144 bytes without insignificant white space; reported even when other fields are bad too), or the whole body is over 1 MiB (answered before it is read: `Connection: close`)", body = ErrorBody),
-        (status = 422, description = "`validation_failed`, with `details` naming each bad field (`body` when the body is not a JSON object or holds a key twice)", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, with `details` naming each bad field (`body` when the body is not a JSON object or holds a key twice); or `payload_not_storable`: the database refused the event's data although it passed validation", body = ErrorBody),
         (status = 429, description = "`rate_limited`, with `limit`, `window`, `retry_after`", body = ErrorBody, headers(
             ("Retry-After" = u64, description = "Seconds until capacity frees up"),
             ("X-RateLimit-Limit" = u32),
@@ -376,8 +379,7 @@ pub async fn redeliver_event(
 ) -> Result<(StatusCode, Json<RedeliveryOut>), ApiError> {
     let mut tx = state.db.begin().await?;
     let outcome = db::events::redeliver(&mut tx, org.id, id, None)
-        .await
-        .map_err(queue_error)?
+        .await?
         .ok_or(ApiError::EventNotFound)?;
     let message = match outcome {
         Redelivery::NoDelivery => return Err(ApiError::RedeliveryWithoutWebhook),
@@ -393,14 +395,6 @@ pub async fn redeliver_event(
             message,
         }),
     ))
-}
-
-/// A queue write's failure as the API reports it (an unreachable database is a `503`).
-fn queue_error(err: QueueError) -> ApiError {
-    match err {
-        QueueError::Database(e) => e.into(),
-        other => ApiError::internal(other),
-    }
 }
 
 /// Replay every dead-lettered (`failed`) delivery of your organisation.
@@ -436,9 +430,7 @@ pub async fn redeliver_events(
     if !routes.has_endpoints() {
         return Err(ApiError::RedeliveryWithoutWebhook);
     }
-    let count = db::events::redeliver_failed(&state.db, org.id, None)
-        .await
-        .map_err(queue_error)?;
+    let count = db::events::redeliver_failed(&state.db, org.id, None).await?;
     Ok((StatusCode::ACCEPTED, Json(RedeliverAllOut { count })))
 }
 

@@ -25,13 +25,11 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, OptionalApiJson},
     openapi,
-    validate::{Parse, Problems, json_integer, json_kind, json_string},
+    validate::{MAX_GRACE_PERIOD_SECS, Parse, Problems, grace_period, json_kind, json_string},
 };
 
 /// Shown with every new key.
 pub const KEY_WARNING: &str = "Store this API key securely; it will not be shown again.";
-/// The longest grace period a rotation may give the previous key (7 days).
-pub const MAX_GRACE_PERIOD_SECS: u64 = 604_800;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -123,13 +121,7 @@ impl Parse for RotateKeyIn {
         let grace = problems.optional(
             "grace_period_seconds",
             self.grace_period_seconds.as_deref(),
-            |raw| {
-                json_integer(raw)
-                    .and_then(|secs| u64::try_from(secs).ok())
-                    .filter(|secs| *secs <= MAX_GRACE_PERIOD_SECS)
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| format!("must be an integer from 0 to {MAX_GRACE_PERIOD_SECS}"))
-            },
+            grace_period,
         );
         problems.finish()?;
         Ok(grace.unwrap_or_default())

@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per resource, merged here with the middleware every request
-//! gets (request id, trace span, metrics, body limit) and the JSON fallbacks.
+//! gets (request id, trace span, metrics, request timeout, bytes budget, body limit) and the JSON
+//! fallbacks. The request timeout sits inside the metrics, so a `408` is counted like any answer.
 
 pub mod endpoints;
 pub mod events;
@@ -52,8 +53,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let (routes, mut api) = api_routes().split_for_parts();
-    let limits = service::ServerLimits::with_max_connections(state.config.common.max_connections);
-    openapi::document_shared_responses(&mut api, limits.request_timeout);
+    openapi::document_shared_responses(&mut api, state.config.request_timeout);
     // After the shared answers: a read-only session's 403 goes where a 401 is.
     openapi::document_read_only_sessions(&mut api);
     routes
@@ -83,6 +83,10 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(middleware::from_fn(record_metrics))
+                .layer(middleware::from_fn_with_state(
+                    state.config.request_timeout,
+                    service::request_timeout,
+                ))
                 .layer(middleware::from_fn_with_state(
                     Budget::new(state.config.request_bytes_budget),
                     budget::limit,

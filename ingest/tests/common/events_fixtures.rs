@@ -241,3 +241,37 @@ pub async fn insert_large_events(pool: &PgPool, org_id: Uuid, n: i64) {
     .await
     .expect("insert large events");
 }
+
+/// Make the database refuse, with the SQLSTATE it names, every event whose payload has a
+/// `poison` key (`{"poison": "22003"}`), as Postgres refuses data it cannot store; and count
+/// the statements that insert events (see [`event_statements`]).
+pub async fn poison_events(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE SEQUENCE event_statements;
+         CREATE FUNCTION count_event_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM nextval('event_statements'); RETURN NULL; END $$;
+         CREATE TRIGGER count_event_statements BEFORE INSERT ON events
+             FOR EACH STATEMENT EXECUTE FUNCTION count_event_statement();
+         CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.payload ? 'poison' THEN
+                 RAISE EXCEPTION 'poisoned event' USING ERRCODE = NEW.payload ->> 'poison';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(pool)
+    .await
+    .expect("install the poison triggers");
+}
+
+/// Statements that inserted (or tried to insert) events since [`poison_events`]: a sequence,
+/// whose increments survive the rollback of a statement that failed.
+pub async fn event_statements(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM event_statements")
+        .fetch_one(pool)
+        .await
+        .expect("event statements")
+}

@@ -65,6 +65,24 @@ impl TestApp {
         }
     }
 
+    /// The value of a series of `/metrics`, summed over the lines that start with `series` (a
+    /// name, or a name and the start of its labels); 0 when there is none.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Create an organisation; returns (api_key, organization_id).
     pub async fn create_org(&self, name: &str, tier: &str) -> (String, String) {
         let res = self

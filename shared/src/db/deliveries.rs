@@ -358,8 +358,24 @@ pub async fn close(
 /// job (enqueued here), due now. The caller has locked the rows (in key order) in its
 /// transaction and decided they need one. Returns how many chains were started.
 pub async fn new_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> Result<u64, QueueError> {
+    let jobs = name_new_chains(&mut *conn, keys).await?;
+    queue::enqueue(conn, &jobs).await?;
+    Ok(jobs.len() as u64)
+}
+
+/// [`new_chains`] for a recovery: the first jobs go in below live ones
+/// (`queue::recovered`), so a recovery never holds up new events' deliveries.
+pub async fn new_recovered_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> Result<u64, QueueError> {
+    let jobs = name_new_chains(&mut *conn, keys).await?;
+    queue::recovered::enqueue(conn, &jobs).await?;
+    Ok(jobs.len() as u64)
+}
+
+/// Make each delivery pending in a new chain whose first job (returned, to be enqueued by the
+/// caller in the same transaction) it names.
+async fn name_new_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> sqlx::Result<Vec<NewJob>> {
     if keys.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let jobs: Vec<NewJob> = keys
         .iter()
@@ -380,10 +396,9 @@ pub async fn new_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> Result
     .bind(&k.events)
     .bind(&k.endpoints)
     .bind(&job_ids)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    queue::enqueue(conn, &jobs).await?;
-    Ok(keys.len() as u64)
+    Ok(jobs)
 }
 
 /// Cancel the pending deliveries to endpoint `endpoint_id` (it is being deleted). Their jobs

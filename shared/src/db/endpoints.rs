@@ -9,7 +9,10 @@
 //! organisation's row lock, which serialises the changes of one organisation: that is what
 //! makes the cap check of [`create`] hold under concurrent creates.
 
-use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, types::Json};
 use uuid::Uuid;
 
 use super::deliveries;
@@ -253,6 +256,96 @@ pub async fn update(
     .await?;
     tx.commit().await?;
     Ok(Updated::Endpoint(endpoint))
+}
+
+/// How many signing secrets of one endpoint may be valid at once (the current one and those in
+/// their grace period): every request carries one signature per valid secret (API.md).
+pub const MAX_VALID_SECRETS: usize = 5;
+
+/// A previous secret in `endpoints.previous_secrets`, valid until `expires_at`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct PreviousSecret {
+    secret: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// What [`rotate_secret`] did.
+#[derive(Debug)]
+pub enum Rotated {
+    /// `endpoint` signs with the new secret; the previous one is valid until
+    /// `previous_expires_at` (the rotation's time itself for a grace of zero).
+    Rotated {
+        endpoint: Endpoint,
+        previous_expires_at: DateTime<Utc>,
+    },
+    NotFound,
+    /// Keeping the current secret valid would make more than [`MAX_VALID_SECRETS`] valid at
+    /// once: nothing was written. The earliest previous secret expires at `next_expires_at`.
+    TooManySecrets {
+        next_expires_at: DateTime<Utc>,
+    },
+}
+
+/// Replace an endpoint's signing secret with `new_secret`, keeping the current one valid for
+/// `grace` (not at all for zero) beside the previous secrets still in their grace period; the
+/// expired ones are dropped. A rotation that would make more than [`MAX_VALID_SECRETS`] valid
+/// at once is refused rather than cutting a still valid secret short. Expiries are the
+/// database's clock, which the worker compares them with.
+pub async fn rotate_secret(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    id: Uuid,
+    new_secret: &str,
+    grace: Duration,
+) -> sqlx::Result<Rotated> {
+    let mut tx = conn.begin().await?;
+    announce_change(&mut tx, organization_id).await?;
+    let current: Option<(String, Json<Vec<PreviousSecret>>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT signing_secret,
+                coalesce((SELECT jsonb_agg(s ORDER BY (s ->> 'expires_at')::timestamptz DESC)
+                          FROM jsonb_array_elements(previous_secrets) s
+                          WHERE (s ->> 'expires_at')::timestamptz > now()), '[]'),
+                now()
+         FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(organization_id)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((old_secret, Json(mut previous), now)) = current else {
+        return Ok(Rotated::NotFound);
+    };
+    let previous_expires_at = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    if !grace.is_zero() {
+        if previous.len() + 2 > MAX_VALID_SECRETS {
+            let next_expires_at = previous.iter().map(|p| p.expires_at).min().unwrap_or(now);
+            return Ok(Rotated::TooManySecrets { next_expires_at });
+        }
+        previous.insert(
+            0,
+            PreviousSecret {
+                secret: old_secret,
+                expires_at: previous_expires_at,
+            },
+        );
+    }
+    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+        "UPDATE endpoints SET signing_secret = $3, previous_secrets = $4, updated_at = now()
+         WHERE organization_id = $1 AND id = $2
+         RETURNING ",
+        endpoint_columns!()
+    ))
+    .bind(organization_id)
+    .bind(id)
+    .bind(new_secret)
+    .bind(Json(&previous))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Rotated::Rotated {
+        endpoint,
+        previous_expires_at,
+    })
 }
 
 /// Delete one endpoint of the organisation; its pending deliveries become `cancelled` (their

@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod attempts;
 pub mod deliveries;
+pub mod endpoint_stats;
 pub mod endpoints;
 pub mod events;
 pub mod janitor;
@@ -13,6 +14,7 @@ pub mod organizations;
 pub mod portal_sessions;
 pub mod queue;
 pub mod rate_limits;
+pub mod recoveries;
 pub mod routing;
 
 use std::time::Duration;

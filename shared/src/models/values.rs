@@ -2,8 +2,12 @@
 //! (`OrganizationName`): built once by `parse` at the edge (ingest), they travel unchanged to
 //! the batcher and the database.
 
+mod json_text;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+pub use json_text::{MAX_PAYLOAD_DEPTH, NUMERIC_MAX_INTEGER_DIGITS, NUMERIC_MAX_SCALE};
 
 /// The most characters of an event type, a dedup id and an organisation name.
 pub const MAX_NAME_CHARS: usize = 255;
@@ -119,24 +123,34 @@ pub enum PayloadProblem {
     TooLarge,
     /// jsonb cannot hold `\u0000` in a string or key.
     ContainsNul,
+    /// Objects and arrays nested deeper than [`MAX_PAYLOAD_DEPTH`].
+    TooDeep,
+    /// A `\u` escape of half a UTF-16 surrogate pair without the other half.
+    LoneSurrogate,
+    /// A number Postgres `numeric` cannot hold: more than [`NUMERIC_MAX_INTEGER_DIGITS`] digits
+    /// before the decimal point or [`NUMERIC_MAX_SCALE`] after it, the exponent counted.
+    NumberOutOfRange,
 }
 
 impl Payload {
-    /// Check a client's JSON value (already valid JSON): an object, at most
-    /// [`MAX_PAYLOAD_BYTES`] without insignificant whitespace, no `\u0000`.
+    /// Check a client's JSON value (already valid JSON) in one pass over its text: an object, at
+    /// most [`MAX_PAYLOAD_BYTES`] without insignificant whitespace, and nothing Postgres' jsonb
+    /// would refuse (`\u0000`, nesting over [`MAX_PAYLOAD_DEPTH`], a lone surrogate escape, a
+    /// number outside `numeric`). When several problems occur, the size is reported first, then
+    /// the first other one in the text, then the nesting.
     pub fn parse(raw: Box<RawValue>) -> Result<Self, PayloadProblem> {
         let text = raw.get();
         if !text.starts_with('{') {
             return Err(PayloadProblem::NotAnObject);
         }
-        let scan = scan_json_text(text);
+        let scan = json_text::scan(text);
         if scan.compact_len > MAX_PAYLOAD_BYTES {
             return Err(PayloadProblem::TooLarge);
         }
-        if scan.has_nul {
-            return Err(PayloadProblem::ContainsNul);
+        match scan.problem {
+            Some(problem) => Err(problem),
+            None => Ok(Self(raw)),
         }
-        Ok(Self(raw))
     }
 
     /// The JSON text.
@@ -153,45 +167,6 @@ impl TryFrom<String> for Payload {
     fn try_from(text: String) -> Result<Self, Self::Error> {
         RawValue::from_string(text).map(Self)
     }
-}
-
-struct JsonTextScan {
-    compact_len: usize,
-    has_nul: bool,
-}
-
-/// One pass over valid JSON text: its length without whitespace outside strings, and whether
-/// a string (or key) holds an escaped NUL. Literal control characters cannot occur inside
-/// strings of valid JSON, so `\u0000` is the only way to spell NUL.
-fn scan_json_text(text: &str) -> JsonTextScan {
-    let bytes = text.as_bytes();
-    let (mut compact_len, mut has_nul) = (0, false);
-    let (mut in_string, mut i) = (false, 0);
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                b'\\' => {
-                    if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice())
-                    {
-                        has_nul = true;
-                    }
-                    // The escaped character is never a quote that ends the string.
-                    compact_len += 2;
-                    i += 2;
-                    continue;
-                }
-                b'"' => in_string = false,
-                _ => {}
-            }
-            compact_len += 1;
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            in_string = b == b'"';
-            compact_len += 1;
-        }
-        i += 1;
-    }
-    JsonTextScan { compact_len, has_nul }
 }
 
 #[cfg(test)]

@@ -128,11 +128,16 @@ pub async fn method_not_allowed() -> Response {
     )
 }
 
-/// A router with only the operations routes and the JSON fallbacks (the worker's admin port).
+/// A router with only the operations routes and the JSON fallbacks (the worker's admin port),
+/// answering `408` past the default request timeout.
 pub fn ops_router(ops: Ops) -> axum::Router {
     let (routes, _doc) = router::<Ops>().split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            super::server::DEFAULT_REQUEST_TIMEOUT,
+            super::server::request_timeout,
+        ))
         .with_state(ops)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 pub use http::Ops;
-pub use server::{ServerLimits, serve};
+pub use server::{DEFAULT_REQUEST_TIMEOUT, ServerLimits, request_timeout, serve};
 pub use upkeep::spawn_upkeep;
 
 use crate::{config::CommonConfig, db};

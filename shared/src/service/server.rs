@@ -1,7 +1,8 @@
 //! The HTTP server both binaries use, with the limits `axum::serve` lacks: a header-read timeout
-//! (a client that never finishes its headers, or idles between requests, is dropped), a request
-//! timeout (`408`), a cap on open connections (past it, new connections wait in the listen
-//! backlog), and a bounded drain on shutdown.
+//! (a client that never finishes its headers, or idles between requests, is dropped), a cap on
+//! open connections (past it, new connections wait in the listen backlog), and a bounded drain
+//! on shutdown. The request timeout (`408`, [`request_timeout`]) is a layer each binary puts in
+//! its router, inside whatever must see that answer (ingest counts it in its request metrics).
 //!
 //! Every answer sent before the request body was read to its end carries `Connection: close`:
 //! the server will not read the rest, so a keep-alive client must not reuse the connection.
@@ -20,7 +21,7 @@ use std::{
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::Request,
+    extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::Response,
@@ -32,17 +33,17 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
-use tower_http::timeout::TimeoutLayer;
 
 use super::http::json_error;
+
+/// A request (body included) not answered within this gets `408` (see [`request_timeout`]).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The server's limits.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
     /// A request's headers must arrive within this time after the connection opens or goes idle.
     pub header_read_timeout: Duration,
-    /// A request (body included) must be answered within this time, or it gets `408`.
-    pub request_timeout: Duration,
     /// Open connections at most; more wait in the listen backlog.
     pub max_connections: usize,
     /// On shutdown, how long open connections may take to finish before they are dropped.
@@ -50,15 +51,28 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    /// The documented defaults (10 s headers, 30 s per request, drain bounded by the request
-    /// timeout) with the given connection cap.
+    /// The documented defaults (10 s headers, a drain as long as the default request timeout)
+    /// with the given connection cap.
     pub fn with_max_connections(max_connections: usize) -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
             max_connections,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+}
+
+/// Middleware (`from_fn_with_state(limit, request_timeout)`): a request, body included, not
+/// answered within `limit` is `408 request_timeout` (JSON). Whatever the handler was doing is
+/// dropped; an event it was storing may still commit (the client retries with its `dedup_id`).
+pub async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not completed in time",
+        ),
     }
 }
 
@@ -70,13 +84,7 @@ pub async fn serve(
     limits: &ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .layer(middleware::map_response(json_timeout))
-        .layer(middleware::from_fn(close_if_body_unread));
+    let app = router.layer(middleware::from_fn(close_if_body_unread));
     let service = TowerToHyperService::new(app);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -126,20 +134,6 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
-}
-
-/// The request timeout's bare `408` as a JSON error.
-async fn json_timeout(response: Response) -> Response {
-    if response.status() == StatusCode::REQUEST_TIMEOUT
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        return json_error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request was not completed in time",
-        );
-    }
-    response
 }
 
 /// Add `Connection: close` to an answer given before the request body was read to its end.

@@ -5,7 +5,10 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use triggers_shared::models::{DedupId, EventType, MAX_PAYLOAD_BYTES, Payload, PayloadProblem};
+use triggers_shared::models::{
+    DedupId, EventType, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH, NUMERIC_MAX_INTEGER_DIGITS, NUMERIC_MAX_SCALE,
+    Payload, PayloadProblem,
+};
 
 use crate::{
     error::ApiError,
@@ -50,9 +53,7 @@ impl Parse for EventIn {
         let dedup_id = problems.optional("dedup_id", self.dedup_id.as_deref(), |raw| {
             DedupId::parse(&json_string(raw)?)
         });
-        let payload = problems.required("payload", payload, |parsed| {
-            parsed.map_err(|problem| payload_message(problem).to_owned())
-        });
+        let payload = problems.required("payload", payload, |parsed| parsed.map_err(payload_message));
         let (Some(event_type), Some(payload)) = (event_type, payload) else {
             return Err(problems.into_error());
         };
@@ -65,11 +66,24 @@ impl Parse for EventIn {
     }
 }
 
-fn payload_message(problem: PayloadProblem) -> &'static str {
+/// What `details` says about a refused payload.
+fn payload_message(problem: PayloadProblem) -> String {
     match problem {
-        PayloadProblem::NotAnObject => "must be a JSON object",
-        PayloadProblem::ContainsNul => "must not contain NUL characters (\\u0000) in strings or keys",
-        PayloadProblem::TooLarge => "exceeds the size limit",
+        PayloadProblem::NotAnObject => "must be a JSON object".into(),
+        PayloadProblem::ContainsNul => "must not contain NUL characters (\\u0000) in strings or keys".into(),
+        PayloadProblem::TooLarge => "exceeds the size limit".into(),
+        PayloadProblem::TooDeep => {
+            format!("must not nest objects and arrays more than {MAX_PAYLOAD_DEPTH} levels deep")
+        }
+        PayloadProblem::LoneSurrogate => {
+            "must not contain a \\u escape of a lone UTF-16 surrogate (an escape \
+             in \\uD800-\\uDBFF must be followed at once by one in \\uDC00-\\uDFFF)"
+                .into()
+        }
+        PayloadProblem::NumberOutOfRange => format!(
+            "must not contain a number with more than {NUMERIC_MAX_INTEGER_DIGITS} digits before the \
+             decimal point or {NUMERIC_MAX_SCALE} after it, the exponent counted (Postgres numeric)"
+        ),
     }
 }
 

@@ -12,9 +12,11 @@
 //! - [`event_batch`]: the ingest statement (events, dedup keys, deliveries and their first jobs).
 //! - [`maintenance`]: what the janitor runs (given-up jobs, stranded deliveries, old workers).
 //! - [`stats`]: the queue at a glance for operators.
+//! - [`recovered`]: recovered deliveries' first jobs, below every other job.
 
 pub mod event_batch;
 pub mod maintenance;
+pub mod recovered;
 pub mod stats;
 
 use std::time::Duration;
