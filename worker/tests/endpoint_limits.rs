@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use common::*;
 use sqlx::PgPool;
 use triggers_shared::{
-    db::endpoints::{self, EndpointPatch, Updated},
+    db::{
+        endpoints::{self, EndpointPatch, Updated},
+        recoveries::{self, RecoveryFilter, Started},
+    },
     metrics::{ENDPOINTS, ENDPOINTS_AUTO_DISABLED_TOTAL},
     models::{DeliveryStatus, DisabledReason, Endpoint, RateLimit},
 };
@@ -131,6 +134,32 @@ async fn an_endpoint_that_only_fails_for_the_period_is_disabled_and_its_new_even
     .await;
     assert!(enabled.enabled());
     assert_eq!(failure_record(&db.pool, endpoint).await, (None, 0));
+
+    // The skipped delivery comes back through a recovery once the receiver answers again.
+    receiver.set_default(Reply::status(204));
+    let filter = RecoveryFilter {
+        endpoint_id: endpoint,
+        since: Utc::now() - chrono::Duration::hours(1),
+        until: Utc::now(),
+        statuses: vec![DeliveryStatus::Skipped],
+    };
+    let mut conn = db.pool.acquire().await.expect("connection");
+    match recoveries::start(&mut conn, org, &filter).await.expect("start") {
+        // The new event's, and those of the earlier events whose retries found it disabled.
+        Started::Recovery(r) => assert!((1..=7).contains(&r.total), "{}", r.total),
+        Started::TooMany(n) => panic!("too many: {n}"),
+    }
+    eventually(
+        "the skipped event is recovered",
+        Duration::from_secs(30),
+        || async {
+            receiver
+                .requests()
+                .iter()
+                .any(|r| r.event_id() == later.to_string())
+        },
+    )
+    .await;
     worker.stop().await.expect("worker stops");
 }
 
