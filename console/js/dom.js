@@ -151,7 +151,8 @@ export function actionDialog(id, heading, { content, confirmId, label, danger = 
     const problem = h('div', {});
     const go = h('button', { type: 'submit', class: danger ? 'danger' : 'primary', id: confirmId }, label);
     const form = h('form', { method: 'dialog' }, content, problem,
-      h('div', { class: 'actions' }, go, h('button', { type: 'button', onclick: close }, 'Cancel')));
+      // Where focus starts: Cancel, when the action cannot be undone.
+      h('div', { class: 'actions' }, go, h('button', { type: 'button', onclick: close, autofocus: danger }, 'Cancel')));
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       go.disabled = true;

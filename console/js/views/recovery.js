@@ -3,7 +3,7 @@
 // (`GET /api/endpoints/{id}/recoveries/{recovery_id}`, polled while it runs).
 
 import { api, ApiError, query } from '../api.js';
-import { h, field, errorBox, announce, showProblems, time } from '../dom.js';
+import { h, field, errorBox, announce, showProblems, time, replaceChildren } from '../dom.js';
 import { listEndpoints, endpointName } from '../endpoints.js';
 import { readOnlyNote } from './endpoints.js';
 
@@ -125,10 +125,10 @@ export async function render({ search, credential, navigate }) {
 
   return h('section', { 'aria-labelledby': 'page-title' },
     heading,
+    recoveryId && await progress(chosen, recoveryId),
     h('p', {}, 'Give the deliveries an endpoint missed a new chain of attempts: count them first, then start.'),
     credential.readOnly && readOnlyNote(),
-    form,
-    recoveryId && await progress(chosen, recoveryId));
+    form);
 }
 
 /** A recovery's progress, read again every second while it runs and the page shows it. */
@@ -136,14 +136,17 @@ async function progress(endpointId, recoveryId) {
   const path = `/api/endpoints/${encodeURIComponent(endpointId)}/recoveries/${encodeURIComponent(recoveryId)}`;
   const bar = h('progress', { id: 'recovery-progress', max: '1', value: '0', 'aria-labelledby': 'progress-title' });
   const words = h('p', { id: 'recovery-status', role: 'status' });
+  const scope = h('p', { class: 'hint', id: 'recovery-scope' });
   const section = h('section', { 'aria-labelledby': 'progress-title', class: 'card', id: 'recovery' },
-    h('h2', { id: 'progress-title' }, 'Progress'), bar, words);
+    h('h2', { id: 'progress-title' }, 'Recovery in progress'), scope, bar, words);
 
   function show(recovery) {
     bar.max = Math.max(recovery.total, 1);
     bar.value = recovery.status === 'done' && recovery.total === 0 ? 1 : recovery.enqueued;
-    words.replaceChildren(`${recovery.status === 'done' ? 'Done' : 'Running'}: ${recovery.enqueued} of ${recovery.total} deliveries restarted`,
+    replaceChildren(words, `${recovery.status === 'done' ? 'Done' : 'Running'}: ${recovery.enqueued} of ${recovery.total} deliveries restarted`,
       recovery.finished_at ? [' (finished ', time(recovery.finished_at), ').'] : '.');
+    replaceChildren(scope, 'Deliveries created from ', time(recovery.since), ' to ', time(recovery.until),
+      ` that were ${recovery.statuses.join(' or ')}.`);
   }
   async function poll() {
     if (!section.isConnected) return;
@@ -162,7 +165,7 @@ async function progress(endpointId, recoveryId) {
     if (recovery.status !== 'done') setTimeout(poll, POLL_MS);
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 404) throw error;
-    words.textContent = 'No such recovery of this endpoint.';
+    words.textContent = 'This endpoint has no such recovery.';
   }
   return section;
 }

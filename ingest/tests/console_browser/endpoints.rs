@@ -7,6 +7,7 @@
 //! (the new one signs from then on); the overview's chart; a read-only session; disable and
 //! delete an endpoint.
 
+use fantoccini::key::Key;
 use serde_json::{Value, json};
 
 use super::{Api, free_port, receiver_on};
@@ -360,7 +361,14 @@ pub(super) async fn a_person_routes_events_to_endpoints_and_recovers_them(
         .text(
             "the recovery done",
             "#recovery-status",
-            "Done: 1 of 1 deliveries restarted",
+            "Done: 1 of 1 deliveries restarted (finished",
+        )
+        .await;
+    browser
+        .text(
+            "what it recovered",
+            "#recovery-scope",
+            "that were failed or skipped",
         )
         .await;
     api.event_until(&key, &voided, "recovered and delivered", |e| {
@@ -483,10 +491,28 @@ pub(super) async fn a_person_routes_events_to_endpoints_and_recovers_them(
     browser
         .goto(&format!("{base}/console#/endpoints/{billing}"))
         .await;
+    // Edit it: a rate limit, shown once saved.
+    browser.click("edit", "#edit-button", "Edit").await;
+    browser.text("the edit form", "h1", "Edit Billing").await;
+    let rate = browser.one("the rate limit", "#endpoint-rate-limit").await;
+    rate.send_keys("50").await.expect("type");
+    browser.click("save", "#save-endpoint", "Save changes").await;
+    browser
+        .text("the new rate limit", "#endpoint-summary", "50 per second")
+        .await;
     browser.click("disable", "#toggle-button", "Disable").await;
     browser
         .text("disabled", "#endpoint-summary", "disabled (manual)")
         .await;
+    // Deleting asks first; Escape keeps the endpoint, and focus returns to the button.
+    browser.click("delete", "#delete-button", "Delete").await;
+    browser.one("the question", "dialog#delete-dialog").await;
+    assert_eq!(browser.focused().await, "Cancel", "focus starts on Cancel");
+    browser.press(Key::Escape).await;
+    browser
+        .until("the dialog closed", "dialog", |t| t.is_empty())
+        .await;
+    assert_eq!(browser.focused().await, "delete-button");
     browser.click("delete", "#delete-button", "Delete").await;
     browser.click("confirm", "#delete-confirm", "Delete").await;
     let left = browser
