@@ -3,7 +3,9 @@
 //! step, each asserting what the page shows: open a portal link; see the events; filter them;
 //! open one and its attempts; redeliver and acknowledge; the overview; move with the keyboard;
 //! sign out and in with a pasted key; a read-only session; a revoked, an expired and a used
-//! link landing on the sign-in page. Screenshots of each view go to `target/console-screenshots/`.
+//! link landing on the sign-in page. Then, for a second organisation, endpoints, deliveries per
+//! endpoint, resend, recovery and secret rotation (`console_browser/endpoints.rs`). Screenshots of
+//! each view go to `target/console-screenshots/`.
 
 #[path = "common/browser.rs"]
 mod browser;

@@ -138,7 +138,7 @@ async function progress(endpointId, recoveryId) {
   const words = h('p', { id: 'recovery-status', role: 'status' });
   const scope = h('p', { class: 'hint', id: 'recovery-scope' });
   const section = h('section', { 'aria-labelledby': 'progress-title', class: 'card', id: 'recovery' },
-    h('h2', { id: 'progress-title' }, 'Recovery in progress'), scope, bar, words);
+    h('h2', { id: 'progress-title' }, 'This recovery'), scope, bar, words);
 
   function show(recovery) {
     bar.max = Math.max(recovery.total, 1);
