@@ -22,6 +22,7 @@ export async function render({ credential }) {
     h('tbody', {}, endpoints.map((endpoint, i) => h('tr', { 'data-endpoint-id': endpoint.id },
       h('td', {},
         h('a', { href: `#/endpoints/${endpoint.id}`, class: 'endpoint-link' }, endpointName(endpoint)),
+        endpoint.default && [' ', h('span', { class: 'badge badge-skipped', title: 'The webhook that /api/webhook/config manages' }, 'default')],
         endpoint.description && h('div', { class: 'hint' }, h('code', {}, endpoint.url))),
       h('td', {}, endpoint.event_types.map((p) => h('code', { class: 'pattern' }, p))),
       h('td', {}, stateBadge(endpoint)),

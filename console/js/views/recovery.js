@@ -145,7 +145,7 @@ async function progress(endpointId, recoveryId) {
     bar.value = recovery.status === 'done' && recovery.total === 0 ? 1 : recovery.enqueued;
     replaceChildren(words, `${recovery.status === 'done' ? 'Done' : 'Running'}: ${recovery.enqueued} of ${recovery.total} deliveries restarted`,
       recovery.finished_at ? [' (finished ', time(recovery.finished_at), ').'] : '.');
-    replaceChildren(scope, 'Deliveries created from ', time(recovery.since), ' to ', time(recovery.until),
+    replaceChildren(scope, 'Deliveries created between ', time(recovery.since), ' and ', time(recovery.until),
       ` that were ${recovery.statuses.join(' or ')}.`);
   }
   async function poll() {
