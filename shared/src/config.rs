@@ -235,6 +235,9 @@ pub struct WorkerConfig {
     /// A worker adds a recovery's next batch only while fewer recovered jobs than this wait in
     /// the queue: recoveries go as fast as deliveries leave, never far ahead of them.
     pub recovery_backlog: usize,
+    /// An endpoint whose attempts have all failed for this long (with at least 10 failed
+    /// attempts) is disabled as `failing`.
+    pub endpoint_disable_after: Duration,
 }
 
 impl WorkerConfig {
@@ -280,6 +283,10 @@ impl WorkerConfig {
         if recovery_backlog == 0 {
             bail!("TRIGGERS_RECOVERY_BACKLOG must be at least 1");
         }
+        let disable_after: u64 = env_or("TRIGGERS_ENDPOINT_DISABLE_AFTER_SECS", 432_000)?;
+        if disable_after == 0 {
+            bail!("TRIGGERS_ENDPOINT_DISABLE_AFTER_SECS must be at least 1");
+        }
         Ok(Self {
             common: CommonConfig::from_env()?,
             addr: env_or("TRIGGERS_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?,
@@ -302,6 +309,7 @@ impl WorkerConfig {
             queue_sample_interval: Duration::from_secs(sample_secs),
             recovery_batch,
             recovery_backlog,
+            endpoint_disable_after: Duration::from_secs(disable_after),
         })
     }
 
@@ -330,6 +338,7 @@ impl WorkerConfig {
             queue_sample_interval: Duration::from_secs(10),
             recovery_batch: 500,
             recovery_backlog: 1000,
+            endpoint_disable_after: Duration::from_secs(432_000),
         }
     }
 }

@@ -63,6 +63,15 @@ pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
 /// Counter: deliveries given a new chain by recoveries (`POST /api/endpoints/{id}/recover`).
 pub const RECOVERED_DELIVERIES_TOTAL: &str = "triggers_recovered_deliveries_total";
 
+/// Gauge `{state}`: the fleet's endpoints by state (see [`ENDPOINT_STATES`]); sampled from the
+/// database by one worker of the fleet at a time, zero on the others.
+pub const ENDPOINTS: &str = "triggers_endpoints";
+/// Counter: endpoints disabled for failing (API.md, "Endpoints", Lifecycle).
+pub const ENDPOINTS_AUTO_DISABLED_TOTAL: &str = "triggers_endpoints_auto_disabled_total";
+/// Counter: delivery jobs put back on the queue to wait for their endpoint's rate limit
+/// (`rate_limit_per_second`); not attempts.
+pub const DELIVERY_RATE_LIMITED_TOTAL: &str = "triggers_delivery_rate_limited_total";
+
 /// Request methods that get their own `method` label; anything else is `other`.
 pub const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
@@ -118,6 +127,10 @@ pub const EVENT_REJECTION_REASONS: [&str; 10] = [
 
 /// Values of [`QUEUE_JOBS`]' `state` label.
 pub const QUEUE_JOB_STATES: [&str; 3] = ["due", "scheduled", "running"];
+
+/// Values of [`ENDPOINTS`]' `state` label: enabled, disabled by a client (`disabled_reason`
+/// `manual`), disabled for failing (`failing`). Never a label per endpoint.
+pub const ENDPOINT_STATES: [&str; 3] = ["enabled", "disabled_manual", "disabled_failing"];
 
 /// Install the Prometheus recorder once per process and return a handle to render it; later
 /// calls (several apps in one test process) share the same recorder.
@@ -193,6 +206,11 @@ pub fn init_worker() {
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(0.0);
     metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(0.0);
     metrics::counter!(RECOVERED_DELIVERIES_TOTAL).absolute(0);
+    for state in ENDPOINT_STATES {
+        metrics::gauge!(ENDPOINTS, "state" => state).set(0.0);
+    }
+    metrics::counter!(ENDPOINTS_AUTO_DISABLED_TOTAL).absolute(0);
+    metrics::counter!(DELIVERY_RATE_LIMITED_TOTAL).absolute(0);
     for table in [
         "apalis.jobs",
         "dedup_keys",

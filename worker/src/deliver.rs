@@ -8,7 +8,10 @@
 //! finished, purged); a deleted endpoint closes it `cancelled`, a disabled one `skipped`.
 //! Otherwise check the target and sign (one signature per valid secret), check once more that
 //! the delivery is still pending in this chain if that took over [`RECHECK_AFTER`] (batched
-//! too), send the signed POST with the endpoint's custom headers and no transaction open, then
+//! too); an endpoint with a `rate_limit_per_second` first gets its start from the fleet's
+//! limiter (`rate`): one reserved within a second is waited for without the request slot
+//! (taken again just before it, for that check), one further out puts the job back in the
+//! queue, neither counted as an attempt. Then send the signed POST with the endpoint's custom headers and no transaction open, then
 //! hand the attempt to the group commit (`recorder`): it records the attempt, moves the
 //! delivery on, enqueues any next attempt as a new job whose `run_at` lies in the future (named
 //! by the delivery) and finishes (deletes) this job, in one transaction shared with other
@@ -38,7 +41,7 @@ use triggers_shared::{
     jobs::{DeliveryJob, JobId},
     metrics::{
         DELIVERIES_TOTAL, DELIVERY_DEFERRED_TOTAL, DELIVERY_DURATION_SECONDS, DELIVERY_END_TO_END_SECONDS,
-        DELIVERY_INFLIGHT, EVENTS_DEAD_LETTERED_TOTAL,
+        DELIVERY_INFLIGHT, DELIVERY_RATE_LIMITED_TOTAL, EVENTS_DEAD_LETTERED_TOTAL,
     },
     models::DeliveryStatus,
     net, signing,
@@ -48,7 +51,8 @@ use uuid::Uuid;
 use crate::{
     client::{Answer, WebhookClient},
     coalesce::Coalescer,
-    fair::{Admission, Gate, Grant},
+    fair::{Admission, Gate, Grant, Permit},
+    rate::{Limiter, Slot},
     recorder::{self, Write, Written},
     retry::{self, Next, Outcome},
 };
@@ -61,6 +65,24 @@ const MAX_READ_BATCH: usize = 256;
 
 /// How old the event's load may be when the request goes out before it is read again.
 const RECHECK_AFTER: Duration = Duration::from_millis(50);
+
+/// How long before its reserved start a rate-limited delivery takes its request slot again, for
+/// the last look (`recheck`) to be done by then.
+const PACE_LEAD: Duration = Duration::from_millis(30);
+
+/// How late a rate-limited delivery may start after its reserved start before it reserves
+/// another instead: bounds how far a busy machine can crowd one second with late requests.
+const PACE_LATE: Duration = Duration::from_millis(20);
+
+/// How many starts one delivery reserves before its job goes back to the queue.
+const PACE_TRIES: usize = 4;
+
+/// A rate-limited delivery at its start, holding a request slot.
+struct Paced {
+    permit: Permit,
+    /// Whether it had the last look (`recheck`) right before its start.
+    rechecked: bool,
+}
 
 /// The longest `last_error` we store.
 const MAX_ERROR_LEN: usize = 4096;
@@ -76,6 +98,8 @@ pub struct Deliverer {
     /// Right before sending: is the delivery still pending in this job's chain?
     recheck: Coalescer<(DeliveryKey, String), bool>,
     recorder: Coalescer<Write, Written>,
+    /// Start times of rate-limited endpoints' deliveries, for the whole fleet.
+    limiter: Limiter,
 }
 
 /// The apalis handler.
@@ -165,8 +189,12 @@ impl Deliverer {
                 }
             })
         };
+        let limiter = Limiter::spawn(pool.clone());
         gate.spawn_shedder();
-        let recorder = recorder::spawn(pool.clone());
+        let recorder = recorder::spawn(
+            pool.clone(),
+            deliveries::DisablePolicy::after(config.endpoint_disable_after),
+        );
         Ok(Self {
             pool,
             client,
@@ -175,6 +203,7 @@ impl Deliverer {
             loader,
             recheck,
             recorder,
+            limiter,
         })
     }
 
@@ -189,35 +218,9 @@ impl Deliverer {
         try_number = job.try_number,
     ))]
     pub async fn deliver(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
-        let admission = match self.gate.admit(job.organization_id, job.endpoint_id) {
-            Admission::Wait(slot) => slot.await.ok(),
-            Admission::Defer(delay) => Some(Grant::Defer(delay)),
-            Admission::Closed => None,
+        let Some(mut permit) = self.acquire(&job, &task).await? else {
+            return Ok(());
         };
-        let permit = match admission {
-            Some(Grant::Go(permit)) => Some(permit),
-            Some(Grant::Defer(delay)) => {
-                self.write(Write::Release { task, delay }).await?;
-                metrics::counter!(DELIVERY_DEFERRED_TOTAL).increment(1);
-                tracing::debug!(
-                    delay_ms = delay.as_millis() as u64,
-                    "organisation or endpoint holds enough; job deferred"
-                );
-                return Ok(());
-            }
-            None => None,
-        };
-        let Some(permit) = permit else {
-            // The consumer is stopping: this job was never started; the queue gets it back.
-            return self
-                .write(Write::Release {
-                    task,
-                    delay: Duration::ZERO,
-                })
-                .await
-                .map(drop);
-        };
-        let _inflight = InflightGuard::new();
 
         let key = DeliveryKey::from(&job);
         let target = self.loader.call(key).await.map_err(share)?;
@@ -240,16 +243,31 @@ impl Deliverer {
             }
             Some(endpoint) => endpoint,
         };
-
-        let started_at = Utc::now();
-        let clock = Instant::now();
+        let _inflight = InflightGuard::new();
+        let mut started_at = Utc::now();
+        let mut clock = Instant::now();
         let observed = match self.prepare(&job, &target, endpoint).await {
             Ok((url, headers, body)) => {
+                // The start comes last but for the last look, so the limit holds where the
+                // requests leave, not where they were loaded.
+                let mut rechecked = false;
+                if let Some(per_second) = endpoint.rate_limit_per_second {
+                    let Some(paced) = self.pace(&job, &task, per_second, permit).await? else {
+                        return Ok(());
+                    };
+                    permit = paced.permit;
+                    rechecked = paced.rechecked;
+                    if rechecked {
+                        started_at = Utc::now();
+                        clock = Instant::now();
+                    }
+                }
                 // Last look before the request, when preparing took a while (a slow DNS answer):
                 // an ack, a deletion or a resend that committed since the load wins. Right after
                 // the load a second read would only narrow a window that is as wide between any
                 // read and the send.
-                if loaded.elapsed() >= RECHECK_AFTER
+                if !rechecked
+                    && loaded.elapsed() >= RECHECK_AFTER
                     && !self.recheck.call((key, task.clone())).await.map_err(share)?
                 {
                     return self.drop_job(task, "delivery closed before sending").await;
@@ -328,6 +346,104 @@ impl Deliverer {
         };
         metrics::counter!(DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
         Ok(())
+    }
+
+    /// Wait for the reserved start of a delivery to an endpoint limited to `per_second` (see
+    /// `rate`). Starting now: the permit back at once. Reserved within the horizon: the permit
+    /// is given up until [`PACE_LEAD`] before the start, then taken again for the last look
+    /// (done here); a delivery that still misses its start by over [`PACE_LATE`] (a busy
+    /// machine) would crowd the next ones, so it reserves another, [`PACE_TRIES`] times at
+    /// most. Not within the horizon, or late every time: the job goes back to the queue, due
+    /// when its start would come. `None`: nothing more to do here (put back, or closed before
+    /// sending). Waiting is never an attempt.
+    async fn pace(
+        &self,
+        job: &DeliveryJob,
+        task: &str,
+        per_second: i32,
+        mut permit: Permit,
+    ) -> anyhow::Result<Option<Paced>> {
+        let mut delay = Duration::ZERO;
+        for _ in 0..PACE_TRIES {
+            let slot = self
+                .limiter
+                .slot(job.organization_id, job.endpoint_id, per_second)
+                .await
+                .map_err(share)?;
+            let wait = match slot {
+                Slot::Now => {
+                    return Ok(Some(Paced {
+                        permit,
+                        rechecked: false,
+                    }));
+                }
+                Slot::After(wait) => wait,
+                Slot::Later(later) => {
+                    delay = later;
+                    break;
+                }
+            };
+            let due = Instant::now() + wait;
+            // The request slot is for others meanwhile.
+            drop(permit);
+            tokio::time::sleep_until(due.checked_sub(PACE_LEAD).unwrap_or(due).into()).await;
+            permit = match self.acquire(job, task).await? {
+                Some(permit) => permit,
+                None => return Ok(None),
+            };
+            if !self
+                .recheck
+                .call((DeliveryKey::from(job), task.to_owned()))
+                .await
+                .map_err(share)?
+            {
+                self.drop_job(task.to_owned(), "delivery closed before sending")
+                    .await?;
+                return Ok(None);
+            }
+            tokio::time::sleep_until(due.into()).await;
+            if due.elapsed() <= PACE_LATE {
+                return Ok(Some(Paced {
+                    permit,
+                    rechecked: true,
+                }));
+            }
+        }
+        drop(permit);
+        let task = task.to_owned();
+        self.write(Write::Release { task, delay }).await?;
+        metrics::counter!(DELIVERY_RATE_LIMITED_TOTAL).increment(1);
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "endpoint at its rate limit; job deferred"
+        );
+        Ok(None)
+    }
+
+    /// A request slot for `job`. `None`: the job was put back in the queue instead (its
+    /// organisation or endpoint holds enough already, or the worker is stopping).
+    async fn acquire(&self, job: &DeliveryJob, task: &str) -> anyhow::Result<Option<Permit>> {
+        let admission = match self.gate.admit(job.organization_id, job.endpoint_id) {
+            Admission::Wait(slot) => slot.await.ok(),
+            Admission::Defer(delay) => Some(Grant::Defer(delay)),
+            Admission::Closed => None,
+        };
+        let delay = match admission {
+            Some(Grant::Go(permit)) => return Ok(Some(permit)),
+            Some(Grant::Defer(delay)) => {
+                metrics::counter!(DELIVERY_DEFERRED_TOTAL).increment(1);
+                tracing::debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "organisation or endpoint holds enough; job deferred"
+                );
+                delay
+            }
+            // The consumer is stopping: this job was never started; the queue gets it back.
+            None => Duration::ZERO,
+        };
+        let task = task.to_owned();
+        self.write(Write::Release { task, delay }).await?;
+        Ok(None)
     }
 
     /// Close a delivery that will not be sent (its endpoint is disabled or gone) and finish its

@@ -13,6 +13,7 @@ pub mod deliver;
 pub mod fair;
 pub mod janitor;
 pub mod queue;
+pub mod rate;
 pub mod recorder;
 pub mod recovery;
 pub mod retry;

@@ -5,6 +5,14 @@
 //! waits for that commit before its handler returns, so "an attempt is recorded before its job
 //! is done" holds batch by batch: the job is finished (deleted) in the very transaction that
 //! records its attempt.
+//!
+//! The same statement keeps each endpoint's failure record and disables an endpoint that has
+//! only failed for long enough (`deliveries::record_attempts`). Once that commits, each
+//! disabled endpoint's change is announced as a PATCH announces it (`endpoints_version` bumped,
+//! `NOTIFY`), in a short transaction of its own: taking the organisation's row lock inside the
+//! record transaction, after its delivery and endpoint locks, would invert the order a PATCH
+//! takes them in. Until the announcement lands, an event ingest fans out from its cache gets a
+//! pending delivery that the worker closes as `skipped` when it finds the endpoint disabled.
 
 use std::time::Duration;
 
@@ -12,10 +20,11 @@ use anyhow::Context;
 use sqlx::PgPool;
 use triggers_shared::{
     db::{
-        deliveries::{self, AttemptRecord, DeliveryKey, Recorded},
-        queue,
+        deliveries::{self, AttemptRecord, DeliveryKey, DisablePolicy, Recorded},
+        endpoints, queue,
     },
     jobs::DeliveryJob,
+    metrics::ENDPOINTS_AUTO_DISABLED_TOTAL,
     models::DeliveryStatus,
 };
 
@@ -59,19 +68,48 @@ pub enum Written {
     Done,
 }
 
-/// Start the group-commit task on `pool`.
-pub fn spawn(pool: PgPool) -> Coalescer<Write, Written> {
+/// Start the group-commit task on `pool`; endpoints are disabled by `policy`.
+pub fn spawn(pool: PgPool, policy: DisablePolicy) -> Coalescer<Write, Written> {
     Coalescer::spawn(MAX_BATCH, move |writes| {
         let pool = pool.clone();
-        async move { commit_with_retries(&pool, &writes).await }
+        async move {
+            let (written, disabled) = commit_with_retries(&pool, &writes, policy).await?;
+            announce_disabled(&pool, &disabled).await;
+            Ok(written)
+        }
     })
 }
 
-async fn commit_with_retries(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>> {
+/// Announce the endpoints the last commit disabled (see the module's comment) and count them.
+/// A failed announcement is logged, not retried: the endpoint is disabled either way, and the
+/// worker skips what ingest still fans out to it.
+async fn announce_disabled(pool: &PgPool, disabled: &[(uuid::Uuid, uuid::Uuid)]) {
+    for &(organization_id, endpoint_id) in disabled {
+        metrics::counter!(ENDPOINTS_AUTO_DISABLED_TOTAL).increment(1);
+        tracing::warn!(org_id = %organization_id, %endpoint_id, "endpoint disabled: its attempts have only failed");
+        let announced = async {
+            let mut tx = pool.begin().await?;
+            endpoints::announce_change(&mut tx, organization_id).await?;
+            tx.commit().await
+        };
+        if let Err(e) = announced.await {
+            tracing::error!(org_id = %organization_id, error = %e, "announcing a disabled endpoint");
+        }
+    }
+}
+
+/// The commit's answers and the endpoints it disabled.
+type Committed = (Vec<Written>, Vec<(uuid::Uuid, uuid::Uuid)>);
+
+async fn commit_with_retries(
+    pool: &PgPool,
+    writes: &[Write],
+    policy: DisablePolicy,
+) -> anyhow::Result<Committed> {
     let mut pause = Duration::from_millis(250);
     for _ in 0..TRIES - 1 {
-        match commit(pool, writes).await {
-            Ok(written) => return Ok(written),
+        match commit(pool, writes, policy).await {
+            Ok(committed) => return Ok(committed),
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
                 batch = writes.len(),
@@ -81,11 +119,11 @@ async fn commit_with_retries(pool: &PgPool, writes: &[Write]) -> anyhow::Result<
         tokio::time::sleep(pause).await;
         pause *= 2;
     }
-    commit(pool, writes).await
+    commit(pool, writes, policy).await
 }
 
 /// One transaction for the whole batch.
-async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>> {
+async fn commit(pool: &PgPool, writes: &[Write], policy: DisablePolicy) -> anyhow::Result<Committed> {
     let mut written: Vec<Written> = vec![Written::Done; writes.len()];
     let mut finished = Vec::new();
     let mut released = (Vec::new(), Vec::new());
@@ -111,6 +149,7 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
 
     let mut tx = pool.begin().await.context("starting the record transaction")?;
     let mut retries = Vec::new();
+    let mut disabled = Vec::new();
     // One statement per round; a round holds each delivery at most once (the same row twice in
     // one UPDATE would be counted once), so duplicates wait for the next round.
     while !attempts.is_empty() {
@@ -127,10 +166,11 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
                 _ => None,
             })
             .collect();
-        let recorded = deliveries::record_attempts(&mut tx, &batch)
+        let recorded = deliveries::record_attempts(&mut tx, &batch, policy)
             .await
             .context("recording attempts")?;
-        for (&i, recorded) in round.iter().zip(recorded) {
+        disabled.extend(recorded.disabled);
+        for (&i, recorded) in round.iter().zip(recorded.attempts) {
             written[i] = Written::Attempt(recorded);
             if let (
                 Write::Attempt {
@@ -160,5 +200,5 @@ async fn commit(pool: &PgPool, writes: &[Write]) -> anyhow::Result<Vec<Written>>
         .await
         .context("releasing jobs")?;
     tx.commit().await.context("committing the record transaction")?;
-    Ok(written)
+    Ok((written, disabled))
 }

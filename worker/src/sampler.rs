@@ -1,6 +1,7 @@
 //! The queue sampler: the gauges that answer "how far behind is delivery?" (`QUEUE_JOBS` by
 //! state, `QUEUE_DEPTH`, `QUEUE_OLDEST_PENDING_AGE_SECONDS`) and "is anything stranded?"
-//! (`DELIVERIES_WITHOUT_JOB`), read from the database.
+//! (`DELIVERIES_WITHOUT_JOB`), read from the database, and the fleet's endpoints by state
+//! (`ENDPOINTS`: enabled, disabled by a client, disabled for failing).
 //!
 //! The numbers are the fleet's, not this worker's, so one worker at a time samples them: the one
 //! holding a session advisory lock ([`SAMPLER_LOCK_KEY`]) on a connection it keeps. Every other
@@ -18,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
+        endpoints::{self, StateCounts},
         janitor::{SAMPLER_LOCK_KEY, try_lock, unlock},
         queue::{self, JobCounts},
     },
-    metrics::{DELIVERIES_WITHOUT_JOB, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},
+    metrics::{DELIVERIES_WITHOUT_JOB, ENDPOINTS, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},
 };
 
 /// One reading of the queue.
@@ -33,6 +35,8 @@ pub struct QueueSample {
     /// Pending events with a webhook but no live job (past the janitor's grace), counted at
     /// most once a minute.
     pub deliveries_without_job: i64,
+    /// Every organisation's endpoints by state.
+    pub endpoints: StateCounts,
 }
 
 /// The stranded-event count checks every pending event against every live job (about 1 s with
@@ -47,6 +51,10 @@ pub fn publish(s: &QueueSample) {
     metrics::gauge!(QUEUE_DEPTH).set(s.jobs.depth() as f64);
     metrics::gauge!(QUEUE_OLDEST_PENDING_AGE_SECONDS).set(s.oldest_due.as_secs_f64());
     metrics::gauge!(DELIVERIES_WITHOUT_JOB).set(s.deliveries_without_job as f64);
+    let e = &s.endpoints;
+    metrics::gauge!(ENDPOINTS, "state" => "enabled").set(e.enabled as f64);
+    metrics::gauge!(ENDPOINTS, "state" => "disabled_manual").set(e.disabled_manual as f64);
+    metrics::gauge!(ENDPOINTS, "state" => "disabled_failing").set(e.disabled_failing as f64);
 }
 
 /// Samples while it leads the fleet.
@@ -93,11 +101,13 @@ impl Sampler {
                 n
             }
         };
+        let endpoints = endpoints::count_by_state(&mut conn).await?;
         self.leader = Some(conn);
         Ok(Some(QueueSample {
             jobs,
             oldest_due,
             deliveries_without_job,
+            endpoints,
         }))
     }
 

@@ -113,9 +113,11 @@ pub async fn attempt(pool: &PgPool, event_ids: &[Uuid], response_status: i32, la
             retry,
         });
     }
-    let recorded = deliveries::record_attempts(&mut tx, &attempts)
+    let policy = deliveries::DisablePolicy::after(std::time::Duration::from_secs(432_000));
+    let recorded = deliveries::record_attempts(&mut tx, &attempts, policy)
         .await
-        .expect("record the attempts");
+        .expect("record the attempts")
+        .attempts;
     assert!(
         recorded.iter().all(|r| r.is_some_and(|r| r.status_applied)),
         "{recorded:?}"

@@ -89,6 +89,8 @@ pub struct EndpointTarget {
     /// Custom request headers, by name.
     pub headers: BTreeMap<String, String>,
     pub enabled: bool,
+    /// Requests per second at most, for the whole fleet (`None`: no limit).
+    pub rate_limit_per_second: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -106,6 +108,7 @@ struct TargetRow {
     secrets: Option<Vec<String>>,
     headers: Option<Json<BTreeMap<String, String>>>,
     enabled: Option<bool>,
+    rate_limit_per_second: Option<i32>,
 }
 
 /// The targets of many deliveries at once (one query for every delivery starting together).
@@ -126,7 +129,8 @@ pub async fn load_targets(
                         WHERE (s ->> 'expires_at')::timestamptz > now()
                         ORDER BY (s ->> 'expires_at')::timestamptz DESC)
                 END AS secrets,
-                ep.headers, ep.disabled_reason IS NULL AND ep.id IS NOT NULL AS enabled
+                ep.headers, ep.disabled_reason IS NULL AND ep.id IS NOT NULL AS enabled,
+                ep.rate_limit_per_second
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS k(org, event, endpoint)
          JOIN deliveries d ON d.organization_id = k.org AND d.event_id = k.event AND d.endpoint_id = k.endpoint
          JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
@@ -146,6 +150,7 @@ pub async fn load_targets(
                     secrets,
                     headers,
                     enabled,
+                    rate_limit_per_second: r.rate_limit_per_second,
                 }),
                 _ => None,
             };
@@ -214,17 +219,65 @@ pub struct Recorded {
     pub status_applied: bool,
 }
 
+/// When an endpoint is disabled for failing (API.md, "Endpoints", Lifecycle).
+#[derive(Clone, Copy, Debug)]
+pub struct DisablePolicy {
+    /// How long its attempts must all have failed (`TRIGGERS_ENDPOINT_DISABLE_AFTER_SECS`).
+    pub after: Duration,
+    /// How many failed attempts that time must hold at least.
+    pub min_failures: i32,
+}
+
+impl DisablePolicy {
+    /// Failed attempts an endpoint must have at least before it is disabled (API.md).
+    pub const MIN_FAILURES: i32 = 10;
+
+    /// Disable after `after` of failures only, with at least [`Self::MIN_FAILURES`] of them.
+    pub fn after(after: Duration) -> Self {
+        Self {
+            after,
+            min_failures: Self::MIN_FAILURES,
+        }
+    }
+}
+
+/// What [`record_attempts`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedAttempts {
+    /// One answer per attempt, in input order; `None`: the delivery no longer exists.
+    pub attempts: Vec<Option<Recorded>>,
+    /// The endpoints these attempts disabled for failing, as `(organization, endpoint)`.
+    pub disabled: Vec<(Uuid, Uuid)>,
+}
+
+/// One row of [`record_attempts`]' statement: a delivery it recorded an attempt of, and (the
+/// same on every row) the endpoints the statement disabled.
+#[derive(sqlx::FromRow)]
+struct RecordedRow {
+    #[sqlx(flatten)]
+    key: DeliveryKey,
+    attempts: i32,
+    current: bool,
+    disabled_orgs: Vec<Uuid>,
+    disabled_ids: Vec<Uuid>,
+}
+
 /// Record attempts in ONE statement: count each on its delivery, move the delivery to its
 /// `next_status` (naming the retry's job) if the attempt's job is still the delivery's chain and
-/// it is still pending, and insert the `delivery_attempts` rows. The deliveries must be
-/// distinct. Answers in input order; `None`: the delivery no longer exists. Run it in the
-/// transaction that also enqueues the retries whose status applied.
+/// it is still pending, insert the `delivery_attempts` rows, and keep each endpoint's failure
+/// record: a successful attempt clears it, failed ones add to it, and an endpoint that crosses
+/// `policy` is disabled (`disabled_reason = 'failing'`). An endpoint is written only when its
+/// record changes, so a healthy endpoint costs nothing here. The deliveries must be distinct.
+/// Run it in the transaction that also enqueues the retries whose status applied; the caller
+/// announces the disabled endpoints' change once that transaction commits (locks are taken
+/// deliveries first, then endpoints, never the organisation).
 pub async fn record_attempts(
     conn: &mut PgConnection,
     attempts: &[AttemptRecord],
-) -> sqlx::Result<Vec<Option<Recorded>>> {
+    policy: DisablePolicy,
+) -> sqlx::Result<RecordedAttempts> {
     if attempts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(RecordedAttempts::default());
     }
     let k: KeyColumns = attempts.iter().map(|a| &a.key).collect();
     let tasks: Vec<&str> = attempts.iter().map(|a| a.task_id.as_str()).collect();
@@ -238,7 +291,7 @@ pub async fn record_attempts(
         .map(|a| a.retry.map(|(id, _)| id.to_string()))
         .collect();
     let next_at: Vec<Option<DateTime<Utc>>> = attempts.iter().map(|a| a.retry.map(|(_, at)| at)).collect();
-    let rows: Vec<(Uuid, Uuid, Uuid, i32, bool)> = sqlx::query_as(
+    let rows: Vec<RecordedRow> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[],
                                   $6::int4[], $7::int4[], $8::text[], $9::text[], $10::text[],
@@ -276,8 +329,47 @@ pub async fn record_attempts(
                     i.response_status, i.error
              FROM input i
              JOIN updated u ON u.organization_id = i.org AND u.event_id = i.event AND u.endpoint_id = i.endpoint
+         ),
+         by_endpoint AS (
+             SELECT i.org, i.endpoint,
+                    bool_or(i.outcome = 'delivered') AS succeeded,
+                    count(*) FILTER (WHERE i.outcome <> 'delivered') AS failures,
+                    min(i.started_at) FILTER (WHERE i.outcome <> 'delivered') AS first_failure
+             FROM input i
+             JOIN updated u ON u.organization_id = i.org AND u.event_id = i.event AND u.endpoint_id = i.endpoint
+             GROUP BY i.org, i.endpoint
+         ),
+         record AS (
+             SELECT ep.organization_id, ep.id,
+                    CASE WHEN b.succeeded THEN NULL
+                         ELSE coalesce(ep.failing_since, b.first_failure) END AS failing_since,
+                    CASE WHEN b.succeeded THEN 0
+                         ELSE ep.failed_attempts + b.failures::int END AS failed_attempts,
+                    ep.disabled_reason IS NULL AND NOT b.succeeded
+                      AND coalesce(ep.failing_since, b.first_failure) <= now() - make_interval(secs => $12)
+                      AND ep.failed_attempts + b.failures >= $13 AS disabling
+             FROM endpoints ep
+             JOIN by_endpoint b ON b.org = ep.organization_id AND b.endpoint = ep.id
+             WHERE NOT b.succeeded OR ep.failing_since IS NOT NULL
+             ORDER BY 1, 2 FOR NO KEY UPDATE OF ep
+         ),
+         recorded AS (
+             UPDATE endpoints ep SET
+                 failing_since = r.failing_since,
+                 failed_attempts = r.failed_attempts,
+                 disabled_reason = CASE WHEN r.disabling THEN 'failing' ELSE ep.disabled_reason END,
+                 updated_at = CASE WHEN r.disabling THEN now() ELSE ep.updated_at END
+             FROM record r
+             WHERE ep.organization_id = r.organization_id AND ep.id = r.id
+             RETURNING ep.organization_id, ep.id, r.disabling
+         ),
+         disabled AS (
+             SELECT coalesce(array_agg(organization_id), '{}') AS orgs, coalesce(array_agg(id), '{}') AS ids
+             FROM recorded WHERE disabling
          )
-         SELECT organization_id, event_id, endpoint_id, attempts, current FROM updated",
+         SELECT u.organization_id, u.event_id, u.endpoint_id, u.attempts, u.current,
+                d.orgs AS disabled_orgs, d.ids AS disabled_ids
+         FROM updated u, disabled d",
     )
     .bind(&k.orgs)
     .bind(&k.events)
@@ -290,28 +382,34 @@ pub async fn record_attempts(
     .bind(&outcomes)
     .bind(&next_jobs)
     .bind(&next_at)
+    .bind(policy.after.as_secs_f64())
+    .bind(policy.min_failures)
     .fetch_all(&mut *conn)
     .await?;
+    let disabled = rows
+        .first()
+        .map(|r| {
+            r.disabled_orgs
+                .iter()
+                .copied()
+                .zip(r.disabled_ids.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default();
     let rows: std::collections::HashMap<DeliveryKey, Recorded> = rows
         .into_iter()
-        .map(
-            |(organization_id, event_id, endpoint_id, attempt, status_applied)| {
-                let key = DeliveryKey {
-                    organization_id,
-                    event_id,
-                    endpoint_id,
-                };
-                (
-                    key,
-                    Recorded {
-                        attempt,
-                        status_applied,
-                    },
-                )
-            },
-        )
+        .map(|r| {
+            let recorded = Recorded {
+                attempt: r.attempts,
+                status_applied: r.current,
+            };
+            (r.key, recorded)
+        })
         .collect();
-    Ok(attempts.iter().map(|a| rows.get(&a.key).copied()).collect())
+    Ok(RecordedAttempts {
+        attempts: attempts.iter().map(|a| rows.get(&a.key).copied()).collect(),
+        disabled,
+    })
 }
 
 /// Close deliveries that will not be sent, each to its status (`Skipped`: the endpoint is

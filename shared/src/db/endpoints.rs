@@ -239,7 +239,9 @@ pub async fn update(
         "UPDATE endpoints
          SET url = coalesce($3, url), description = coalesce($4, description),
              event_types = coalesce($5, event_types), disabled_reason = $6, headers = $7,
-             rate_limit_per_second = $8, updated_at = now()
+             rate_limit_per_second = $8, updated_at = now(),
+             failing_since = CASE WHEN $9 THEN NULL ELSE failing_since END,
+             failed_attempts = CASE WHEN $9 THEN 0 ELSE failed_attempts END
          WHERE organization_id = $1 AND id = $2
          RETURNING ",
         endpoint_columns!()
@@ -252,6 +254,9 @@ pub async fn update(
     .bind(disabled_reason)
     .bind(sqlx::types::Json(&headers))
     .bind(rate_limit)
+    // Enabling clears the failure record too (API.md), so an endpoint enabled again after it
+    // was disabled for failing gets the whole period before it can be disabled again.
+    .bind(patch.enabled == Some(true))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -349,10 +354,13 @@ pub async fn rotate_secret(
 }
 
 /// Delete one endpoint of the organisation; its pending deliveries become `cancelled` (their
-/// jobs then send nothing). `false` (and nothing written) when there is none.
+/// jobs then send nothing). `false` (and nothing written) when there is none. The deliveries
+/// are locked before the endpoint row, the order the worker's record statement takes them in
+/// (it updates the endpoint's failure record after locking the deliveries).
 pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
+    deliveries::cancel_for_endpoint(&mut tx, organization_id, id).await?;
     let deleted = sqlx::query("DELETE FROM endpoints WHERE organization_id = $1 AND id = $2")
         .bind(organization_id)
         .bind(id)
@@ -361,7 +369,6 @@ pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) ->
         .rows_affected()
         > 0;
     if deleted {
-        deliveries::cancel_for_endpoint(&mut tx, organization_id, id).await?;
         tx.commit().await?;
     }
     Ok(deleted)
@@ -442,4 +449,28 @@ pub async fn rotate_default_secret(
         tx.commit().await?;
     }
     Ok(endpoint)
+}
+
+// ------------------------------------------------------------------ fleet-wide counts
+
+/// The fleet's endpoints by state (what the `triggers_endpoints` gauge shows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct StateCounts {
+    pub enabled: i64,
+    /// Disabled by a client (`disabled_reason = 'manual'`).
+    pub disabled_manual: i64,
+    /// Disabled for failing (`disabled_reason = 'failing'`).
+    pub disabled_failing: i64,
+}
+
+/// Count every organisation's endpoints by state: one scan of the table, for the sampler.
+pub async fn count_by_state(conn: &mut PgConnection) -> sqlx::Result<StateCounts> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE disabled_reason IS NULL) AS enabled,
+                count(*) FILTER (WHERE disabled_reason = 'manual') AS disabled_manual,
+                count(*) FILTER (WHERE disabled_reason = 'failing') AS disabled_failing
+         FROM endpoints",
+    )
+    .fetch_one(conn)
+    .await
 }

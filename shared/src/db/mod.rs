@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod attempts;
 pub mod deliveries;
+pub mod endpoint_rates;
 pub mod endpoint_stats;
 pub mod endpoints;
 pub mod events;
