@@ -17,11 +17,13 @@ pub const MAX_RECOVER_EVENTS: u64 = 100_000;
 pub const MAX_POISON_CONNECTIONS: usize = 64;
 /// The most events of one `POST /api/events/batch` (API.md).
 pub const MAX_BATCH_SIZE: usize = 1000;
+pub const MAX_ENDPOINTS: usize = 1000;
 
 pub const USAGE: &str = "\
 usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
-                      [--webhook] [--drain-start CMD] [--rate R --duration S]
-                      [--slow-org N [--slow-delay 3s]] [--recover N]
+                      [--webhook [--endpoints E [--matching M]]] [--drain-start CMD]
+                      [--rate R --duration S] [--slow-org N | --slow-endpoint N [--slow-delay 3s]]
+                      [--recover N]
                       [--poison C [--poison-payload all]] [--batch-size B] [--chart RUN.svg]
                       [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
@@ -31,6 +33,13 @@ over C keep-alive connections and reports throughput and latency. With --webhook
 organisation's webhook points at a receiver embedded in the bench (the ingest and worker must run
 with TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true) and the bench waits until every accepted event arrived.
 TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
+
+--endpoints E --matching M (with --webhook): each organisation gets E endpoints (created with
+POST /api/endpoints, the ingest's TRIGGERS_MAX_ENDPOINTS_PER_ORG must allow them), of which M
+are subscribed to the measured events' type (alternately by exact type and by `order.*`) and the
+others to types that miss it; every event is then owed M deliveries, the bench waits for all of
+them, and rates and counts of deliveries are per delivery. Without them: one endpoint, set with
+POST /api/webhook/config.
 
 --drain-start CMD (with --webhook): a drain run. The worker is not running while the events are
 sent; once all are answered the bench runs `sh -c CMD` (which starts the worker and returns), and
@@ -44,6 +53,9 @@ count from the scheduled arrival. N is R x S.
 --slow-org N (with --webhook): isolation. One more organisation, whose webhook endpoint answers
 only after --slow-delay (3s), first gets N events queued; then the measured events are sent for
 the other organisations. The slow organisation's events are not waited for nor counted.
+--slow-endpoint N: the same inside one organisation: the first measured organisation gets one
+more endpoint, slow, subscribed only to `order.slow`, and N events of that type are queued for it
+first; the measured events then go to that organisation's other endpoints.
 
 --recover N (with --webhook): a recovery under load. One more organisation's endpoint misses N
 events (disabled while they are sent, so they are `skipped`), is enabled again, and
@@ -67,7 +79,7 @@ and end-to-end latency over time. Runs longer than 3 s print a progress line on 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
 Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
-recover N <= 100000, poison C <= 64, batch B <= 1000, duration limit <= 1h
+recover N <= 100000, poison C <= 64, E <= 1000, batch B <= 1000, duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
 /// One run of the load test.
@@ -79,6 +91,9 @@ pub struct RunArgs {
     pub concurrency: usize,
     pub orgs: usize,
     pub webhook: bool,
+    /// Endpoints per measured organisation, and how many of them each measured event matches.
+    pub endpoints: usize,
+    pub matching: usize,
     /// A drain run: the shell command that starts the worker once every event is queued.
     pub drain_start: Option<String>,
     pub duration_limit: Duration,
@@ -88,6 +103,8 @@ pub struct RunArgs {
     /// An isolation run: events queued first for an organisation whose endpoint is slow.
     pub slow_events: u64,
     pub slow_delay: Duration,
+    /// Isolation inside one organisation: the slow endpoint is the first measured organisation's.
+    pub slow_endpoint: bool,
     /// A recovery under load: events missed by one more organisation, recovered during the run.
     pub recover_events: u64,
     /// Where to write the SVG chart of the run's timeline.
@@ -108,18 +125,29 @@ impl Default for RunArgs {
             concurrency: 32,
             orgs: 4,
             webhook: false,
+            endpoints: 1,
+            matching: 1,
             drain_start: None,
             duration_limit: Duration::from_secs(120),
             json: false,
             rate: None,
             slow_events: 0,
             slow_delay: Duration::from_secs(3),
+            slow_endpoint: false,
             recover_events: 0,
             chart: None,
             poison: 0,
             poison_kinds: poison::Kind::ALL.to_vec(),
             batch_size: 1,
         }
+    }
+}
+
+impl RunArgs {
+    /// Whether the measured organisations' endpoints are created one by one with
+    /// `POST /api/endpoints` rather than as the single endpoint of `/api/webhook/config`.
+    pub fn explicit_endpoints(&self) -> bool {
+        self.endpoints > 1 || self.matching > 1 || self.slow_endpoint
     }
 }
 
@@ -143,6 +171,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     }
     let mut run = RunArgs::default();
     let mut duration = None;
+    let mut matching = None;
     while let Some(arg) = it.next() {
         // Accept both `--flag value` and `--flag=value`.
         let (flag, inline) = match arg.split_once('=') {
@@ -181,12 +210,26 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 run.duration_limit = d;
             }
             "--webhook" if inline.is_none() => run.webhook = true,
+            "--endpoints" => {
+                run.endpoints =
+                    parse_bounded("--endpoints", &value("--endpoints")?, 1, MAX_ENDPOINTS as u64)? as usize
+            }
+            "--matching" => {
+                matching = Some(
+                    parse_bounded("--matching", &value("--matching")?, 1, MAX_ENDPOINTS as u64)? as usize,
+                )
+            }
             "--drain-start" => run.drain_start = Some(value("--drain-start")?),
             "--json" if inline.is_none() => run.json = true,
             "--rate" => run.rate = Some(parse_bounded("--rate", &value("--rate")?, 1, MAX_RATE)?),
             "--duration" => duration = Some(parse_duration(&value("--duration")?)?),
             "--slow-org" => {
                 run.slow_events = parse_bounded("--slow-org", &value("--slow-org")?, 1, MAX_SLOW_EVENTS)?
+            }
+            "--slow-endpoint" => {
+                run.slow_events =
+                    parse_bounded("--slow-endpoint", &value("--slow-endpoint")?, 1, MAX_SLOW_EVENTS)?;
+                run.slow_endpoint = true;
             }
             "--slow-delay" => {
                 let d = parse_duration(&value("--slow-delay")?)?;
@@ -221,7 +264,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
         return Err("--drain-start needs --webhook".into());
     }
     if run.slow_events > 0 && !run.webhook {
-        return Err("--slow-org needs --webhook".into());
+        return Err("--slow-org and --slow-endpoint need --webhook".into());
+    }
+    run.matching = matching.unwrap_or(1);
+    if run.matching > run.endpoints {
+        return Err(format!(
+            "--matching {} is more than --endpoints {}",
+            run.matching, run.endpoints
+        ));
+    }
+    if run.explicit_endpoints() && !run.webhook {
+        return Err("--endpoints, --matching and --slow-endpoint need --webhook".into());
     }
     if run.recover_events > 0 && !run.webhook {
         return Err("--recover needs --webhook".into());
@@ -388,6 +441,39 @@ mod tests {
         assert_eq!(run.chart, Some(PathBuf::from("x.svg")));
         assert!(parse(args("--slow-org 2000")).is_err());
         assert!(parse(args("--webhook --slow-org 10 --slow-delay 2m")).is_err());
+    }
+
+    #[test]
+    fn endpoints_and_matching_need_webhooks_and_matching_at_most_endpoints() {
+        let Ok(Command::Run(run)) = parse(args("--webhook --endpoints 50 --matching 1")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(
+            (run.endpoints, run.matching, run.explicit_endpoints()),
+            (50, 1, true)
+        );
+        let Ok(Command::Run(run)) = parse(args("--webhook")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(
+            (run.endpoints, run.matching, run.explicit_endpoints()),
+            (1, 1, false)
+        );
+        assert!(parse(args("--webhook --endpoints 4 --matching 5")).is_err());
+        assert!(
+            parse(args("--webhook --matching 2")).is_err(),
+            "one endpoint cannot match twice"
+        );
+        assert!(parse(args("--endpoints 4")).is_err());
+        assert!(parse(args("--webhook --endpoints 1001")).is_err());
+        let Ok(Command::Run(run)) = parse(args("--webhook --slow-endpoint 2000")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(
+            (run.slow_events, run.slow_endpoint, run.explicit_endpoints()),
+            (2000, true, true)
+        );
+        assert!(parse(args("--slow-endpoint 10")).is_err());
     }
 
     #[test]

@@ -206,6 +206,7 @@ mod tests {
             sent: accepted,
             accepted,
             delivered,
+            fanout: 1,
         };
         let outcome = Outcome {
             args: RunArgs {

@@ -26,6 +26,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Runs that last longer than this print a progress line on stderr.
 const PROGRESS_AFTER: Duration = Duration::from_secs(3);
+/// The measured events' type, and the type of an isolation run's backlog for the slow endpoint.
+const MEASURED_TYPE: &str = "order.created";
+const SLOW_TYPE: &str = "order.slow";
+/// Patterns of the measured organisations' endpoints: the matching ones alternate between an
+/// exact type and a prefix, the others between patterns that miss it in either way.
+const MATCHING_PATTERNS: [&str; 2] = [MEASURED_TYPE, "order.*"];
+const MISSING_PATTERNS: [&str; 2] = ["invoice.*", "order.refunded"];
 
 /// What a run measured; `report` renders it.
 #[derive(Debug)]
@@ -61,13 +68,17 @@ pub struct Sample {
     /// Since the first POST.
     pub at: Duration,
     pub sent: u64,
+    /// Events.
     pub accepted: u64,
+    /// Deliveries: `fanout` per accepted event once all have arrived.
     pub delivered: u64,
+    pub fanout: u64,
 }
 
 impl Sample {
+    /// Deliveries owed: accepted events times the endpoints each matches, less those received.
     pub fn backlog(&self) -> u64 {
-        self.accepted.saturating_sub(self.delivered)
+        (self.accepted * self.fanout).saturating_sub(self.delivered)
     }
 }
 
@@ -109,7 +120,7 @@ impl Outcome {
             && w.missing > 0
         {
             reasons.push(format!(
-                "{} accepted events were not delivered in time",
+                "{} deliveries of accepted events did not arrive in time",
                 w.missing
             ));
         }
@@ -146,7 +157,12 @@ pub fn per_second(count: u64, over: Duration) -> f64 {
 pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<Outcome> {
     let deadline = Instant::now() + args.duration_limit;
     let run_id = run_id();
-    let timeline = Arc::new(Timeline::new(args.events, run_id.clone()));
+    let timeline = Arc::new(Timeline::with_fanout(
+        args.events,
+        args.matching,
+        MEASURED_TYPE,
+        run_id.clone(),
+    ));
     let client = reqwest::Client::builder()
         // Never via a proxy from the environment, never redirected elsewhere: loopback only.
         .no_proxy()
@@ -178,7 +194,12 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     // the receiver does not count it).
     let slow_accepted = match slow_key {
         Some(key) => {
-            let slow = Arc::new(Timeline::new(args.slow_events, format!("{run_id}-slow")));
+            let slow = Arc::new(Timeline::with_fanout(
+                args.slow_events,
+                1,
+                SLOW_TYPE,
+                format!("{run_id}-slow"),
+            ));
             let s = closed_loop(
                 &client,
                 &url,
@@ -388,7 +409,7 @@ async fn open_loop(
         timeline.started(seq as usize, due);
         let (client, url, tx, timeline) = (client.clone(), url.to_string(), tx.clone(), timeline.clone());
         tokio::spawn(async move {
-            let answer = post_event(&client, &url, &key, &event_body(&timeline.run_id, seq), deadline).await;
+            let answer = post_event(&client, &url, &key, &event_body(&timeline, seq), deadline).await;
             if answer.is_ok() {
                 timeline.accepted(seq as usize);
             }
@@ -397,8 +418,7 @@ async fn open_loop(
         });
     }
     let backlog = timeline
-        .accepted_count
-        .load(Ordering::Relaxed)
+        .accepted_deliveries()
         .saturating_sub(timeline.first_receipts.load(Ordering::Relaxed));
     drop(tx);
     while let Some((answer, latency)) = rx.recv().await {
@@ -432,6 +452,7 @@ impl Sampler {
                     sent: timeline.started_count.load(Ordering::Relaxed),
                     accepted: timeline.accepted_count.load(Ordering::Relaxed),
                     delivered: timeline.first_receipts.load(Ordering::Relaxed),
+                    fanout: timeline.fanout as u64,
                 };
                 samples.push(s);
                 if s.at >= PROGRESS_AFTER && (samples.len() % every == 0 || done) {
@@ -497,19 +518,40 @@ async fn setup_orgs(
 ) -> anyhow::Result<(Vec<String>, Option<String>, Option<String>)> {
     let mut keys = Vec::with_capacity(args.orgs);
     for org in 0..args.orgs {
-        let webhook = receiver.map(|r| r.url_for(org));
-        keys.push(
-            create_org(
-                client,
-                args,
-                &format!("bench-{run_id}-{org}"),
-                admin_token,
-                webhook,
-            )
-            .await?,
-        );
+        let name = format!("bench-{run_id}-{org}");
+        let key = match receiver {
+            Some(r) if args.explicit_endpoints() => {
+                let key = create_org(client, args, &name, admin_token, None).await?;
+                for endpoint in 0..args.endpoints {
+                    let patterns = if endpoint < args.matching {
+                        MATCHING_PATTERNS
+                    } else {
+                        MISSING_PATTERNS
+                    };
+                    let pattern = patterns[endpoint % patterns.len()];
+                    create_endpoint(client, args, &key, &r.url_for(org, endpoint), pattern).await?;
+                }
+                if args.slow_endpoint && org == 0 {
+                    create_endpoint(client, args, &key, &r.slow_url(), SLOW_TYPE).await?;
+                }
+                key
+            }
+            _ => {
+                create_org(
+                    client,
+                    args,
+                    &name,
+                    admin_token,
+                    receiver.map(|r| r.url_for(org, 0)),
+                )
+                .await?
+            }
+        };
+        keys.push(key);
     }
     let slow = match receiver {
+        // Isolation inside one organisation: its slow endpoint takes the first one's backlog.
+        Some(_) if args.slow_endpoint => keys.first().cloned(),
         Some(r) if args.slow_events > 0 => Some(
             create_org(
                 client,
@@ -528,6 +570,32 @@ async fn setup_orgs(
         None
     };
     Ok((keys, slow, poison))
+}
+
+/// `POST /api/endpoints`: one endpoint of the organisation of `key`, subscribed to `pattern`.
+async fn create_endpoint(
+    client: &reqwest::Client,
+    args: &RunArgs,
+    key: &str,
+    url: &str,
+    pattern: &str,
+) -> anyhow::Result<()> {
+    let resp = client
+        .post(format!("{}/api/endpoints", args.base_url))
+        .header("X-API-Key", key)
+        .json(&json!({"url": url, "event_types": [pattern]}))
+        .send()
+        .await
+        .context("POST /api/endpoints")?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::CREATED {
+        let body = resp.text().await.unwrap_or_default();
+        bail!(
+            "POST /api/endpoints answered {status}: {body} (the ingest needs \
+             TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true, and TRIGGERS_MAX_ENDPOINTS_PER_ORG >= --endpoints)"
+        );
+    }
+    Ok(())
 }
 
 async fn create_org(
@@ -655,9 +723,10 @@ async fn post(
 }
 
 /// A small, realistic event: an order with a customer and two line items (about 400 bytes).
-fn event_body(run_id: &str, seq: u64) -> serde_json::Value {
+fn event_body(timeline: &Timeline, seq: u64) -> serde_json::Value {
+    let run_id = &timeline.run_id;
     json!({
-        "type": "order.created",
+        "type": timeline.event_type,
         "dedup_id": format!("bench-{run_id}-{seq}"),
         "payload": {
             "bench_run": run_id,
@@ -696,7 +765,7 @@ async fn sender(
         let Some(key) = keys.get((seq % keys.len().max(1) as u64) as usize) else {
             break;
         };
-        let body = event_body(&timeline.run_id, seq);
+        let body = event_body(&timeline, seq);
         let started = Instant::now();
         timeline.started(seq as usize, started);
         out.sent += 1;
@@ -758,7 +827,7 @@ async fn batch_sender(
             break;
         };
         let body = json!({
-            "events": seqs.clone().map(|seq| event_body(&timeline.run_id, seq)).collect::<Vec<_>>(),
+            "events": seqs.clone().map(|seq| event_body(&timeline, seq)).collect::<Vec<_>>(),
         });
         let started = Instant::now();
         for seq in seqs.clone() {
@@ -795,7 +864,9 @@ async fn wait_for_deliveries(
 ) -> WebhookOutcome {
     loop {
         // The cheap counter first; the exact scan only once it could be complete.
-        if timeline.first_receipts.load(Ordering::Relaxed) >= accepted && timeline.deliveries().missing == 0 {
+        if timeline.first_receipts.load(Ordering::Relaxed) >= accepted * timeline.fanout as u64
+            && timeline.deliveries().missing == 0
+        {
             break;
         }
         if Instant::now() >= deadline {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use tokio::sync::oneshot;
@@ -32,7 +32,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
-            .route("/hook/{org}", post(hook))
+            .route("/hook/{org}/{endpoint}", post(hook))
             .with_state(timeline)
             .route(
                 "/slow",
@@ -63,8 +63,10 @@ impl Receiver {
         })
     }
 
-    pub fn url_for(&self, org: usize) -> String {
-        format!("http://{}/hook/{org}", self.addr)
+    /// The URL of measured organisation `org`'s endpoint number `endpoint` (numbered from 0;
+    /// the ones its events match come first).
+    pub fn url_for(&self, org: usize, endpoint: usize) -> String {
+        format!("http://{}/hook/{org}/{endpoint}", self.addr)
     }
 
     pub fn slow_url(&self) -> String {
@@ -87,7 +89,11 @@ impl Receiver {
 
 /// The delivered body is `{"id", "type", "timestamp", "dedup_id", "data"}` where `data` is the
 /// payload we sent, carrying `bench_run` and `seq`.
-async fn hook(State(timeline): State<Arc<Timeline>>, body: Bytes) -> StatusCode {
+async fn hook(
+    State(timeline): State<Arc<Timeline>>,
+    Path((_org, endpoint)): Path<(usize, usize)>,
+    body: Bytes,
+) -> StatusCode {
     let at = Instant::now();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
     let data = parsed.as_ref().and_then(|v| v.get("data"));
@@ -96,6 +102,6 @@ async fn hook(State(timeline): State<Arc<Timeline>>, body: Bytes) -> StatusCode 
         .and_then(|r| r.as_str())
         .unwrap_or("");
     let seq = data.and_then(|d| d.get("seq")).and_then(|s| s.as_u64());
-    timeline.received(run, seq, at);
+    timeline.received(run, seq, endpoint, at);
     StatusCode::OK
 }

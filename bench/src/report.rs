@@ -43,6 +43,7 @@ pub fn to_json(o: &Outcome) -> Value {
         json!({
             "slow_events_accepted": accepted,
             "slow_delay_s": round3(o.args.slow_delay.as_secs_f64()),
+            "same_organisation": o.args.slow_endpoint,
         })
     });
     let recovery = o.recovery.as_ref().map(|r| {
@@ -73,6 +74,8 @@ pub fn to_json(o: &Outcome) -> Value {
         "concurrency": o.args.concurrency,
         "batch_size": o.args.batch_size,
         "orgs": o.args.orgs,
+        "endpoints_per_org": o.args.endpoints,
+        "deliveries_per_event": o.args.matching,
         "sent": o.sent,
         "accepted": o.accepted,
         "rejected": o.rejected,
@@ -120,7 +123,14 @@ pub fn to_text(o: &Outcome) -> String {
         },
         a.concurrency,
         a.orgs,
-        if a.webhook { ", webhook delivery" } else { "" },
+        match (a.webhook, a.explicit_endpoints()) {
+            (false, _) => String::new(),
+            (true, false) => ", webhook delivery".to_string(),
+            (true, true) => format!(
+                ", webhook delivery to {} of {} endpoints per org",
+                a.matching, a.endpoints
+            ),
+        },
         a.base_url
     );
     let rejected = if o.rejected.is_empty() {
@@ -151,7 +161,12 @@ pub fn to_text(o: &Outcome) -> String {
     if let Some(slow) = o.slow_accepted {
         let _ = writeln!(
             s,
-            "  isolation        {slow} events of a slow organisation ({:.1} s per delivery) queued first",
+            "  isolation        {slow} events of a slow {} ({:.1} s per delivery) queued first",
+            if a.slow_endpoint {
+                "endpoint of the first organisation"
+            } else {
+                "organisation"
+            },
             a.slow_delay.as_secs_f64()
         );
     }
@@ -182,13 +197,19 @@ pub fn to_text(o: &Outcome) -> String {
     if let Some(w) = &o.webhook {
         let _ = writeln!(
             s,
-            "  delivered        {} of {} accepted; missing {}; duplicates {}; unknown {}",
-            w.delivered, o.accepted, w.missing, w.duplicates, w.unknown
+            "  delivered        {} deliveries of {} owed ({} accepted x {}); missing {}; duplicates {}; unknown {}",
+            w.delivered,
+            o.accepted * a.matching as u64,
+            o.accepted,
+            a.matching,
+            w.missing,
+            w.duplicates,
+            w.unknown
         );
         if let (Some(span), Some(drain)) = (w.delivery_span, w.drain_after_send) {
             let _ = writeln!(
                 s,
-                "  delivery         {:.0} events/s (last arrival {:.2} s after the last POST)",
+                "  delivery         {:.0} deliveries/s (last arrival {:.2} s after the last POST)",
                 per_second(w.delivered, span),
                 drain.as_secs_f64()
             );
@@ -211,7 +232,7 @@ const COLUMNS: [(&str, &str, usize); 13] = [
     ("ingest ev/s", "/ingest_throughput_eps", 0),
     ("POST p50 ms", "/post_latency_ms/p50", 1),
     ("POST p99 ms", "/post_latency_ms/p99", 1),
-    ("deliver ev/s", "/delivery/delivery_throughput_eps", 0),
+    ("deliveries/s", "/delivery/delivery_throughput_eps", 0),
     ("e2e p50 ms", "/delivery/e2e_latency_ms/p50", 1),
     ("e2e p99 ms", "/delivery/e2e_latency_ms/p99", 1),
     ("rejected", "/rejected_total", 0),

@@ -1,6 +1,7 @@
 //! Per-event timestamps shared by the senders and the webhook receiver: when each POST started,
-//! whether it was accepted, and when its first webhook arrived. Lock-free (one atomic per event
-//! and field) so recording does not perturb what is measured.
+//! whether it was accepted, and when its first webhook arrived at each matching endpoint (an
+//! event matching M endpoints has M delivery slots). Lock-free (one atomic per event or slot and
+//! field) so recording does not perturb what is measured.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -9,21 +10,26 @@ pub struct Timeline {
     pub epoch: Instant,
     /// The run's id, carried in each payload so the receiver can tell our events apart.
     pub run_id: String,
+    /// The type the run's events are sent with.
+    pub event_type: &'static str,
+    /// Deliveries per accepted event: the endpoints each event matches.
+    pub fanout: usize,
     /// Nanoseconds since `epoch` + 1 (0 = not recorded).
     started: Vec<AtomicU64>,
     accepted: Vec<AtomicBool>,
+    /// One slot per (event, matching endpoint): event `seq`, endpoint `e` is `seq * fanout + e`.
     received: Vec<AtomicU64>,
     /// Events whose POST started, and of those the accepted ones (for the sampled timeline).
     pub started_count: AtomicU64,
     pub accepted_count: AtomicU64,
-    /// First receipts of a known event; later receipts count as duplicates.
+    /// First receipts of a known (event, endpoint); later receipts count as duplicates.
     pub first_receipts: AtomicU64,
     pub duplicates: AtomicU64,
     /// Webhooks that were not one of this run's events.
     pub unknown: AtomicU64,
 }
 
-/// What the receiver saw for the accepted events.
+/// What the receiver saw for the accepted events: counts are of deliveries (events x fanout).
 #[derive(Debug, Default)]
 pub struct Deliveries {
     pub delivered: u64,
@@ -36,14 +42,17 @@ pub struct Deliveries {
 }
 
 impl Timeline {
-    pub fn new(events: u64, run_id: String) -> Self {
+    pub fn with_fanout(events: u64, fanout: usize, event_type: &'static str, run_id: String) -> Self {
         let n = usize::try_from(events).unwrap_or(usize::MAX);
+        let fanout = fanout.max(1);
         Self {
             epoch: Instant::now(),
             run_id,
+            event_type,
+            fanout,
             started: (0..n).map(|_| AtomicU64::new(0)).collect(),
             accepted: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            received: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            received: (0..n.saturating_mul(fanout)).map(|_| AtomicU64::new(0)).collect(),
             started_count: AtomicU64::new(0),
             accepted_count: AtomicU64::new(0),
             first_receipts: AtomicU64::new(0),
@@ -70,11 +79,13 @@ impl Timeline {
         }
     }
 
-    /// Record a webhook for event `seq` of run `run`; keeps the first arrival only.
-    pub fn received(&self, run: &str, seq: Option<u64>, at: Instant) {
+    /// Record a webhook for event `seq` of run `run` at the run's endpoint number `endpoint`;
+    /// keeps the first arrival only.
+    pub fn received(&self, run: &str, seq: Option<u64>, endpoint: usize, at: Instant) {
         let slot = seq
-            .filter(|_| run == self.run_id)
+            .filter(|_| run == self.run_id && endpoint < self.fanout)
             .and_then(|s| usize::try_from(s).ok())
+            .and_then(|s| s.checked_mul(self.fanout)?.checked_add(endpoint))
             .and_then(|s| self.received.get(s));
         let Some(slot) = slot else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
@@ -90,14 +101,26 @@ impl Timeline {
         }
     }
 
-    /// Scan every event: which accepted ones arrived, and how long after their POST started.
+    /// Deliveries expected so far: accepted events times the endpoints each matches.
+    pub fn accepted_deliveries(&self) -> u64 {
+        self.accepted_count.load(Ordering::Relaxed) * self.fanout as u64
+    }
+
+    /// Each delivery slot with its event's start stamp, for the accepted events only.
+    fn accepted_slots(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.received.iter().enumerate().filter_map(|(i, received)| {
+            let event = i / self.fanout;
+            let accepted = self.accepted.get(event)?.load(Ordering::Relaxed);
+            let started = self.started.get(event)?.load(Ordering::Relaxed);
+            accepted.then(|| (started, received.load(Ordering::Relaxed)))
+        })
+    }
+
+    /// Scan every delivery slot: which of the accepted events' arrived, and how long after
+    /// their POST started.
     pub fn deliveries(&self) -> Deliveries {
         let mut out = Deliveries::default();
-        for ((accepted, started), received) in self.accepted.iter().zip(&self.started).zip(&self.received) {
-            if !accepted.load(Ordering::Relaxed) {
-                continue;
-            }
-            let (s, r) = (started.load(Ordering::Relaxed), received.load(Ordering::Relaxed));
+        for (s, r) in self.accepted_slots() {
             if r == 0 {
                 out.missing += 1;
                 continue;
@@ -119,9 +142,8 @@ impl Timeline {
         let mut buckets: Vec<Vec<Duration>> = Vec::new();
         let offset = from.saturating_duration_since(self.epoch);
         let width = width.as_nanos().max(1);
-        for ((accepted, started), received) in self.accepted.iter().zip(&self.started).zip(&self.received) {
-            let (s, r) = (started.load(Ordering::Relaxed), received.load(Ordering::Relaxed));
-            if !accepted.load(Ordering::Relaxed) || r == 0 {
+        for (s, r) in self.accepted_slots() {
+            if r == 0 {
                 continue;
             }
             let at = Duration::from_nanos(r - 1).saturating_sub(offset);
@@ -144,7 +166,7 @@ mod tests {
 
     #[test]
     fn deliveries_count_accepted_events_once_and_ignore_strangers() {
-        let t = Timeline::new(3, "run1".into());
+        let t = Timeline::with_fanout(3, 1, "order.created", "run1".into());
         let t0 = t.epoch;
         for seq in 0..3 {
             t.started(seq, t0 + Duration::from_millis(10));
@@ -152,12 +174,12 @@ mod tests {
         t.accepted(0);
         t.accepted(1);
         // Event 2 was not accepted, event 1 never arrives; event 0 arrives twice.
-        t.received("run1", Some(0), t0 + Duration::from_millis(30));
-        t.received("run1", Some(0), t0 + Duration::from_millis(50));
-        t.received("run1", Some(2), t0 + Duration::from_millis(40));
-        t.received("other", Some(1), t0 + Duration::from_millis(40));
-        t.received("run1", Some(99), t0 + Duration::from_millis(40));
-        t.received("run1", None, t0 + Duration::from_millis(40));
+        t.received("run1", Some(0), 0, t0 + Duration::from_millis(30));
+        t.received("run1", Some(0), 0, t0 + Duration::from_millis(50));
+        t.received("run1", Some(2), 0, t0 + Duration::from_millis(40));
+        t.received("other", Some(1), 0, t0 + Duration::from_millis(40));
+        t.received("run1", Some(99), 0, t0 + Duration::from_millis(40));
+        t.received("run1", None, 0, t0 + Duration::from_millis(40));
         let d = t.deliveries();
         assert_eq!((d.delivered, d.missing), (1, 1));
         assert_eq!(d.end_to_end, vec![Duration::from_millis(20)]);
@@ -171,15 +193,15 @@ mod tests {
 
     #[test]
     fn end_to_end_latencies_are_bucketed_by_arrival_time() {
-        let t = Timeline::new(3, "run1".into());
+        let t = Timeline::with_fanout(3, 1, "order.created", "run1".into());
         let t0 = t.epoch;
         for seq in 0..3 {
             t.started(seq, t0 + Duration::from_millis(100));
             t.accepted(seq);
         }
-        t.received("run1", Some(0), t0 + Duration::from_millis(120));
-        t.received("run1", Some(1), t0 + Duration::from_millis(500));
-        t.received("run1", Some(2), t0 + Duration::from_millis(510));
+        t.received("run1", Some(0), 0, t0 + Duration::from_millis(120));
+        t.received("run1", Some(1), 0, t0 + Duration::from_millis(500));
+        t.received("run1", Some(2), 0, t0 + Duration::from_millis(510));
         let b = t.end_to_end_by_arrival(t0 + Duration::from_millis(100), Duration::from_millis(250));
         assert_eq!(
             b,
@@ -188,5 +210,33 @@ mod tests {
                 vec![Duration::from_millis(400), Duration::from_millis(410)]
             ]
         );
+    }
+
+    #[test]
+    fn an_event_matching_several_endpoints_is_delivered_once_per_endpoint() {
+        let t = Timeline::with_fanout(2, 3, "order.created", "run1".into());
+        let t0 = t.epoch;
+        for seq in 0..2 {
+            t.started(seq, t0 + Duration::from_millis(10));
+            t.accepted(seq);
+        }
+        assert_eq!(t.accepted_deliveries(), 6);
+        for endpoint in 0..3 {
+            t.received(
+                "run1",
+                Some(0),
+                endpoint,
+                t0 + Duration::from_millis(20 + endpoint as u64),
+            );
+        }
+        t.received("run1", Some(1), 1, t0 + Duration::from_millis(40));
+        t.received("run1", Some(1), 1, t0 + Duration::from_millis(41));
+        // Endpoint 3 is not one of the three matching ones.
+        t.received("run1", Some(1), 3, t0 + Duration::from_millis(42));
+        let d = t.deliveries();
+        assert_eq!((d.delivered, d.missing), (4, 2));
+        assert_eq!(d.end_to_end[..3], [10, 11, 12].map(Duration::from_millis));
+        assert_eq!(t.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(t.unknown.load(Ordering::Relaxed), 1);
     }
 }

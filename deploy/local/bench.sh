@@ -5,6 +5,7 @@
 #
 #   deploy/local/bench.sh [-n EVENTS] [-c CONCURRENCY] [-k ORGS] [-r RUNS] [-w WORKERS]
 #                         [--drain] [--no-webhook] [--rate R --duration S] [--slow-org N]
+#                         [--slow-endpoint N] [--endpoints E [--matching M]]
 #                         [--poison C [--poison-payload KIND]] [--prefill N] [--recover N]
 #                         [--batch-size B]
 #   deploy/local/bench.sh --all     # every scenario of BENCHMARKS.md, then latency.sh
@@ -14,7 +15,10 @@
 # events, 64 connections, 4 organisations, 3 runs, 1 worker. --drain: the workers start only once
 # every event is queued, and the delivery rate is that of draining the backlog. --rate/--duration:
 # open loop (R events/s for S seconds, at most C in flight). --slow-org N: isolation (N events
-# of an organisation whose endpoint takes 3 s are queued before each run). --poison C: another
+# of an organisation whose endpoint takes 3 s are queued before each run; --slow-endpoint N: the
+# same for a slow endpoint of the measured organisation itself). --endpoints E --matching M: each
+# organisation has E endpoints and each event matches M of them (deliveries/s counts each).
+# --poison C: another
 # organisation sends payloads Postgres cannot store (issue 15's five, or --poison-payload's one)
 # from C connections while the events are sent, to show what they cost. --prefill N: the
 # database first gets N events of history (delivered, with dedup keys and attempts, of 16 other
@@ -27,7 +31,7 @@
 # BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
 # BENCH_DURATION_LIMIT (120s) bounds each run, BENCH_KEEP_PG=1 leaves the cluster running.
 # Also measured in the same run: the commit floor (pgbench, one single-row INSERT per
-# transaction, sequential, 10 s) and, per run, statements and commits per delivered event
+# transaction, sequential, 10 s) and, per run, statements and commits per delivery
 # (pg_stat_statements, loaded into the bench cluster, and pg_stat_database.xact_commit).
 # Each run's JSON, chart (SVG), statement report and the service logs land in target/bench/
 # (BENCH_OUT), and the peak RSS (VmHWM) of ingest and workers in memory.txt.
@@ -54,10 +58,11 @@ while (($#)); do
     -w | --workers) workers=$2; shift 2 ;;
     --drain) drain=1; shift ;;
     --no-webhook) webhook=""; shift ;;
-    --rate | --duration | --slow-org | --slow-delay | --poison | --poison-payload | --recover | --batch-size) extra+=("$1" "$2"); shift 2 ;;
+    --rate | --duration | --slow-org | --slow-endpoint | --slow-delay | --poison | --poison-payload | --recover | --endpoints | --matching | --batch-size)
+      extra+=("$1" "$2"); shift 2 ;;
     --all) all=1; shift ;;
     --prefill) prefill=$2; shift 2 ;;
-    -h | --help) sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -89,6 +94,15 @@ if ((all)); then
   scenario burst-webhook -n 60000 -c 64 -w 1
   scenario burst-no-webhook -n 60000 -c 64 --no-webhook
   scenario isolation --slow-org 2000 -n 300 -c 64 -k 1 -w 1
+  # Many endpoints (issue 14): fan-out to 4 and 16 matching endpoints (ingest with webhooks on and
+  # no worker, then one worker's drain in deliveries/s), 50 endpoints of which 1 matches (ingest
+  # beside drain-1's), a slow endpoint beside a fast one of the same organisation, and an open
+  # loop of 500 events/s to one endpoint.
+  scenario fanout-4 --drain -n 20000 -w 1 --endpoints 4 --matching 4
+  scenario fanout-16 --drain -n 10000 -w 1 --endpoints 16 --matching 16
+  scenario endpoints-50 --drain -n 20000 -w 1 --endpoints 50 --matching 1
+  scenario isolation-endpoint --slow-endpoint 2000 -n 300 -c 64 -k 1 -w 1
+  scenario open-loop-500 --rate 500 --duration 30 -c 256 -w 1
   scenario scale --prefill 10000000 -n 60000 -c 64 -w 1
   # Back to back: the same open loop of 4 organisations, without and then during a recovery of
   # 100,000 deliveries of a fifth one (its live end-to-end p99 must stay within 2x).
@@ -261,7 +275,7 @@ for ((i = 1; i <= runs; i++)); do
     calls=$(psql -c "SELECT sum(calls) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
     scope=$( ((drain)) && echo "workers only" || echo "ingest included")
     log "run $i: $(awk -v c=$((commits_after - commits_before)) -v s="$calls" -v d="$delivered" -v w="$scope" \
-      'BEGIN { printf "%.2f commits and %.2f statements per delivered event (%s)", c / d, s / d, w }')"
+      'BEGIN { printf "%.2f commits and %.2f statements per delivery (%s)", c / d, s / d, w }')"
   fi
   if ((drain)); then stop_workers; fi
 done
