@@ -100,12 +100,8 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// on every authenticated (`401`) `POST`, `PUT`, `PATCH` and `DELETE` that documents no `403`
 /// of its own.
 pub fn document_read_only_sessions(doc: &mut utoipa::openapi::OpenApi) {
-    let forbidden = || {
-        ResponseBuilder::new()
-            .description("`read_only_session`: a read-only console session cannot change anything")
-            .content_ref("application/json", Ref::from_schema_name("ErrorBody"))
-            .build()
-    };
+    let forbidden =
+        || error_response("`read_only_session`: a read-only console session cannot change anything").build();
     for item in doc.paths.paths.values_mut() {
         for op in [&mut item.post, &mut item.put, &mut item.patch, &mut item.delete]
             .into_iter()

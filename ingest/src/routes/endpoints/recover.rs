@@ -282,7 +282,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RecoveryPath {
     ),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = RecoveryOut),
+        (status = 200, description = "The recovery and its progress", body = RecoveryOut),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's endpoint), or `recovery_not_found` (unknown, malformed, or another endpoint's recovery)", body = ErrorBody),
         (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),

@@ -76,7 +76,7 @@ pub struct SecretRotatedOut {
     request_body = Option<RotateSecretIn>,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = SecretRotatedOut),
+        (status = 200, description = "The new signing secret, and until when the previous one stays valid", body = SecretRotatedOut),
         (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),

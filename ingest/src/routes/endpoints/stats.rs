@@ -101,7 +101,7 @@ fn tenths(ms: f64) -> f64 {
     params(("id" = String, Path, description = "Endpoint id (UUID)"), EndpointStatsQuery),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, body = EndpointStatsOut),
+        (status = 200, description = "The endpoint's delivery counts", body = EndpointStatsOut),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
         (status = 422, description = "`validation_failed`: `since` is not RFC 3339, more than 28 days ago or in the future, or a parameter holds NUL", body = ErrorBody),

@@ -25,7 +25,10 @@ use triggers_shared::{
     metrics as m,
     models::{DedupId, EventType, MAX_PAYLOAD_BYTES},
 };
-use utoipa::openapi::{Ref, RefOr, schema::Schema};
+use utoipa::openapi::{
+    RefOr,
+    schema::{ObjectBuilder, Schema, SchemaType},
+};
 use uuid::Uuid;
 
 use super::{EventIn, ValidEvent};
@@ -47,13 +50,22 @@ const _: () = assert!(MAX_BATCH_EVENTS <= batcher::QUEUE_CAPACITY);
 /// The body of `POST /api/events/batch`. Unknown fields are ignored.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct BatchIn {
-    #[schema(schema_with = events_schema)]
+    #[schema(schema_with = events_schema, required = true)]
     events: Option<Box<RawValue>>,
 }
 
+/// The array is checked as a whole; its items are not: each is judged on its own, and one that
+/// is not a valid `EventIn` gets its own `413`/`422` result in a `200`, not a refusal of the
+/// request. So the items are any JSON value here.
 fn events_schema() -> Schema {
+    let item = ObjectBuilder::new()
+        .schema_type(SchemaType::AnyValue)
+        .description(Some(
+            "An event, as the body of `POST /api/events` (`EventIn`). One that is not valid is \
+         answered in its own result (`413`/`422`); the other events are not affected.",
+        ));
     crate::openapi::array_of(
-        RefOr::Ref(Ref::from_schema_name("EventIn")),
+        RefOr::T(item.into()),
         1..=MAX_BATCH_EVENTS,
         false,
         "The events, each under the rules of `POST /api/events` and judged on its own.",
