@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A smoke run of every triggers-bench mode against real binaries: closed loop, open loop
-# (--rate/--duration), drain (--drain-start), isolation (--slow-org) and poison (--poison), each with a handful of
+# (--rate/--duration), drain (--drain-start), isolation (--slow-org, --slow-endpoint), many
+# endpoints (--endpoints/--matching) and poison (--poison), each with a handful of
 # events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted:
 # it fails only when a mode breaks (an accepted event not delivered, errors, no chart, a prefill
 # that stored less than asked). `deploy/local/test.sh` runs it after the tests.
@@ -87,6 +88,11 @@ bench closed-loop --events 200 --concurrency 8
 bench open-loop --rate 200 --duration 1s --concurrency 16
 grep -q '"backlog_at_schedule_end":[0-9]' "$out/open-loop.json" || { log "open loop: no backlog figure"; exit 1; }
 bench isolation --events 50 --concurrency 8 --slow-org 20 --slow-delay 1s
+bench isolation-endpoint --events 50 --concurrency 8 --slow-endpoint 20 --slow-delay 1s
+# Many endpoints: each event owed to 3 of 5 (the bench waits for every delivery).
+bench fanout --events 100 --concurrency 8 --endpoints 5 --matching 3
+grep -q '"delivered":300' "$out/fanout.json" \
+  || { log "fanout: not 100 events x 3 endpoints = 300 deliveries: $(cat "$out/fanout.json")"; exit 1; }
 # Issue 15's five poison payloads in turn beside the measured events: every one answered 4xx.
 bench poison --events 100 --concurrency 4 --poison 2
 grep -q '"server_errors":0' "$out/poison.json" && grep -q '"422":' "$out/poison.json" \

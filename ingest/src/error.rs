@@ -153,7 +153,6 @@ impl ApiError {
             | WebhookUrlNotAllowed
             | TooManyPortalSessions { .. }
             | TooManyEndpoints { .. }
-            | TooManySecrets { .. }
             | TooManyToRecover { .. }
             | PayloadNotStorable => StatusCode::UNPROCESSABLE_ENTITY,
             InvalidJson(_) => StatusCode::BAD_REQUEST,
@@ -165,7 +164,9 @@ impl ApiError {
             | RecoveryNotFound
             | WebhookNotConfigured
             | PortalSessionNotFound => StatusCode::NOT_FOUND,
-            DuplicateEvent { .. } | RedeliveryWithoutWebhook | EndpointDisabled => StatusCode::CONFLICT,
+            DuplicateEvent { .. } | RedeliveryWithoutWebhook | EndpointDisabled | TooManySecrets { .. } => {
+                StatusCode::CONFLICT
+            }
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -100,6 +100,7 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// on every authenticated (`401`) `POST`, `PUT`, `PATCH` and `DELETE` that documents no `403`
 /// of its own.
 pub fn document_read_only_sessions(doc: &mut utoipa::openapi::OpenApi) {
+    // (`content_ref` would put the bare `$ref` where OpenAPI 3.1 wants a media type object.)
     let forbidden =
         || error_response("`read_only_session`: a read-only console session cannot change anything").build();
     for item in doc.paths.paths.values_mut() {

@@ -174,7 +174,7 @@ async fn a_rotation_keeps_the_previous_secret_valid_for_its_grace_and_at_most_fi
     // A sixth is refused, naming when the oldest of the minute ones expires; nothing changes.
     let version = acme.version().await;
     let (status, body) = acme.post(&path, json!({"grace_period_seconds": 60})).await;
-    assert_eq!(code(status, &body, 422), "too_many_secrets");
+    assert_eq!(code(status, &body, 409), "too_many_secrets");
     assert_eq!(body["limit"], 5);
     assert_eq!(instant(&body["next_expires_at"]), minute[0].1);
     assert_eq!(secrets(&app.db, id).await, (stored.clone(), previous.clone()));
@@ -620,7 +620,6 @@ async fn a_recovery_refuses_bad_bodies_a_disabled_endpoint_and_other_organisatio
     for (body, fields) in [
         (json!({}), vec!["since"]),
         (json!({"since": "yesterday"}), vec!["since"]),
-        (json!({"since": since, "until": since}), vec!["until"]),
         (json!({"since": since, "statuses": []}), vec!["statuses"]),
         (json!({"since": since, "statuses": ["pending"]}), vec!["statuses"]),
         (json!({"since": since, "statuses": "failed"}), vec!["statuses"]),
@@ -637,9 +636,15 @@ async fn a_recovery_refuses_bad_bodies_a_disabled_endpoint_and_other_organisatio
         let (status, answer) = acme.post(&path, body.clone()).await;
         assert_eq!(bad_fields(status, &answer), fields, "{body}");
     }
+    // A window that ends where it starts, or starts after now (`until`'s default), is empty.
     let future = rfc3339(Utc::now() + Span::hours(1));
-    let (status, answer) = acme.post(&path, json!({"since": future})).await;
-    assert_eq!(bad_fields(status, &answer), ["since"], "since must be before now");
+    for body in [
+        json!({"since": since, "until": since, "dry_run": true}),
+        json!({"since": future, "dry_run": true}),
+    ] {
+        let (status, answer) = acme.post(&path, body.clone()).await;
+        assert_eq!((status, answer), (StatusCode::OK, json!({"count": 0})), "{body}");
+    }
     let res = app
         .client
         .post(app.url(&path))

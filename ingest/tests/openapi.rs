@@ -235,6 +235,12 @@ async fn every_authenticated_change_documents_why_a_console_session_may_be_refus
                 forbidden.contains("read_only_session") || forbidden.contains("api_key_required"),
                 "{method} {path} does not document its 403: {forbidden:?}"
             );
+            // A media type object (OpenAPI 3.1), not a bare reference to the schema.
+            assert_eq!(
+                op["responses"]["403"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path}: its 403 body is not an ErrorBody media type"
+            );
         }
     }
     assert!(changes >= 10, "{changes} authenticated changes");

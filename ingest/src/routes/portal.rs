@@ -26,7 +26,7 @@ use crate::{
     auth::{Caller, KeyHolder, session},
     error::{ApiError, ErrorBody},
     extract::{ApiJson, OptionalApiJson, path_uuid},
-    validate::{Parse, Problems, json_kind, json_string},
+    validate::{Parse, Problems, json_integer, json_kind, json_string},
 };
 
 /// Session lifetimes allowed, in seconds (a minute to a day), and the default (an hour).
@@ -76,8 +76,8 @@ impl Parse for PortalSessionIn {
     fn parse(self) -> Result<PortalSessionRequest, ApiError> {
         let mut problems = Problems::default();
         let lifetime = problems.optional("expires_in_seconds", self.expires_in_seconds.as_deref(), |raw| {
-            serde_json::from_str::<u64>(raw.get())
-                .ok()
+            json_integer(raw)
+                .and_then(|secs| u64::try_from(secs).ok())
                 .filter(|secs| (MIN_LIFETIME_SECS..=MAX_LIFETIME_SECS).contains(secs))
                 .map(Duration::from_secs)
                 .ok_or_else(|| format!("must be an integer from {MIN_LIFETIME_SECS} to {MAX_LIFETIME_SECS}"))

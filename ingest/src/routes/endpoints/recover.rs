@@ -7,7 +7,8 @@
 //!
 //! Choices where API.md is silent:
 //! - The window is on the deliveries' `created_at` (their event's): `since` inclusive, `until`
-//!   exclusive, both RFC 3339; `since` is required and must be before `until` (default: now).
+//!   exclusive, both RFC 3339; `since` is required, `until` defaults to now; a window that ends
+//!   where or before it starts is empty (it counts 0).
 //! - `statuses`: 1-5 of `failed` (or `dead_letter`), `skipped`, `cancelled`, `delivered`
 //!   (replaying delivered ones is allowed); `pending` is refused (it has a chain already).
 //! - A recovery restarts the deliveries that matched when it was counted and have not changed
@@ -32,6 +33,11 @@ use triggers_shared::{
         recoveries::{self, MAX_DELIVERIES, Recovery, RecoveryFilter, Started},
     },
     models::DeliveryStatus,
+    schemas,
+};
+use utoipa::openapi::{
+    KnownFormat, Schema, SchemaFormat,
+    schema::{ObjectBuilder, OneOfBuilder, Type},
 };
 use uuid::Uuid;
 
@@ -41,6 +47,7 @@ use crate::{
     auth::Org,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
+    openapi,
     validate::{Parse, Problems, json_kind, json_string, timestamp},
 };
 
@@ -54,12 +61,12 @@ pub struct RecoverIn {
     /// Deliveries created at or after this instant (RFC 3339). Required.
     #[schema(value_type = DateTime<Utc>, required = true)]
     since: Option<Box<RawValue>>,
-    /// Deliveries created before this instant (RFC 3339). Default: now.
-    #[schema(value_type = Option<DateTime<Utc>>)]
+    /// Deliveries created before this instant (RFC 3339), after `since`. Default: now.
+    #[schema(schema_with = until_schema)]
     until: Option<Box<RawValue>>,
-    /// 1-5 of `failed` (or `dead_letter`), `skipped`, `cancelled`, `delivered`. Default
-    /// `["failed", "skipped"]`.
-    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 5, example = json!(["failed", "skipped"]))]
+    /// 1-5 of `failed` (or `dead_letter`), `skipped`, `cancelled`, `delivered` (a repeated
+    /// one counts once). Default `["failed", "skipped"]`.
+    #[schema(schema_with = statuses_schema)]
     statuses: Option<Box<RawValue>>,
     /// Only count. Default `false`.
     #[schema(value_type = Option<bool>)]
@@ -87,11 +94,6 @@ impl Parse for RecoverIn {
             serde_json::from_str::<bool>(raw.get())
                 .map_err(|_| format!("must be true or false, not {}", json_kind(raw)))
         });
-        if let (Some(since), Some(until)) = (since, until)
-            && since >= until
-        {
-            problems.add("until", "must be after since");
-        }
         let Some(since) = since else {
             return Err(problems.into_error());
         };
@@ -103,6 +105,33 @@ impl Parse for RecoverIn {
             dry_run: dry_run.unwrap_or(false),
         })
     }
+}
+
+/// The names `statuses` takes.
+const RECOVERABLE: [&str; 5] = ["failed", "dead_letter", "skipped", "cancelled", "delivered"];
+
+/// `until`: an RFC 3339 instant or `null` (one of two schemas rather than a `[string, null]` type,
+/// so that generators keep the string's format).
+fn until_schema() -> Schema {
+    let instant = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+    OneOfBuilder::new()
+        .item(instant)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Deliveries created before this instant (RFC 3339), after `since`. Default (or `null`): now.",
+        ))
+        .into()
+}
+
+fn statuses_schema() -> Schema {
+    openapi::array_of(
+        schemas::one_of_strings("A recoverable status (`dead_letter` is `failed`)", &RECOVERABLE).into(),
+        1..=RECOVERABLE.len(),
+        true,
+        "1-5 statuses (a repeated one counts once). Default `[\"failed\", \"skipped\"]`.",
+    )
 }
 
 /// 1-5 recoverable statuses, each kept once.
@@ -174,10 +203,9 @@ pub async fn recover_endpoint(
     ApiJson(body): ApiJson<RecoverIn>,
 ) -> Result<Response, ApiError> {
     let request = body.parse()?;
+    // A window that ends where (or before) it starts holds nothing: it counts 0, and recovers
+    // nothing (a refusal would turn a request the schema allows into a 422).
     let until = request.until.unwrap_or_else(Utc::now);
-    if request.since >= until {
-        return Err(ApiError::invalid("since", "must be before until (default: now)"));
-    }
     let filter = RecoveryFilter {
         endpoint_id: id,
         since: request.since,
@@ -282,7 +310,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RecoveryPath {
     ),
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The recovery and its progress", body = RecoveryOut),
+        (status = 200, description = "The recovery's progress", body = RecoveryOut),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's endpoint), or `recovery_not_found` (unknown, malformed, or another endpoint's recovery)", body = ErrorBody),
         (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),

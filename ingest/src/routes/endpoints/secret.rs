@@ -4,7 +4,7 @@
 //!
 //! Choices where API.md is silent: an absent or empty body is the default grace (86,400 s); at
 //! most 5 secrets are valid at once (the new one and 4 in their grace period), and a rotation
-//! that would make a 6th valid is refused (`422 too_many_secrets`, with the time the oldest
+//! that would make a 6th valid is refused (`409 too_many_secrets`, with the time the oldest
 //! expires as `next_expires_at`) rather than cutting a secret short that receivers may still
 //! hold; a rotation with `grace_period_seconds: 0` always works. Expired secrets are dropped.
 
@@ -56,7 +56,7 @@ impl Parse for RotateSecretIn {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct SecretRotatedOut {
+pub struct EndpointSecretRotatedOut {
     /// The new secret (`whsec_<base64>`), shown only here.
     pub signing_secret: String,
     /// Until when the previous secret still signs (the rotation's time for a grace of 0).
@@ -69,19 +69,20 @@ pub struct SecretRotatedOut {
 /// valid secret, space-separated in `webhook-signature` (`v1,<new> v1,<previous>`), so a
 /// receiver holding either secret accepts it; afterwards only the new secret signs. At most 5
 /// secrets are valid at once: a rotation with a grace period while 4 previous secrets are
-/// still valid is `422 too_many_secrets` (nothing changes); one with `grace_period_seconds: 0`
+/// still valid is `409 too_many_secrets` (nothing changes); one with `grace_period_seconds: 0`
 /// always works.
 #[utoipa::path(post, path = "/api/endpoints/{id}/secret/rotate", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id (UUID)")),
     request_body = Option<RotateSecretIn>,
     security(("api_key" = []), ("bearer" = [])),
     responses(
-        (status = 200, description = "The new signing secret, and until when the previous one stays valid", body = SecretRotatedOut),
+        (status = 200, description = "The new secret (shown this once), and until when the previous ones still sign", body = EndpointSecretRotatedOut),
         (status = 400, description = "Malformed JSON (`invalid_json`)", body = ErrorBody),
         (status = 401, description = "`missing_api_key` or `invalid_api_key`", body = ErrorBody),
         (status = 404, description = "`endpoint_not_found` (unknown, malformed or another organisation's id)", body = ErrorBody),
         (status = 415, description = "A body that is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
-        (status = 422, description = "`validation_failed` (a bad `grace_period_seconds`), or `too_many_secrets` with `limit` (5) and `next_expires_at`", body = ErrorBody),
+        (status = 409, description = "`too_many_secrets` with `limit` (5) and `next_expires_at` (depends on state: 4 previous secrets are still valid)", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (a bad `grace_period_seconds`)", body = ErrorBody),
         (status = 503, description = "Database unavailable (`unavailable`)", body = ErrorBody),
     ))]
 pub async fn rotate_endpoint_secret(
@@ -89,7 +90,7 @@ pub async fn rotate_endpoint_secret(
     State(state): State<AppState>,
     EndpointId(id): EndpointId,
     OptionalApiJson(body): OptionalApiJson<RotateSecretIn>,
-) -> Result<Json<SecretRotatedOut>, ApiError> {
+) -> Result<Json<EndpointSecretRotatedOut>, ApiError> {
     let grace = match body {
         Some(body) => body.parse()?,
         None => DEFAULT_GRACE,
@@ -102,7 +103,7 @@ pub async fn rotate_endpoint_secret(
             previous_expires_at,
         } => {
             tracing::info!(org_id = %org.id, endpoint_id = %id, grace_secs = grace.as_secs(), "endpoint secret rotated");
-            Ok(Json(SecretRotatedOut {
+            Ok(Json(EndpointSecretRotatedOut {
                 signing_secret: endpoint.signing_secret,
                 previous_secret_expires_at: previous_expires_at,
             }))
