@@ -73,3 +73,99 @@ export function statusBadge(status) {
 export function errorBox(message) {
   return h('div', { class: 'error-box', role: 'alert' }, message);
 }
+
+/**
+ * A labelled form field: `label` for `control` (whose `id` it takes), an optional hint, and a
+ * problem line that [`showProblems`] fills from the API's `422` details.
+ */
+export function field(label, control, hint) {
+  const id = control.id;
+  const problem = h('p', { id: `${id}-problem`, class: 'field-problem', hidden: true });
+  const described = [hint && `${id}-hint`, control.getAttribute('aria-describedby')].filter(Boolean);
+  if (described.length) control.setAttribute('aria-describedby', described.join(' '));
+  return h('div', { class: 'field', 'data-field': id },
+    h('label', { for: id }, label), control,
+    hint && h('span', { id: `${id}-hint`, class: 'hint' }, hint),
+    problem);
+}
+
+/**
+ * Show a `422 validation_failed` answer's `details` beside the fields they name (`fields` maps an
+ * API field, e.g. `event_types` for `event_types[1]`, to a control's id). Returns the messages no
+ * field took; focuses the first bad field.
+ */
+export function showProblems(form, details, fields) {
+  for (const problem of form.querySelectorAll('.field-problem')) {
+    problem.hidden = true;
+    problem.textContent = '';
+  }
+  for (const bad of form.querySelectorAll('[aria-invalid]')) bad.removeAttribute('aria-invalid');
+  const left = [];
+  let first;
+  for (const { field: name, message } of details ?? []) {
+    const id = fields[name] ?? fields[name.split(/[[.]/)[0]];
+    const control = id && form.querySelector(`#${id}`);
+    if (!control) {
+      left.push(`${name}: ${message}`);
+      continue;
+    }
+    const problem = form.querySelector(`#${id}-problem`);
+    problem.textContent = problem.textContent ? `${problem.textContent} ${message}` : `${name}: ${message}`;
+    problem.hidden = false;
+    control.setAttribute('aria-invalid', 'true');
+    if (!control.getAttribute('aria-describedby')?.includes(problem.id)) {
+      control.setAttribute('aria-describedby', `${problem.id} ${control.getAttribute('aria-describedby') ?? ''}`.trim());
+    }
+    first ??= control;
+  }
+  first?.focus();
+  return left;
+}
+
+/**
+ * A modal `<dialog>` titled `heading` (Escape closes it; focus stays inside while open; the
+ * element that opened it gets focus back). `build(close)` returns its content.
+ */
+export function openDialog(id, heading, build) {
+  const opener = document.activeElement;
+  const dialog = h('dialog', { id, class: 'dialog', 'aria-labelledby': `${id}-title` });
+  const close = () => dialog.close();
+  dialog.addEventListener('close', () => {
+    dialog.remove();
+    if (opener?.isConnected) opener.focus();
+  });
+  dialog.append(h('h2', { id: `${id}-title` }, heading));
+  append(dialog, [build(close)]);
+  document.body.append(dialog);
+  dialog.showModal();
+  return dialog;
+}
+
+/**
+ * A dialog that asks before acting: `content`, then the confirm button (`confirmId`, `label`)
+ * and Cancel. Confirming runs `run()`; when it resolves the dialog closes and the function it
+ * resolved to, if any, runs; when it fails, the error shows in the dialog, which stays open.
+ */
+export function actionDialog(id, heading, { content, confirmId, label, danger = false, run }) {
+  openDialog(id, heading, (close) => {
+    const problem = h('div', {});
+    const go = h('button', { type: 'submit', class: danger ? 'danger' : 'primary', id: confirmId }, label);
+    const form = h('form', { method: 'dialog' }, content, problem,
+      // Where focus starts: Cancel, when the action cannot be undone.
+      h('div', { class: 'actions' }, go, h('button', { type: 'button', onclick: close, autofocus: danger }, 'Cancel')));
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      go.disabled = true;
+      problem.replaceChildren();
+      try {
+        const after = await run();
+        close();
+        after?.();
+      } catch (error) {
+        go.disabled = false;
+        problem.replaceChildren(errorBox(error.message));
+      }
+    });
+    return form;
+  });
+}

@@ -1,6 +1,6 @@
 // The console's shell: signing in (a pasted API key, or a portal link's token exchanged for a
 // session), the navigation, and the router that shows one view per address (`#/events`,
-// `#/events/<id>`, `#/overview`).
+// `#/events/<id>`, `#/endpoints/<id>`, `#/recovery`, `#/overview`).
 //
 // A view is a module exporting `title` and `render(context)`, which resolves to the element to
 // show; adding one is a module and a line in ROUTES.
@@ -12,12 +12,21 @@ import { signInPage } from './views/signin.js';
 import * as overview from './views/overview.js';
 import * as events from './views/events.js';
 import * as event from './views/event.js';
+import * as endpointsView from './views/endpoints.js';
+import * as endpointView from './views/endpoint.js';
+import * as endpointForm from './views/endpoint-form.js';
+import * as recovery from './views/recovery.js';
 
 /** Every view: the address it answers, and its entry in the navigation, if any. */
 const ROUTES = [
   { pattern: /^\/overview$/, view: overview, nav: { label: 'Overview', href: '#/overview' } },
+  { pattern: /^\/endpoints$/, view: endpointsView, nav: { label: 'Endpoints', href: '#/endpoints' } },
+  { pattern: /^\/endpoints\/new$/, view: endpointForm, section: '#/endpoints' },
+  { pattern: /^\/endpoints\/([^/?]+)\/edit$/, view: endpointForm, section: '#/endpoints' },
+  { pattern: /^\/endpoints\/([^/?]+)$/, view: endpointView, section: '#/endpoints' },
   { pattern: /^\/events$/, view: events, nav: { label: 'Events', href: '#/events' } },
   { pattern: /^\/events\/([^/?]+)$/, view: event, section: '#/events' },
+  { pattern: /^\/recovery$/, view: recovery, nav: { label: 'Recovery', href: '#/recovery' } },
 ];
 const HOME = '#/events';
 const LINK_PREFIX = '#portal=';

@@ -3,12 +3,17 @@
 //! step, each asserting what the page shows: open a portal link; see the events; filter them;
 //! open one and its attempts; redeliver and acknowledge; the overview; move with the keyboard;
 //! sign out and in with a pasted key; a read-only session; a revoked, an expired and a used
-//! link landing on the sign-in page. Screenshots of each view go to `target/console-screenshots/`.
+//! link landing on the sign-in page. Then, for a second organisation, endpoints, deliveries per
+//! endpoint, resend, recovery and secret rotation (`console_browser/endpoints.rs`). Screenshots of
+//! each view go to `target/console-screenshots/`.
 
 #[path = "common/browser.rs"]
 mod browser;
 #[path = "common/process.rs"]
 mod process;
+
+#[path = "console_browser/endpoints.rs"]
+mod endpoints;
 
 use std::{
     process::{Command, Stdio},
@@ -105,6 +110,14 @@ fn free_port() -> u16 {
 /// The example receiver (verifies signatures, answers 204) on a free port: the process and its URL.
 async fn receiver(secret: &str) -> (Spawned, String) {
     let port = free_port();
+    (
+        receiver_on(port, secret).await,
+        format!("http://127.0.0.1:{port}/"),
+    )
+}
+
+/// The example receiver on `port`, once it listens.
+async fn receiver_on(port: u16, secret: &str) -> Spawned {
     let child = Command::new(sibling_binary("example-receiver"))
         .env("WEBHOOK_SECRET", secret)
         .env("PORT", port.to_string())
@@ -117,7 +130,7 @@ async fn receiver(secret: &str) -> (Spawned, String) {
         assert!(started.elapsed() < PATIENCE, "the receiver never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    (Spawned(child), format!("http://127.0.0.1:{port}/"))
+    Spawned(child)
 }
 
 fn worker(db_url: &str) -> Spawned {
@@ -128,7 +141,9 @@ fn worker(db_url: &str) -> Spawned {
         .env("TRIGGERS_WORKER_ADDR", "127.0.0.1:0")
         .env("TRIGGERS_ALLOW_PRIVATE_WEBHOOKS", "true")
         .env("TRIGGERS_WORKER_HEARTBEAT_SECS", "1")
-        .env("TRIGGERS_RETRY_SCHEDULE", "1s,1s")
+        // Three attempts: a retry after 1 s, then one after 4 s, long enough for the page to
+        // show a delivery waiting for its next attempt.
+        .env("TRIGGERS_RETRY_SCHEDULE", "1s,4s")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -302,7 +317,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         .text("the payload", "#payload", "\"note\": \"will fail\"")
         .await;
     let attempts = browser
-        .until("three failed attempts", "#attempts li", |texts| texts.len() == 3)
+        .until("three failed attempts", ".timeline li", |texts| texts.len() == 3)
         .await;
     for text in &attempts {
         assert!(
@@ -311,7 +326,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         );
     }
     let errors = browser
-        .until("each attempt's error", "#attempts .attempt-error", |t| {
+        .until("each attempt's error", ".timeline .attempt-error", |t| {
             t.len() == 3
         })
         .await;
@@ -332,7 +347,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         .await;
     browser.click("refresh", "#refresh-button", "Refresh").await;
     let attempts = browser
-        .until("four attempts", "#attempts li", |texts| texts.len() == 4)
+        .until("four attempts", ".timeline li", |texts| texts.len() == 4)
         .await;
     let last = &attempts[3];
     assert!(
@@ -397,7 +412,7 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         .script("document.getElementById('skip-link').focus()", Vec::new())
         .await;
     let mut order = vec![browser.focused().await];
-    for _ in 0..9 {
+    for _ in 0..11 {
         browser.press(Key::Tab).await;
         order.push(browser.focused().await);
     }
@@ -406,7 +421,9 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
         [
             "skip-link",
             "Overview",
+            "Endpoints",
             "Events",
+            "Recovery",
             "sign-out",
             "filter-status",
             "filter-type",
@@ -533,6 +550,8 @@ async fn a_person_debugs_deliveries_in_the_console_in_a_real_browser() {
     browser.goto(&link).await;
     lands_on_sign_in(&browser, "a used link", "already used").await;
     browser.screenshot("sign-in-used-link").await;
+
+    endpoints::a_person_routes_events_to_endpoints_and_recovers_them(&browser, &api, &ingest.base).await;
 
     browser.quit().await;
 }

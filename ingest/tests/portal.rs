@@ -486,6 +486,19 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         .as_str()
         .expect("Globex's default endpoint")
         .to_owned();
+    // Globex's recovery of that endpoint (nothing to recover: done at once), and its stats.
+    let since = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    let recover = format!("/api/endpoints/{globex_endpoint}/recover");
+    let (status, started) = call(
+        &app,
+        Method::POST,
+        &recover,
+        &globex.key,
+        Some(json!({"since": since})),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let globex_recovery = started["recovery_id"].as_str().expect("recovery_id").to_owned();
     let mut secrets = vec![
         globex.id.as_str(),
         globex_event.as_str(),
@@ -497,7 +510,9 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         globex_prefix.as_str(),
     ];
     secrets.push(globex_endpoint.as_str());
+    secrets.push(globex_recovery.as_str());
     let ids = [
+        ("recoveries", globex_recovery.as_str()),
         ("events", globex_event.as_str()),
         ("ack", globex_event.as_str()),
         ("sessions", globex_session_id.as_str()),
@@ -510,6 +525,8 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         "id": globex_event,
         "status": "failed",
         "token": globex_session,
+        "since": since,
+        "dry_run": true,
     });
 
     let res = app
@@ -568,9 +585,55 @@ async fn a_session_of_one_organisation_reaches_nothing_of_another_through_any_ro
         "PATCH /api/endpoints/{id}",
         "DELETE /api/endpoints/{id}",
         "GET /api/endpoints/{id}/deliveries",
+        "GET /api/endpoints/{id}/stats",
+        "POST /api/endpoints/{id}/recover",
+        "GET /api/endpoints/{id}/recoveries/{recovery_id}",
+        "POST /api/endpoints/{id}/secret/rotate",
+        "POST /api/events/{id}/endpoints/{endpoint_id}/resend",
     ] {
         assert!(reached.contains(route), "{route} was not tried: {reached:?}");
     }
+    // What the console reads of an endpoint: Globex's session gets it, Acme's gets the answer of
+    // an unknown id, the same as for an id that does not exist at all.
+    let unknown = Uuid::new_v4();
+    for (path, code) in [
+        (format!("/api/endpoints/{globex_endpoint}"), "endpoint_not_found"),
+        (
+            format!("/api/endpoints/{globex_endpoint}/deliveries"),
+            "endpoint_not_found",
+        ),
+        (
+            format!("/api/endpoints/{globex_endpoint}/stats"),
+            "endpoint_not_found",
+        ),
+        (
+            format!("/api/endpoints/{globex_endpoint}/recoveries/{globex_recovery}"),
+            "endpoint_not_found",
+        ),
+    ] {
+        let (status, answer) = call(&app, Method::GET, &path, &globex_session, None).await;
+        assert_eq!(status, 200, "Globex's own session: {path} {answer}");
+        let theirs = call(&app, Method::GET, &path, &session, None).await;
+        let nobody = call(
+            &app,
+            Method::GET,
+            &path.replace(&globex_endpoint, &unknown.to_string()),
+            &session,
+            None,
+        )
+        .await;
+        assert_eq!(
+            theirs, nobody,
+            "{path}: another organisation's endpoint answers as an unknown one"
+        );
+        refused(theirs, 404, code, &path);
+    }
+    let (_, listed) = call(&app, Method::GET, "/api/endpoints", &session, None).await;
+    assert_eq!(
+        listed["endpoints"],
+        json!([]),
+        "Acme's session lists none of Globex's endpoints"
+    );
     // Even with the key of its organisation, no session of Globex's can be revoked.
     let revoke = format!("/api/portal/sessions/{globex_session_id}");
     let answer = call(&app, Method::DELETE, &revoke, &acme.key, None).await;

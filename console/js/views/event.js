@@ -1,15 +1,18 @@
-// One event: its summary, its delivery attempts on a timeline, its payload, and the actions on
-// it (acknowledge, redeliver), from `GET /api/events/{id}`.
+// One event: its summary, its delivery to each endpoint with that delivery's attempts on a
+// timeline, its payload, and the actions on it (acknowledge, redeliver all, resend one delivery),
+// from `GET /api/events/{id}`.
 
 import { api, ApiError } from '../api.js';
 import { h, time, duration, statusBadge, announce, errorBox } from '../dom.js';
+import { listEndpoints, endpointName } from '../endpoints.js';
 
 export const title = 'Event';
 
 export async function render({ params: [id], credential, refresh, backHref, notice }) {
   let event;
+  let endpoints;
   try {
-    event = await api(`/api/events/${encodeURIComponent(id)}`);
+    [event, endpoints] = await Promise.all([api(`/api/events/${encodeURIComponent(id)}`), listEndpoints()]);
   } catch (error) {
     if (error instanceof ApiError && error.status === 404) return notFound(backHref);
     throw error;
@@ -64,10 +67,7 @@ export async function render({ params: [id], credential, refresh, backHref, noti
       'This session is read-only: it can look at everything but change nothing.'),
     result,
     summary(event),
-    Array.isArray(event.deliveries) && event.deliveries.length > 0 && deliveries(event.deliveries),
-    h('section', { 'aria-labelledby': 'attempts-title' },
-      h('h2', { id: 'attempts-title' }, 'Delivery attempts'),
-      timeline(event.attempts_log ?? [])),
+    deliveriesOf(event, endpoints, readOnly, act),
     h('section', { 'aria-labelledby': 'payload-title' },
       h('h2', { id: 'payload-title' }, 'Payload'),
       h('pre', { class: 'payload', id: 'payload', tabindex: '0', 'aria-labelledby': 'payload-title' },
@@ -88,30 +88,59 @@ function summary(event) {
     rows.map(([term, value]) => h('div', {}, h('dt', {}, term), h('dd', {}, value))));
 }
 
-/** Each endpoint's delivery of the event (once the API reports deliveries per endpoint). */
-function deliveries(list) {
-  return h('section', { 'aria-labelledby': 'deliveries-title' },
-    h('h2', { id: 'deliveries-title' }, 'Deliveries'),
-    h('div', { class: 'table-scroll' }, h('table', { class: 'data', id: 'deliveries-table' },
-      h('thead', {}, h('tr', {},
-        h('th', { scope: 'col' }, 'Endpoint'),
-        h('th', { scope: 'col' }, 'Status'),
-        h('th', { scope: 'col', class: 'num' }, 'Attempts'),
-        h('th', { scope: 'col' }, 'Next attempt'))),
-      h('tbody', {}, list.map((d) => h('tr', {},
-        h('td', {}, h('code', {}, d.endpoint_id)),
-        h('td', {}, statusBadge(d.status)),
-        h('td', { class: 'num' }, String(d.attempts)),
-        h('td', {}, time(d.next_attempt_at))))))));
+/**
+ * Each endpoint's delivery of the event: its status, when it is tried next, a button to resend
+ * it, and its attempts on a timeline. An event without deliveries shows its attempts alone.
+ */
+function deliveriesOf(event, endpoints, readOnly, act) {
+  const attempts = event.attempts_log ?? [];
+  const list = Array.isArray(event.deliveries) ? event.deliveries : [];
+  if (list.length === 0) {
+    return h('section', { 'aria-labelledby': 'attempts-title' },
+      h('h2', { id: 'attempts-title' }, 'Delivery attempts'),
+      timeline(attempts, 'attempts'));
+  }
+  const byId = new Map(endpoints.map((e) => [e.id, e]));
+  return h('section', { 'aria-labelledby': 'deliveries-title', id: 'deliveries' },
+    h('h2', { id: 'deliveries-title' }, `Deliveries (${list.length})`),
+    list.map((d) => {
+      const endpoint = byId.get(d.endpoint_id);
+      const titleId = `delivery-${d.endpoint_id}-title`;
+      const resend = h('button', {
+        type: 'button', id: `resend-${d.endpoint_id}`, class: 'resend-button', disabled: readOnly,
+        'aria-describedby': readOnly ? 'read-only-note' : titleId,
+      }, 'Resend');
+      resend.addEventListener('click', () => act(resend,
+        () => api(`/api/events/${event.id}/endpoints/${d.endpoint_id}/resend`, { method: 'POST' }),
+        () => `Resend to ${endpointName(endpoint)} enqueued.`));
+      return h('section', { class: 'delivery card', 'aria-labelledby': titleId, 'data-endpoint-id': d.endpoint_id },
+        h('h3', { id: titleId },
+          endpoint ? h('a', { href: `#/endpoints/${d.endpoint_id}` }, endpointName(endpoint)) : `Deleted endpoint ${d.endpoint_id}`),
+        h('p', { class: 'delivery-state' }, statusBadge(d.status),
+          ` · ${d.attempts} ${d.attempts === 1 ? 'attempt' : 'attempts'}`,
+          d.status === 'pending' && d.next_attempt_at
+            ? h('span', { class: 'next-attempt' }, ' · next attempt ', time(d.next_attempt_at), ` (${untilText(d.next_attempt_at)})`)
+            : null,
+          d.delivered_at ? [' · delivered ', time(d.delivered_at)] : null),
+        h('div', { class: 'actions' }, resend),
+        timeline(attempts.filter((a) => a.endpoint_id === d.endpoint_id), `attempts-${d.endpoint_id}`));
+    }));
+}
+
+/** `in 12 s`, `in 3 min`, `due now`. */
+function untilText(iso) {
+  const seconds = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  if (seconds <= 0) return 'due now';
+  return seconds < 120 ? `in ${seconds} s` : `in ${Math.round(seconds / 60)} min`;
 }
 
 /** The attempts, first to last: when, how it ended (HTTP status or error) and how long it took. */
-function timeline(attempts) {
+function timeline(attempts, id) {
   if (attempts.length === 0) {
-    return h('p', { class: 'empty', id: 'attempts-empty' }, 'No delivery attempt yet.');
+    return h('p', { class: 'empty attempts-empty', id: `${id}-empty` }, 'No delivery attempt yet.');
   }
   const sorted = [...attempts].sort((a, b) => a.started_at.localeCompare(b.started_at) || a.attempt - b.attempt);
-  return h('ol', { class: 'timeline', id: 'attempts' }, sorted.map((a) => {
+  return h('ol', { class: 'timeline', id, 'aria-label': 'Attempts, first to last' }, sorted.map((a) => {
     const ok = a.response_status >= 200 && a.response_status < 300;
     const outcome = a.response_status
       ? `HTTP ${a.response_status}`
@@ -123,7 +152,7 @@ function timeline(attempts) {
           h('span', { class: 'attempt-number' }, `Attempt ${a.attempt}`), ' · ',
           h('strong', { class: 'attempt-outcome' }, ok ? `${outcome} (success)` : `${outcome} (failed)`)),
         h('p', { class: 'attempt-meta' }, time(a.started_at), ` · took ${duration(a.duration_ms)}`,
-          a.endpoint_id ? [' · endpoint ', h('code', {}, a.endpoint_id)] : null),
+),
         a.error && h('p', { class: 'attempt-error error-text' }, a.error)));
   }));
 }

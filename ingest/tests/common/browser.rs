@@ -128,8 +128,21 @@ impl Browser {
         self.driver().goto(url).await.expect("navigate");
     }
 
-    /// Write the page as `target/console-screenshots/<name>.png`.
+    /// Write the page as `target/console-screenshots/<name>.png`, after checking that it shows
+    /// no value the page failed to format (`[object …]`, `undefined`, `NaN`).
     pub async fn screenshot(&self, name: &str) {
+        let text = self.visible_text().await;
+        for broken in ["[object ", "undefined", "NaN"] {
+            assert!(
+                !text.contains(broken),
+                "{name}: the page shows {broken:?}:\n{text}"
+            );
+        }
+        self.capture(name).await;
+    }
+
+    /// Write the page as `target/console-screenshots/<name>.png`, as it is.
+    async fn capture(&self, name: &str) {
         let path = self.shots.join(format!("{name}.png"));
         let png = self.driver().screenshot().await.expect("screenshot");
         std::fs::write(&path, png).expect("write the screenshot");
@@ -186,7 +199,7 @@ impl Browser {
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                     .collect();
-                self.screenshot(&format!("failed-{slug}")).await;
+                self.capture(&format!("failed-{slug}")).await;
                 panic!(
                     "{what}: `{css}` never got ready (texts {texts:?}); the page says:\n{}",
                     self.visible_text().await
