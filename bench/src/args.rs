@@ -15,6 +15,8 @@ pub const MAX_RATE: u64 = 100_000;
 pub const MAX_SLOW_EVENTS: u64 = 100_000;
 pub const MAX_RECOVER_EVENTS: u64 = 100_000;
 pub const MAX_POISON_CONNECTIONS: usize = 64;
+/// The most events of one `POST /api/events/batch` (API.md).
+pub const MAX_BATCH_SIZE: usize = 1000;
 pub const MAX_ENDPOINTS: usize = 1000;
 
 pub const USAGE: &str = "\
@@ -22,7 +24,7 @@ usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency 
                       [--webhook [--endpoints E [--matching M]]] [--drain-start CMD]
                       [--rate R --duration S] [--slow-org N | --slow-endpoint N [--slow-delay 3s]]
                       [--recover N]
-                      [--poison C [--poison-payload all]] [--chart RUN.svg]
+                      [--poison C [--poison-payload all]] [--batch-size B] [--chart RUN.svg]
                       [--duration-limit 120s] [--json]
        triggers-bench summarize RUN.json...
 
@@ -61,6 +63,10 @@ POST /api/endpoints/{id}/recover restarts them; the measured events are sent rig
 recovered deliveries go to a route of the receiver that only counts them; their rate and the
 recovery's progress at the end of the run are reported beside the measured events' latency.
 
+--batch-size B: the measured events are sent B at a time with POST /api/events/batch (closed
+loop only); each event's latency is its batch's, and an event counts as accepted when its
+result in the answer is 202.
+
 --poison C: one more organisation sends payloads Postgres cannot store (issue 15's five:
 deep-objects, deep-arrays, lone-surrogate, huge-exponent, long-number; --poison-payload picks
 one, `all` sends each in turn) in a loop from C connections while the measured events are sent;
@@ -73,7 +79,7 @@ and end-to-end latency over time. Runs longer than 3 s print a progress line on 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
 Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
-recover N <= 100000, poison C <= 64, E <= 1000, duration limit <= 1h
+recover N <= 100000, poison C <= 64, E <= 1000, batch B <= 1000, duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
 /// One run of the load test.
@@ -107,6 +113,8 @@ pub struct RunArgs {
     pub poison: usize,
     /// Which poison payloads it sends, in turn.
     pub poison_kinds: Vec<poison::Kind>,
+    /// Events per request: 1 sends `POST /api/events`, more `POST /api/events/batch`.
+    pub batch_size: usize,
 }
 
 impl Default for RunArgs {
@@ -130,6 +138,7 @@ impl Default for RunArgs {
             chart: None,
             poison: 0,
             poison_kinds: poison::Kind::ALL.to_vec(),
+            batch_size: 1,
         }
     }
 }
@@ -244,6 +253,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     format!("--poison-payload `{name}`: one of all, {}", names.join(", "))
                 })?;
             }
+            "--batch-size" => {
+                run.batch_size =
+                    parse_bounded("--batch-size", &value("--batch-size")?, 1, MAX_BATCH_SIZE as u64)? as usize
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -265,6 +278,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
     }
     if run.recover_events > 0 && !run.webhook {
         return Err("--recover needs --webhook".into());
+    }
+    if run.batch_size > 1 && duration.is_some() {
+        return Err("--batch-size goes with a closed-loop run, not --rate".into());
     }
     match (run.rate, duration) {
         (Some(rate), Some(d)) => {
@@ -475,6 +491,18 @@ mod tests {
         assert_eq!(run.poison_kinds.len(), 5, "all five in turn by default");
         assert!(parse(args("--poison 65")).is_err());
         assert!(parse(args("--poison 1 --poison-payload ricin")).is_err());
+    }
+
+    #[test]
+    fn a_batched_run_takes_1_to_1000_events_per_request_in_a_closed_loop() {
+        let Ok(Command::Run(run)) = parse(args("--batch-size 100 -c 16")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!((run.batch_size, run.concurrency), (100, 16));
+        assert_eq!(RunArgs::default().batch_size, 1);
+        assert!(parse(args("--batch-size 0")).is_err());
+        assert!(parse(args("--batch-size 1001")).is_err());
+        assert!(parse(args("--batch-size 10 --rate 100 --duration 1s")).is_err());
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
                 &client,
                 &url,
                 args.slow_events,
-                args.concurrency,
+                (args.concurrency, 1),
                 vec![key],
                 slow,
                 deadline,
@@ -263,7 +263,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
                 &client,
                 &url,
                 args.events,
-                args.concurrency,
+                (args.concurrency, args.batch_size),
                 keys,
                 timeline.clone(),
                 deadline,
@@ -330,12 +330,13 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     })
 }
 
-/// Closed loop: C tasks share one counter, so the load stays at C requests in flight until N.
+/// Closed loop: C tasks share one counter, so the load stays at C requests in flight until N;
+/// each request carries `batch` events (more than one: `POST /api/events/batch`).
 async fn closed_loop(
     client: &reqwest::Client,
     url: &str,
     events: u64,
-    concurrency: usize,
+    (concurrency, batch): (usize, usize),
     keys: Vec<String>,
     timeline: Arc<Timeline>,
     deadline: Instant,
@@ -347,7 +348,20 @@ async fn closed_loop(
         let (client, next, keys, timeline) = (client.clone(), next.clone(), keys.clone(), timeline.clone());
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
-            sender(client, url, events, next, keys, timeline, deadline).await
+            if batch > 1 {
+                batch_sender(
+                    client,
+                    url,
+                    (events, batch as u64),
+                    next,
+                    keys,
+                    timeline,
+                    deadline,
+                )
+                .await
+            } else {
+                sender(client, url, events, next, keys, timeline, deadline).await
+            }
         }));
     }
     let mut out = SenderResult::default();
@@ -675,6 +689,21 @@ async fn post_event(
     body: &serde_json::Value,
     deadline: Instant,
 ) -> Result<(), String> {
+    match post(client, url, key, body, deadline).await? {
+        (reqwest::StatusCode::ACCEPTED, _) => Ok(()),
+        (status, _) => Err(status.as_u16().to_string()),
+    }
+}
+
+/// One POST of a JSON body: its status and body, or `transport_error` / `cut_at_time_limit`.
+/// The body is always read, so the connection goes back to the pool for keep-alive.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+    deadline: Instant,
+) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
     let request = async {
         let resp = client
             .post(url)
@@ -683,13 +712,11 @@ async fn post_event(
             .send()
             .await?;
         let status = resp.status();
-        // Read the body so the connection goes back to the pool for keep-alive.
-        let _ = resp.bytes().await;
-        Ok::<_, reqwest::Error>(status)
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body))
     };
     match tokio::time::timeout_at(deadline.into(), request).await {
-        Ok(Ok(status)) if status == reqwest::StatusCode::ACCEPTED => Ok(()),
-        Ok(Ok(status)) => Err(status.as_u16().to_string()),
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err("transport_error".into()),
         Err(_) => Err("cut_at_time_limit".into()),
     }
@@ -747,6 +774,82 @@ async fn sender(
             timeline.accepted(seq as usize);
         }
         out.record(answer, started.elapsed());
+    }
+    out
+}
+
+/// One `POST /api/events/batch`: each event's result status, or what went wrong with the whole
+/// request (a status code, `transport_error`, `cut_at_time_limit`).
+async fn post_batch(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+    deadline: Instant,
+) -> Result<Vec<u64>, String> {
+    match post(client, url, key, body, deadline).await? {
+        (reqwest::StatusCode::OK, bytes) => {
+            let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            Ok(answer["results"]
+                .as_array()
+                .map(|results| {
+                    results
+                        .iter()
+                        .map(|r| r["status"].as_u64().unwrap_or(0))
+                        .collect()
+                })
+                .unwrap_or_default())
+        }
+        (status, _) => Err(status.as_u16().to_string()),
+    }
+}
+
+/// A closed-loop sender of batches: takes `batch` sequence numbers at a time and sends their
+/// events in one request; each event's latency is its request's.
+async fn batch_sender(
+    client: reqwest::Client,
+    url: String,
+    (events, batch): (u64, u64),
+    next: Arc<AtomicU64>,
+    keys: Arc<Vec<String>>,
+    timeline: Arc<Timeline>,
+    deadline: Instant,
+) -> SenderResult {
+    let url = format!("{url}/batch");
+    let mut out = SenderResult::default();
+    while Instant::now() < deadline {
+        let first = next.fetch_add(batch, Ordering::Relaxed);
+        if first >= events {
+            break;
+        }
+        let seqs = first..(first + batch).min(events);
+        let Some(key) = keys.get(((first / batch) % keys.len().max(1) as u64) as usize) else {
+            break;
+        };
+        let body = json!({
+            "events": seqs.clone().map(|seq| event_body(&timeline, seq)).collect::<Vec<_>>(),
+        });
+        let started = Instant::now();
+        for seq in seqs.clone() {
+            timeline.started(seq as usize, started);
+        }
+        out.sent += seqs.end - seqs.start;
+        let answer = post_batch(&client, &url, key, &body, deadline).await;
+        let latency = started.elapsed();
+        for (i, seq) in seqs.enumerate() {
+            let result = match &answer {
+                Ok(statuses) => match statuses.get(i) {
+                    Some(202) => Ok(()),
+                    Some(status) => Err(status.to_string()),
+                    None => Err("missing_result".to_string()),
+                },
+                Err(why) => Err(why.clone()),
+            };
+            if result.is_ok() {
+                timeline.accepted(seq as usize);
+            }
+            out.record(result, latency);
+        }
     }
     out
 }

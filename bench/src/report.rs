@@ -72,6 +72,7 @@ pub fn to_json(o: &Outcome) -> Value {
         "url": o.args.base_url,
         "events": o.args.events,
         "concurrency": o.args.concurrency,
+        "batch_size": o.args.batch_size,
         "orgs": o.args.orgs,
         "endpoints_per_org": o.args.endpoints,
         "deliveries_per_event": o.args.matching,
@@ -112,9 +113,14 @@ pub fn to_text(o: &Outcome) -> String {
     let a = &o.args;
     let _ = writeln!(
         s,
-        "triggers-bench {}: {} events, {} connections, {} orgs{} -> {}",
+        "triggers-bench {}: {} events{}, {} connections, {} orgs{} -> {}",
         o.run_id,
         a.events,
+        if a.batch_size > 1 {
+            format!(" in batches of {}", a.batch_size)
+        } else {
+            String::new()
+        },
         a.concurrency,
         a.orgs,
         match (a.webhook, a.explicit_endpoints()) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A smoke run of every triggers-bench mode against real binaries: closed loop, open loop
-# (--rate/--duration), drain (--drain-start), isolation (--slow-org, --slow-endpoint), many
+# A smoke run of every triggers-bench mode against real binaries: closed loop (also in batches,
+# --batch-size), open loop (--rate/--duration), drain (--drain-start), isolation (--slow-org, --slow-endpoint), many
 # endpoints (--endpoints/--matching) and poison (--poison), each with a handful of
 # events and a chart, beside a small history from bench.sh's --prefill. No timing is asserted:
 # it fails only when a mode breaks (an accepted event not delivered, errors, no chart, a prefill
@@ -85,6 +85,9 @@ bench() { # name, then triggers-bench arguments
   grep -q '<polyline' "$out/$name.svg" || { log "$name: no chart"; return 1; }
 }
 bench closed-loop --events 200 --concurrency 8
+# Batches through POST /api/events/batch (100, 100, then 50), every event delivered.
+bench batch --events 250 --concurrency 4 --batch-size 100
+grep -q '"accepted":250' "$out/batch.json" || { log "batch: not 250 accepted: $(cat "$out/batch.json")"; exit 1; }
 bench open-loop --rate 200 --duration 1s --concurrency 16
 grep -q '"backlog_at_schedule_end":[0-9]' "$out/open-loop.json" || { log "open loop: no backlog figure"; exit 1; }
 bench isolation --events 50 --concurrency 8 --slow-org 20 --slow-delay 1s

@@ -7,6 +7,7 @@
 #                         [--drain] [--no-webhook] [--rate R --duration S] [--slow-org N]
 #                         [--slow-endpoint N] [--endpoints E [--matching M]]
 #                         [--poison C [--poison-payload KIND]] [--prefill N] [--recover N]
+#                         [--batch-size B]
 #   deploy/local/bench.sh --all     # every scenario of BENCHMARKS.md, then latency.sh
 #                                   # (BENCH_SCENARIOS="drain-1 scale ..." runs only those)
 #
@@ -23,7 +24,8 @@
 # database first gets N events of history (delivered, with dedup keys and attempts, of 16 other
 # organisations; deploy/local/sql/prefill.sql), to show the per-event cost at scale. --recover N:
 # a recovery under load (one more organisation's endpoint misses N events, which
-# POST /api/endpoints/{id}/recover restarts right before the measured events). BENCH_PROFILE
+# POST /api/endpoints/{id}/recover restarts right before the measured events). --batch-size B:
+# the events go B at a time through POST /api/events/batch (closed loop). BENCH_PROFILE
 # (default release) picks the cargo profile, BENCH_SERVICE_BIN a folder with prebuilt
 # triggers-ingest and triggers-worker (e.g. of another commit), BENCH_INGEST_ADDR /
 # BENCH_WORKER_ADDR (127.0.0.1:18080 / 127.0.0.1:18091, then the next ports) the ports,
@@ -56,11 +58,11 @@ while (($#)); do
     -w | --workers) workers=$2; shift 2 ;;
     --drain) drain=1; shift ;;
     --no-webhook) webhook=""; shift ;;
-    --rate | --duration | --slow-org | --slow-endpoint | --slow-delay | --poison | --poison-payload | --recover | --endpoints | --matching)
+    --rate | --duration | --slow-org | --slow-endpoint | --slow-delay | --poison | --poison-payload | --recover | --endpoints | --matching | --batch-size)
       extra+=("$1" "$2"); shift 2 ;;
     --all) all=1; shift ;;
     --prefill) prefill=$2; shift 2 ;;
-    -h | --help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

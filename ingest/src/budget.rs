@@ -11,14 +11,14 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Request, State},
+    extract::{MatchedPath, Request, State},
     http::{HeaderValue, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{error::ApiError, extract::MAX_BODY_BYTES};
+use crate::{error::ApiError, extract::body_limit};
 
 /// The budget shared by every request of one ingest process. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -50,19 +50,20 @@ impl Budget {
     }
 }
 
-/// What a request may bring: its declared length (capped at the body limit), zero when it
-/// declares none and is not chunked, else the body limit.
+/// What a request may bring: its declared length (capped at its route's body limit), zero when
+/// it declares none and is not chunked, else the body limit.
 fn declared_bytes(req: &Request) -> usize {
+    let limit = body_limit(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let headers = req.headers();
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         return length
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(MAX_BODY_BYTES, |n| n.min(MAX_BODY_BYTES));
+            .map_or(limit, |n| n.min(limit));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        MAX_BODY_BYTES
+        limit
     } else {
         0
     }
@@ -94,6 +95,7 @@ pub async fn limit(State(budget): State<Budget>, req: Request, next: Next) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::MAX_BODY_BYTES;
 
     #[test]
     fn reservations_fit_until_the_budget_is_spent_and_free_it_when_dropped() {

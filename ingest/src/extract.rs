@@ -5,7 +5,7 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Request},
+    extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request},
     http::{header, request::Parts},
 };
 use serde::de::DeserializeOwned;
@@ -19,6 +19,21 @@ use crate::{
 
 /// The cap on a whole request body. The event payload limit (256 KiB) is checked separately.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The cap on the body of `POST /api/events/batch` (API.md), which sets it on its route.
+pub const MAX_BATCH_BODY_BYTES: usize = 5 * 1024 * 1024;
+
+/// The route whose body may reach [`MAX_BATCH_BODY_BYTES`].
+pub const BATCH_PATH: &str = "/api/events/batch";
+
+/// The body limit of a request to the route `matched` (its matched path, when it has one).
+pub fn body_limit(matched: Option<&str>) -> usize {
+    if matched == Some(BATCH_PATH) {
+        MAX_BATCH_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
 
 /// A JSON body. Requires `Content-Type: application/json`.
 pub struct ApiJson<T>(pub T);
@@ -67,11 +82,10 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 }
 
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit_bytes = body_limit(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::BodyTooLarge {
-                limit_bytes: MAX_BODY_BYTES,
-            }
+            ApiError::BodyTooLarge { limit_bytes }
         } else {
             ApiError::InvalidJson(rejection.body_text())
         }

@@ -1,5 +1,5 @@
-//! Fleet-wide per-organisation rate limiting of `POST /api/events` (sliding window, leased from
-//! Postgres).
+//! Fleet-wide per-organisation rate limiting of `POST /api/events` and `POST /api/events/batch`
+//! (sliding window, leased from Postgres; a batch takes one token per event, all or none).
 //!
 //! The budget lives in `rate_limit_windows` and is handed out by the SQL function
 //! `triggers_lease_tokens`: grants per clock minute, judged as a sliding window (the previous
@@ -99,8 +99,10 @@ struct Bucket {
     window_end: Option<Instant>,
     /// Budget not yet leased by anyone, as of the last lease.
     unleased: f64,
-    /// A remembered refusal: until when, and the retry time it announced.
+    /// A remembered refusal: until when, the retry time it announced, and how many tokens it
+    /// lacked (a request needing fewer may still fit).
     denied_until: Option<Instant>,
+    denied_need: u32,
     /// A remembered lease failure (database unreachable).
     failed_until: Option<Instant>,
     retry_at: Option<Instant>,
@@ -153,7 +155,20 @@ impl RateLimiter {
     /// Take one token of the organisation's per-minute `limit`. `Err` only when the database
     /// cannot be asked (503).
     pub async fn check(&self, organization_id: Uuid, limit: i32) -> Result<Decision, ApiError> {
+        self.check_many(organization_id, limit, 1).await
+    }
+
+    /// Take `n` tokens (at least one) at once, or none: a batch of `n` events is allowed whole
+    /// or refused whole. Tokens leased for a refused batch stay with this instance for the
+    /// requests that follow. `Err` only when the database cannot be asked (503).
+    pub async fn check_many(
+        &self,
+        organization_id: Uuid,
+        limit: i32,
+        n: usize,
+    ) -> Result<Decision, ApiError> {
         let limit = limit.max(1);
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
         self.maybe_prune(Instant::now());
         // Clone the Arc out so the DashMap shard lock is released before awaiting.
         let bucket = self.buckets.entry(organization_id).or_default().value().clone();
@@ -169,12 +184,13 @@ impl RateLimiter {
             b.tokens = 0;
             b.expires = None;
         }
-        if b.tokens > 0 {
-            b.tokens -= 1;
+        if b.tokens >= n {
+            b.tokens -= n;
             return Ok(allowed(&b, ulimit, now));
         }
         if let (Some(until), Some(retry_at)) = (b.denied_until, b.retry_at)
             && now < until
+            && n >= b.denied_need
         {
             return Ok(refused(ulimit, secs_until(retry_at, now)));
         }
@@ -183,8 +199,10 @@ impl RateLimiter {
             return Err(ApiError::Unavailable);
         }
 
+        let need = n - b.tokens;
         let slice = (limit / 50).clamp(1, MAX_SLICE);
-        let lease = match self.lease(organization_id, limit, slice, deadline).await {
+        let want = i32::try_from(need).unwrap_or(i32::MAX).max(slice);
+        let lease = match self.lease(organization_id, limit, want, deadline).await {
             Ok(lease) => lease,
             Err(e) => {
                 b.failed_until = Some(Instant::now() + FAILURE_MEMORY);
@@ -197,16 +215,20 @@ impl RateLimiter {
         b.window_end = Some(window_end);
         b.unleased = (f64::from(limit) - lease.window_used).max(0.0);
         if lease.tokens > 0 {
-            b.tokens = lease.tokens as u32 - 1;
+            b.tokens += lease.tokens as u32;
             b.expires = Some(window_end);
+        }
+        if b.tokens >= n {
+            b.tokens -= n;
             b.denied_until = None;
             b.retry_at = None;
             Ok(allowed(&b, ulimit, now))
         } else {
-            let retry = retry_after_secs(&lease, limit);
+            let retry = retry_after_secs(&lease, limit, n - b.tokens);
             let retry_at = now + secs_f64(retry);
             b.retry_at = Some(retry_at);
             b.denied_until = Some(now + DENIAL_MEMORY.min(secs_f64(retry)));
+            b.denied_need = n - b.tokens;
             Ok(refused(ulimit, secs_until(retry_at, now)))
         }
     }
@@ -264,17 +286,19 @@ fn secs_f64(s: f64) -> Duration {
     Duration::from_secs_f64(if s.is_finite() { s.clamp(0.0, 3600.0) } else { 0.0 })
 }
 
-/// Seconds until one token frees up, assuming nobody else takes it: the previous minute's
-/// weight decays linearly, and at the minute's end this minute becomes the previous one.
-fn retry_after_secs(lease: &Lease, limit: i32) -> f64 {
+/// Seconds until `need` tokens free up, assuming nobody else takes them: the previous minute's
+/// weight decays linearly, and at the minute's end this minute becomes the previous one. (More
+/// than the limit never fits: the answer is then the end of the next minute.)
+fn retry_after_secs(lease: &Lease, limit: i32, need: u32) -> f64 {
     let lim = f64::from(limit);
+    let need = f64::from(need).min(lim);
     let prev = f64::from(lease.prev_used);
     let cur = f64::from(lease.cur_used);
     let s = lease.window_elapsed.clamp(0.0, 60.0);
-    // Need prev * (1 - t/60) + cur <= lim - 1 at some t in [s, 60).
-    if cur <= lim - 1.0 {
+    // Need prev * (1 - t/60) + cur <= lim - need at some t in [s, 60).
+    if cur <= lim - need {
         let t = if prev > 0.0 {
-            60.0 * (1.0 - (lim - 1.0 - cur) / prev)
+            60.0 * (1.0 - (lim - need - cur) / prev)
         } else {
             0.0
         };
@@ -282,9 +306,9 @@ fn retry_after_secs(lease: &Lease, limit: i32) -> f64 {
             return (t - s).max(0.0);
         }
     }
-    // Otherwise in the next minute: cur * (1 - t/60) <= lim - 1.
+    // Otherwise in the next minute: cur * (1 - t/60) <= lim - need.
     let t = if cur > 0.0 {
-        60.0 * (1.0 - (lim - 1.0) / cur)
+        60.0 * (1.0 - (lim - need) / cur)
     } else {
         0.0
     };
@@ -307,17 +331,26 @@ mod tests {
 
     #[test]
     fn a_full_current_minute_waits_for_the_next_one() {
-        let r = retry_after_secs(&lease(0, 100, 20.0), 100);
+        let r = retry_after_secs(&lease(0, 100, 20.0), 100, 1);
         // 40 s to the end of the minute, then 0.6 s until 99 of 100 weigh under the limit.
         assert!((r - 40.6).abs() < 1e-9, "{r}");
     }
 
     #[test]
     fn a_full_previous_minute_frees_capacity_as_it_decays() {
-        let r = retry_after_secs(&lease(100, 0, 0.0), 100);
+        let r = retry_after_secs(&lease(100, 0, 0.0), 100, 1);
         assert!((r - 0.6).abs() < 1e-9, "{r}");
-        let r = retry_after_secs(&lease(100, 50, 10.0), 100);
+        let r = retry_after_secs(&lease(100, 50, 10.0), 100, 1);
         // prev weight must fall to 49/100: t = 30.6 s into the minute.
         assert!((r - 20.6).abs() < 1e-9, "{r}");
+    }
+
+    #[test]
+    fn a_batch_waits_until_all_its_tokens_fit() {
+        // 60 of 100 used this minute, 20 s in: 40 fit now, 50 only once the minute has turned
+        // and this minute's 60 weigh 50 or less (10 s into the next one).
+        assert_eq!(retry_after_secs(&lease(0, 60, 20.0), 100, 40), 0.0);
+        let r = retry_after_secs(&lease(0, 60, 20.0), 100, 50);
+        assert!((r - 50.0).abs() < 1e-9, "{r}");
     }
 }

@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
         "api_key",
     ),
     ("post", "/api/events", "events", "api_key"),
+    ("post", "/api/events/batch", "events", "api_key"),
     ("get", "/api/events/{id}", "events", "api_key"),
     ("post", "/api/events/{id}/redeliver", "events", "api_key"),
     ("post", "/api/events/redeliver", "events", "api_key"),
@@ -311,4 +312,44 @@ async fn the_endpoints_routes_document_the_parsed_bodies_and_every_answer() {
         assert_eq!(statuses(path, method), codes, "{method} {path}");
         assert_eq!(doc["paths"][path][method]["tags"], json!(["endpoints"]));
     }
+}
+
+#[tokio::test]
+async fn the_batch_route_documents_its_bounds_and_each_result() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let op = &doc["paths"]["/api/events/batch"]["post"];
+    assert_eq!(
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/BatchIn"
+    );
+    let events = &doc["components"]["schemas"]["BatchIn"]["properties"]["events"];
+    assert_eq!(
+        (events["minItems"].as_u64(), events["maxItems"].as_u64()),
+        (Some(1), Some(1000))
+    );
+    // Items are judged one by one (an invalid one is a result, not a refusal): any value.
+    assert!(
+        events["items"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("EventIn")),
+        "{}",
+        events["items"]
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["BatchIn"]["required"],
+        json!(["events"])
+    );
+    for status in ["200", "413", "422", "429"] {
+        assert!(op["responses"][status].is_object(), "{status}");
+    }
+    assert!(
+        op["responses"]["413"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("5 MiB")),
+        "{}",
+        op["responses"]["413"]
+    );
+    let item = &doc["components"]["schemas"]["BatchItemOut"];
+    assert!(item.is_object(), "BatchItemOut is described");
 }

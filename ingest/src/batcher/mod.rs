@@ -133,27 +133,67 @@ impl BatchWriter {
     /// Store an event; resolves after its batch committed (or failed). A queue that stays full
     /// (by count or by bytes) for [`WAIT_TIMEOUT`] is `503`, like a writer that is shutting down.
     pub async fn submit(&self, event: NewEvent) -> Result<Outcome, ApiError> {
+        self.submit_many(vec![event])
+            .await
+            .pop()
+            .unwrap_or(Err(ApiError::Unavailable))
+    }
+
+    /// Store several events (one request's batch); one answer per event, in order, once every
+    /// one of them is answered. They enter the queue together (room for all is taken at once),
+    /// so they go to the next statements with whatever else is queued, in their order, and
+    /// never wait for a timer. Each is judged alone: an outage answers `503` for the events it
+    /// reached, a refused payload `422` for that event only. The bounds are [`submit`]'s, for
+    /// all of them together.
+    ///
+    /// [`submit`]: Self::submit
+    pub async fn submit_many(&self, events: Vec<NewEvent>) -> Vec<Result<Outcome, ApiError>> {
+        let count = events.len();
+        let unavailable = || (0..count).map(|_| Err(ApiError::Unavailable)).collect();
+        if count == 0 {
+            return Vec::new();
+        }
         let deadline = tokio::time::Instant::now() + WAIT_TIMEOUT;
-        let weight = u32::try_from(event.bytes().clamp(1, QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let bytes = self.bytes.clone().acquire_many_owned(weight);
-        let Ok(Ok(bytes)) = tokio::time::timeout_at(deadline, bytes).await else {
-            return Err(ApiError::Unavailable);
+        let weights: Vec<usize> = events.iter().map(|e| e.bytes().max(1)).collect();
+        // Taken at once (two requests taking their shares piecemeal could each wait for the
+        // other); a batch heavier than the whole queue takes all of it.
+        let total = weights.iter().sum::<usize>().min(QUEUE_BYTES);
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        let bytes = self.bytes.clone().acquire_many_owned(total);
+        let Ok(Ok(mut bytes)) = tokio::time::timeout_at(deadline, bytes).await else {
+            return unavailable();
         };
-        let (reply, answer) = oneshot::channel();
-        let item = Item { event, reply, bytes };
-        match tokio::time::timeout_at(deadline, self.tx.send(Msg::Event(item))).await {
-            Ok(Ok(())) => {}
+        let Ok(Ok(slots)) = tokio::time::timeout_at(deadline, self.tx.reserve_many(count)).await else {
             // Closed: we are shutting down. Timed out: the queue stayed full.
-            Ok(Err(_)) | Err(_) => return Err(ApiError::Unavailable),
+            return unavailable();
+        };
+        let mut answers = Vec::with_capacity(count);
+        for (i, ((event, slot), weight)) in events.into_iter().zip(slots).zip(weights).enumerate() {
+            let (reply, answer) = oneshot::channel();
+            // Each event holds its share until it is answered; the last takes what is left.
+            let share = if i + 1 == count {
+                bytes.num_permits()
+            } else {
+                weight.min(bytes.num_permits())
+            };
+            let bytes = bytes
+                .split(share)
+                .expect("a share is never more than the permits left");
+            slot.send(Msg::Event(Item { event, reply, bytes }));
+            answers.push(answer);
         }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Ok(outcome))) => Ok(outcome),
-            Ok(Ok(Err(cause))) if cause.is_unavailable() => Err(ApiError::Unavailable),
-            Ok(Ok(Err(cause))) if cause.refused_data() => Err(ApiError::PayloadNotStorable),
-            Ok(Ok(Err(cause))) => Err(ApiError::internal(BatchFailed(cause))),
-            // The writer dropped the waiter (it stopped) or the wait ran out.
-            Ok(Err(_)) | Err(_) => Err(ApiError::Unavailable),
+        let mut outcomes = Vec::with_capacity(count);
+        for answer in answers {
+            outcomes.push(match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(Ok(outcome))) => Ok(outcome),
+                Ok(Ok(Err(cause))) if cause.is_unavailable() => Err(ApiError::Unavailable),
+                Ok(Ok(Err(cause))) if cause.refused_data() => Err(ApiError::PayloadNotStorable),
+                Ok(Ok(Err(cause))) => Err(ApiError::internal(BatchFailed(cause))),
+                // The writer dropped the waiter (it stopped) or the wait ran out.
+                Ok(Err(_)) | Err(_) => Err(ApiError::Unavailable),
+            });
         }
+        outcomes
     }
 
     /// Write everything queued so far, then stop the writer.

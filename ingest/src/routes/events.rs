@@ -1,16 +1,17 @@
-//! Routes of the `events` resource: ingestion (`POST /api/events`), inspection
-//! (`GET /api/events/{id}`) and redelivery.
+//! Routes of the `events` resource: ingestion (`POST /api/events`, and many at once with
+//! `POST /api/events/batch` in [`batch`]), inspection (`GET /api/events/{id}`) and redelivery.
 //!
 //! Ingestion runs auth → rate limit → validation → batch writer → `202`. Every authenticated
 //! request consumes one rate-limit token, whatever its outcome (422, 409 and 413 included): the
 //! limit protects the work a request costs, and a rejected request is not a free probe. Every
 //! response after authentication carries `X-RateLimit-*`.
 
+pub mod batch;
 mod validate;
 
 use axum::{
     Json,
-    extract::{FromRequest, FromRequestParts, Request, State},
+    extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
@@ -31,7 +32,7 @@ use crate::{
     auth::Org,
     batcher::{NewEvent, Outcome},
     error::{ApiError, ErrorBody},
-    extract::{ApiJson, path_uuid},
+    extract::{ApiJson, MAX_BATCH_BODY_BYTES, path_uuid},
     ratelimit::Decision,
     validate::Parse,
 };
@@ -42,6 +43,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_event))
         .routes(routes!(redeliver_event))
         .routes(routes!(redeliver_events))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(batch::create_events))
+                .layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
+        )
 }
 
 /// The answer to an accepted event: it is committed with its deliveries.
@@ -243,11 +249,27 @@ pub struct RedeliverAllOut {
     )
 )]
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
-    let decision = match state.limiter.check(org.id, org.rate_limit_per_minute).await {
+    rate_limited(&state, &org, 1, ingest(&state, &org, request)).await
+}
+
+/// Take `tokens` of the organisation's rate limit, then answer with `ingest` (not run when
+/// refused: `429`, or `503` when the budget cannot be consulted); the answer carries the
+/// `X-RateLimit-*` headers.
+async fn rate_limited(
+    state: &AppState,
+    org: &Org,
+    tokens: usize,
+    ingest: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let decision = match state
+        .limiter
+        .check_many(org.id, org.rate_limit_per_minute, tokens)
+        .await
+    {
         Ok(d) => d,
         Err(e) => {
             // The budget cannot be consulted: nothing can be accepted until the database is back.
-            let mut response = rejected(e);
+            let mut response = rejected(e, tokens);
             response
                 .headers_mut()
                 .extend(Decision::unknown(org.rate_limit_per_minute).headers());
@@ -255,19 +277,20 @@ pub async fn create_event(State(state): State<AppState>, org: Org, request: Requ
         }
     };
     let mut response = if decision.allowed {
-        match ingest(&state, &org, request).await {
+        match ingest.await {
             Ok(r) => r,
-            Err(e) => rejected(e),
+            Err(e) => rejected(e, tokens),
         }
     } else {
-        rejected(decision.rejection())
+        rejected(decision.rejection(), tokens)
     };
     response.headers_mut().extend(decision.headers());
     response
 }
 
-fn rejected(e: ApiError) -> Response {
-    metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.code()).increment(1);
+/// A request refused as a whole: each of its `events` counts as rejected.
+fn rejected(e: ApiError, events: usize) -> Response {
+    metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.code()).increment(events as u64);
     e.into_response()
 }
 

@@ -1,7 +1,16 @@
-//! Send one event to Triggers, retrying safely.
+//! Send one event to Triggers, retrying safely; or, with `--batch`, a stream of them in batches.
 //!
 //!     TRIGGERS_URL=http://127.0.0.1:8080 TRIGGERS_API_KEY=trg_live_... \
 //!       cargo run -p triggers-examples --bin example-sender -- order.created '{"order": 42}'
+//!
+//!     ... example-sender -- --batch [--max 100] [--linger-ms 1000] < events.jsonl
+//!
+//! In batching mode each stdin line is one event (`{"type", "payload", "dedup_id"?}`); events
+//! are sent with `POST /api/events/batch` once `--max` are queued or `--linger-ms` after the
+//! first of them was, whichever comes first (and at the end of input). The retry rules are the
+//! same (see `batch.rs`), applied to the whole request and then to each event's own result. It
+//! prints one line per event, in input order: its stored id, or `-` when it was refused (the
+//! reason goes to stderr, and the exit status is then 1).
 //!
 //! The dedup id is chosen once, before the first try, and sent with every retry: if a try was
 //! stored but its answer was lost, the retry gets `409 duplicate_event` naming the stored event
@@ -9,17 +18,20 @@
 //! connection errors and other 5xx after an exponential backoff with jitter. Other 4xx are the
 //! caller's mistake and are not retried. Prints the stored event's id.
 
+#[path = "sender/batch.rs"]
+mod batch;
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rand::Rng;
 use serde_json::{Value, json};
 
-const MAX_TRIES: u32 = 6;
+pub(crate) const MAX_TRIES: u32 = 6;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Exponential backoff with full jitter: a random wait up to 0.5 s, 1 s, 2 s, ... (capped).
-fn backoff(try_number: u32) -> Duration {
+pub(crate) fn backoff(try_number: u32) -> Duration {
     let ceiling = Duration::from_millis(500)
         .saturating_mul(1 << try_number.min(7))
         .min(MAX_WAIT);
@@ -27,7 +39,7 @@ fn backoff(try_number: u32) -> Duration {
 }
 
 /// The server's `Retry-After` (seconds) when present, else a backoff.
-fn wait_before_retry(response: &reqwest::Response, try_number: u32) -> Duration {
+pub(crate) fn wait_before_retry(response: &reqwest::Response, try_number: u32) -> Duration {
     response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -41,6 +53,10 @@ fn wait_before_retry(response: &reqwest::Response, try_number: u32) -> Duration 
 async fn main() -> anyhow::Result<()> {
     let base = std::env::var("TRIGGERS_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
     let key = std::env::var("TRIGGERS_API_KEY").context("set TRIGGERS_API_KEY")?;
+    if std::env::args().nth(1).as_deref() == Some("--batch") {
+        let options = batch::Options::parse(std::env::args().skip(2))?;
+        return batch::run(&base, &key, options).await;
+    }
     let mut args = std::env::args().skip(1);
     let event_type = args
         .next()
