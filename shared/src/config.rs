@@ -235,6 +235,9 @@ pub struct WorkerConfig {
     /// A worker adds a recovery's next batch only while fewer recovered jobs than this wait in
     /// the queue: recoveries go as fast as deliveries leave, never far ahead of them.
     pub recovery_backlog: usize,
+    /// Recovered deliveries a worker restarts per second at most: what a recovery may take of
+    /// the capacity live traffic shares with it (the database, the CPU).
+    pub recovery_rate: u32,
     /// An endpoint whose attempts have all failed for this long (with at least 10 failed
     /// attempts) is disabled as `failing`.
     pub endpoint_disable_after: Duration,
@@ -283,6 +286,10 @@ impl WorkerConfig {
         if recovery_backlog == 0 {
             bail!("TRIGGERS_RECOVERY_BACKLOG must be at least 1");
         }
+        let recovery_rate: u32 = env_or("TRIGGERS_RECOVERY_RATE", 1000)?;
+        if !(1..=100_000).contains(&recovery_rate) {
+            bail!("TRIGGERS_RECOVERY_RATE must be from 1 to 100000");
+        }
         let disable_after: u64 = env_or("TRIGGERS_ENDPOINT_DISABLE_AFTER_SECS", 432_000)?;
         if disable_after == 0 {
             bail!("TRIGGERS_ENDPOINT_DISABLE_AFTER_SECS must be at least 1");
@@ -309,6 +316,7 @@ impl WorkerConfig {
             queue_sample_interval: Duration::from_secs(sample_secs),
             recovery_batch,
             recovery_backlog,
+            recovery_rate,
             endpoint_disable_after: Duration::from_secs(disable_after),
         })
     }
@@ -338,6 +346,7 @@ impl WorkerConfig {
             queue_sample_interval: Duration::from_secs(10),
             recovery_batch: 500,
             recovery_backlog: 1000,
+            recovery_rate: 1000,
             endpoint_disable_after: Duration::from_secs(432_000),
         }
     }

@@ -6,8 +6,11 @@
 //!
 //! Pacing: recovered deliveries' first jobs are queued below live ones (`queue::recovered`),
 //! and a worker adds a batch only while fewer than `recovery_backlog` of them wait, so a
-//! recovery of 100,000 deliveries never puts 100,000 jobs in the queue at once: it advances as
-//! fast as its deliveries leave the queue, and live jobs are claimed first all along.
+//! recovery of 100,000 deliveries never puts 100,000 jobs in the queue at once, and live jobs
+//! are claimed first all along. And a worker restarts at most `recovery_rate` deliveries a
+//! second (it waits a batch's share of a second after each batch): claimed first or not,
+//! recovered deliveries share the database and the CPU with live ones, and unpaced (3,400/s on
+//! 2 cores) they made another organisation's live end-to-end p99 10 times slower.
 
 use std::{sync::Arc, time::Duration};
 
@@ -50,6 +53,11 @@ pub async fn step(pool: &PgPool, config: &WorkerConfig) -> anyhow::Result<Step> 
     })
 }
 
+/// The wait after restarting `enqueued` deliveries that keeps a worker at `rate` a second.
+pub fn paced(enqueued: u64, rate: u32) -> Duration {
+    Duration::from_secs_f64(enqueued as f64 / f64::from(rate.max(1)))
+}
+
 /// Run recoveries until `stop` is cancelled (a batch in progress is finished first).
 pub async fn run(pool: PgPool, config: Arc<WorkerConfig>, stop: CancellationToken) {
     loop {
@@ -59,7 +67,7 @@ pub async fn run(pool: PgPool, config: Arc<WorkerConfig>, stop: CancellationToke
                 if done.finished {
                     tracing::info!(org_id = %done.organization_id, recovery_id = %done.recovery_id, "recovery done");
                 }
-                Duration::ZERO
+                paced(done.enqueued, config.recovery_rate)
             }
             Ok(Step::Paced) => PACED_POLL,
             Ok(Step::Idle) => IDLE_POLL,
@@ -72,5 +80,18 @@ pub async fn run(pool: PgPool, config: Arc<WorkerConfig>, stop: CancellationToke
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_followed_by_its_share_of_a_second() {
+        assert_eq!(paced(500, 1000), Duration::from_millis(500));
+        assert_eq!(paced(50, 100), Duration::from_millis(500));
+        assert_eq!(paced(0, 1000), Duration::ZERO);
+        assert_eq!(paced(10, 0), Duration::from_secs(10), "a rate of 0 counts as 1");
     }
 }
