@@ -92,7 +92,19 @@ pub struct WebhookOutcome {
     pub delivery_span: Option<Duration>,
     /// From the end of sending to the last first-arrival.
     pub drain_after_send: Option<Duration>,
+    /// Deliveries that arrived after the end of sending: the backlog the burst left behind.
+    pub backlog_after_send: u64,
     pub end_to_end: Option<Latency>,
+}
+
+impl WebhookOutcome {
+    /// How fast the backlog left at the end of sending drained: the deliveries that arrived
+    /// after the last POST, over the time from it to the last arrival (none below 1,000, too
+    /// few to be a rate).
+    pub fn drain_after_send_rate(&self) -> Option<f64> {
+        let drain = self.drain_after_send?.as_secs_f64();
+        (self.backlog_after_send >= 1_000 && drain > 0.0).then(|| self.backlog_after_send as f64 / drain)
+    }
 }
 
 impl Outcome {
@@ -890,6 +902,7 @@ async fn wait_for_deliveries(
             None => last.map(|l| l.saturating_duration_since(send_start)),
         },
         drain_after_send: last.map(|l| l.saturating_duration_since(send_end)),
+        backlog_after_send: d.arrived_since(send_end.saturating_duration_since(timeline.epoch)),
         end_to_end: Latency::of(&mut d.end_to_end),
     }
 }

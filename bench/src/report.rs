@@ -19,6 +19,8 @@ pub fn to_json(o: &Outcome) -> Value {
             "unknown": w.unknown,
             "delivery_throughput_eps": w.delivery_span.map(|s| round3(per_second(w.delivered, s))),
             "drain_after_send_s": w.drain_after_send.map(|d| round3(d.as_secs_f64())),
+            "backlog_after_send": w.backlog_after_send,
+            "drain_after_send_eps": w.drain_after_send_rate().map(round3),
             "e2e_latency_ms": w.end_to_end.map(Latency::to_json),
         })
     });
@@ -214,6 +216,13 @@ pub fn to_text(o: &Outcome) -> String {
                 drain.as_secs_f64()
             );
         }
+        if let Some(rate) = w.drain_after_send_rate() {
+            let _ = writeln!(
+                s,
+                "  after sending    {} deliveries left, drained at {rate:.0}/s",
+                w.backlog_after_send
+            );
+        }
         let _ = writeln!(s, "  end-to-end       {}", lat(w.end_to_end));
     }
     match o.failure() {
@@ -228,7 +237,7 @@ pub fn to_text(o: &Outcome) -> String {
 }
 
 /// The columns of `summarize`: a header, a JSON pointer into a run's output, and decimals.
-const COLUMNS: [(&str, &str, usize); 13] = [
+const COLUMNS: [(&str, &str, usize); 14] = [
     ("ingest ev/s", "/ingest_throughput_eps", 0),
     ("POST p50 ms", "/post_latency_ms/p50", 1),
     ("POST p99 ms", "/post_latency_ms/p99", 1),
@@ -238,6 +247,7 @@ const COLUMNS: [(&str, &str, usize); 13] = [
     ("rejected", "/rejected_total", 0),
     ("missing", "/delivery/missing", 0),
     ("peak backlog", "/peak_backlog", 0),
+    ("drain after/s", "/delivery/drain_after_send_eps", 0),
     ("backlog end", "/open_loop/backlog_at_schedule_end", 0),
     ("recovered ev/s", "/recovery/rate_eps", 0),
     ("poison/s", "/poison/rate_eps", 0),

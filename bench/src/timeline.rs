@@ -35,10 +35,19 @@ pub struct Deliveries {
     pub delivered: u64,
     pub missing: u64,
     pub end_to_end: Vec<Duration>,
+    /// When each arrived, since `epoch`.
+    pub arrivals: Vec<Duration>,
     /// Since `epoch`.
     pub first_receipt: Option<Duration>,
     /// Since `epoch`.
     pub last_receipt: Option<Duration>,
+}
+
+impl Deliveries {
+    /// Deliveries that arrived at or after `at` (since `epoch`).
+    pub fn arrived_since(&self, at: Duration) -> u64 {
+        self.arrivals.iter().filter(|&&r| r >= at).count() as u64
+    }
 }
 
 impl Timeline {
@@ -128,6 +137,7 @@ impl Timeline {
             out.delivered += 1;
             out.end_to_end.push(Duration::from_nanos(r.saturating_sub(s)));
             let at = Duration::from_nanos(r - 1);
+            out.arrivals.push(at);
             out.last_receipt = Some(out.last_receipt.map_or(at, |l| l.max(at)));
             out.first_receipt = Some(out.first_receipt.map_or(at, |f| f.min(at)));
         }

@@ -33,7 +33,8 @@
 # Also measured in the same run: the commit floor (pgbench, one single-row INSERT per
 # transaction, sequential, 10 s) and, per run, statements and commits per delivery
 # (pg_stat_statements, loaded into the bench cluster, and pg_stat_database.xact_commit).
-# Each run's JSON, chart (SVG), statement report and the service logs land in target/bench/
+# Each run's JSON, chart (SVG), statement report, the hot tables' live and dead rows every 2 s
+# (tables-N.tsv) and the service logs land in target/bench/
 # (BENCH_OUT), and the peak RSS (VmHWM) of ingest and workers in memory.txt.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -62,7 +63,7 @@ while (($#)); do
       extra+=("$1" "$2"); shift 2 ;;
     --all) all=1; shift ;;
     --prefill) prefill=$2; shift 2 ;;
-    -h | --help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +105,10 @@ if ((all)); then
   scenario isolation-endpoint --slow-endpoint 2000 -n 300 -c 64 -k 1 -w 1
   scenario open-loop-500 --rate 500 --duration 30 -c 256 -w 1
   scenario scale --prefill 10000000 -n 60000 -c 64 -w 1
+  # A backlog left by a long burst (issue 15 §3): 175,000 events from 64 connections with one
+  # worker running, whose backlog must drain at >= 80 % of a fresh drain of as many.
+  scenario burst-backlog -n 175000 -c 64 -w 1 -r 3
+  scenario drain-100k --drain -n 100000 -w 1
   # Back to back: the same open loop of 4 organisations, without and then during a recovery of
   # 100,000 deliveries of a fifth one (its live end-to-end p99 must stay within 2x).
   scenario recovery-baseline --rate 500 --duration 40 -c 256 -w 1
@@ -235,6 +240,17 @@ fi
 mode=$( ((drain)) && echo "drain by $workers worker(s)" || echo "$workers worker(s) running")
 log "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $events events, $concurrency connections, $orgs orgs, $runs runs, ${webhook:-no webhook}, $mode"
 commits() { psql -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+sample_tables() { # file
+  local started=$SECONDS
+  printf 's\ttable\tlive\tdead\tautovacuums\tpages\n' >"$1"
+  while true; do
+    psql -F $'\t' -c "SELECT $((SECONDS - started)), s.relname, n_live_tup, n_dead_tup, autovacuum_count, c.relpages
+                       FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                       WHERE s.relname IN ('jobs', 'events', 'deliveries', 'delivery_attempts', 'dedup_keys')
+                       ORDER BY s.relname" >>"$1" 2>/dev/null || true
+    sleep 2
+  done
+}
 status=0
 for ((i = 1; i <= runs; i++)); do
   log "run $i of $runs"
@@ -260,7 +276,12 @@ for ((i = 1; i <= runs; i++)); do
     start_workers
     rm -f "$out/drain-go"
   fi
+  # Every 2 s while the run lasts: live and dead rows of the hot tables and their vacuums.
+  sample_tables "$out/tables-$i.tsv" &
+  sampler_pid=$!
   wait "$bench_pid" || status=1
+  kill "$sampler_pid" 2>/dev/null || true
+  wait "$sampler_pid" 2>/dev/null || true
   if [[ ! -s $out/run-$i.json ]]; then rm -f "$out/run-$i.json"; fi
   commits_after=$(commits)
   # The database's work during the run, per delivered event: commits, and statements by calls.
