@@ -60,6 +60,9 @@ pub const QUEUE_OLDEST_PENDING_AGE_SECONDS: &str = "triggers_queue_oldest_pendin
 pub const DELIVERIES_WITHOUT_JOB: &str = "triggers_deliveries_without_job";
 /// Counter `{table}`: rows the janitor deleted.
 pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
+/// Counter: vacuums of the queue table by the worker that holds the queue-vacuum lock (the dead
+/// row versions of finished jobs had come to outnumber the live ones).
+pub const QUEUE_VACUUMS_TOTAL: &str = "triggers_queue_vacuums_total";
 /// Counter: deliveries given a new chain by recoveries (`POST /api/endpoints/{id}/recover`).
 pub const RECOVERED_DELIVERIES_TOTAL: &str = "triggers_recovered_deliveries_total";
 

@@ -1,10 +1,11 @@
 //! The delivery worker: claims delivery jobs from the apalis queue and POSTs signed webhooks.
 //!
 //! [`Worker::build`] connects, applies migrations and binds the admin port;
-//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor, the queue sampler,
-//! recoveries and the stats rollup, and serves the admin port until the shutdown future resolves, then drains. Tests start it
-//! in-process the same way `main` does through [`run`]. The shell (database start-up, admin
-//! server and its limits, signals, metrics upkeep) is `triggers_shared::service`.
+//! [`Worker::run_until_stopped`] consumes the queue, runs the janitor, the queue sampler and
+//! vacuum, recoveries and the stats rollup, and serves the admin port until the shutdown future
+//! resolves, then drains. Tests start it in-process the same way `main` does through [`run`].
+//! The shell (database start-up, admin server and its limits, signals, metrics upkeep) is
+//! `triggers_shared::service`.
 
 pub mod admin;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod recovery;
 pub mod retry;
 pub mod rollup;
 pub mod sampler;
+pub mod vacuum;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -111,6 +113,7 @@ impl Worker {
         let sampler = tokio::spawn(sampler::run(pool.clone(), config.clone(), stop.clone()));
         let recovery = tokio::spawn(recovery::run(pool.clone(), config.clone(), stop.clone()));
         let rollup = tokio::spawn(rollup::run(pool.clone(), stop.clone()));
+        let vacuum = tokio::spawn(vacuum::run(pool.clone(), stop.clone()));
         let consumer = tokio::spawn(queue::consume(
             pool.clone(),
             config.clone(),
@@ -132,6 +135,7 @@ impl Worker {
         let _ = sampler.await;
         let _ = recovery.await;
         let _ = rollup.await;
+        let _ = vacuum.await;
         admin_stop.cancel();
         let served = admin.await;
         upkeep.abort();

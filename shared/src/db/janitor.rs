@@ -15,6 +15,9 @@ pub const JANITOR_LOCK_KEY: i64 = 0x7472_6967_6a61_6e69; // "trigjani"
 /// The advisory-lock key held by the one worker of the fleet that samples the queue's gauges.
 pub const SAMPLER_LOCK_KEY: i64 = 0x7472_6967_7361_6d70; // "trigsamp"
 
+/// The advisory-lock key held by the one worker of the fleet that vacuums the queue table.
+pub const QUEUE_VACUUM_LOCK_KEY: i64 = 0x7472_6967_7661_6375; // "trigvacu"
+
 /// Take the fleet-wide lock `key` for this session (`false`: another session holds it). Use a
 /// connection of its own and close it afterwards: closing releases the lock whatever happened.
 pub async fn try_lock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {

@@ -123,3 +123,42 @@ pub async fn lock_stranded(
     .fetch_all(conn)
     .await
 }
+
+/// The queue table's row versions, as the statistics collector last counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobRows {
+    pub live: i64,
+    pub dead: i64,
+}
+
+/// Live and dead row versions of `apalis.jobs` (`pg_stat_user_tables`: what backends reported,
+/// up to about a second late).
+pub async fn job_rows(conn: &mut PgConnection) -> sqlx::Result<JobRows> {
+    let (live, dead): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(n_live_tup, 0), coalesce(n_dead_tup, 0)
+         FROM pg_stat_user_tables WHERE relid = 'apalis.jobs'::regclass",
+    )
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or((0, 0));
+    Ok(JobRows { live, dead })
+}
+
+/// Whether the queue is due a vacuum: at least `min_dead` dead row versions, and at least as
+/// many as live rows. Every delivery leaves two (its claimed version and its deletion), and each
+/// claim's index scan walks every dead entry ahead of the first pending job until a vacuum
+/// removes them, so the cost of a claim grows with the jobs finished since the last vacuum.
+/// Vacuuming once the dead outnumber the live keeps that walk at most a backlog long, and the
+/// vacuum's own cost (proportional to the table) at a constant per finished job.
+pub fn vacuum_due(rows: JobRows, min_dead: i64) -> bool {
+    rows.dead >= min_dead.max(rows.live)
+}
+
+/// `VACUUM apalis.jobs`, without truncating the table (truncation takes a lock that would stop
+/// every claim for its duration; the space is reused by the next jobs). Not in a transaction.
+pub async fn vacuum_jobs(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql("VACUUM (TRUNCATE false) apalis.jobs")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
