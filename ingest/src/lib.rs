@@ -11,6 +11,7 @@ pub mod extract;
 pub mod listener;
 pub mod openapi;
 pub mod ratelimit;
+pub mod refusals;
 pub mod routes;
 pub mod routing;
 pub mod state;

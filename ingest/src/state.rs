@@ -13,6 +13,7 @@ use crate::{
     console::Console,
     listener::{self, Listener},
     ratelimit::RateLimiter,
+    refusals::RefusalBudget,
     routing::{ENDPOINTS_CHANNEL, RoutingCache},
 };
 
@@ -24,6 +25,8 @@ pub struct AppState {
     pub auth: AuthCache,
     pub routing: RoutingCache,
     pub limiter: RateLimiter,
+    /// Each organisation's budget of refused bodies before their answers are delayed.
+    pub refusals: Arc<RefusalBudget>,
     pub batcher: BatchWriter,
     /// Where browsers reach this service (no trailing `/`): the base of console links.
     pub public_url: Arc<str>,
@@ -53,6 +56,7 @@ impl AppState {
             auth,
             routing,
             limiter: RateLimiter::new(db.clone()),
+            refusals: Arc::default(),
             _listener: Arc::new(listener),
             db,
             config,

@@ -63,6 +63,9 @@ pub const JANITOR_DELETED_TOTAL: &str = "triggers_janitor_deleted_total";
 /// Counter: vacuums of the queue table by the worker that holds the queue-vacuum lock (the dead
 /// row versions of finished jobs had come to outnumber the live ones).
 pub const QUEUE_VACUUMS_TOTAL: &str = "triggers_queue_vacuums_total";
+/// Counter: answers to refused event bodies held back because the organisation was over its
+/// budget of refusals (ingest's `refusals`: a client resending bad bodies in a loop).
+pub const REFUSALS_DELAYED_TOTAL: &str = "triggers_refusals_delayed_total";
 /// Counter: deliveries given a new chain by recoveries (`POST /api/endpoints/{id}/recover`).
 pub const RECOVERED_DELIVERIES_TOTAL: &str = "triggers_recovered_deliveries_total";
 
