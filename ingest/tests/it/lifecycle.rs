@@ -3,7 +3,7 @@
 //! (`POST /api/events/{id}/endpoints/{endpoint_id}/resend`) and recovering a time window
 //! (`POST /api/endpoints/{id}/recover`, `GET /api/endpoints/{id}/recoveries/{recovery_id}`).
 //! Answers are checked exactly, and so are the rows and queue jobs behind them; the worker's
-//! side (signatures, batches, restarts) is `worker/tests/lifecycle.rs`.
+//! side (signatures, batches, restarts) is `worker/tests/it/lifecycle.rs`.
 
 use crate::common::{TestApp, field_names};
 use chrono::{DateTime, Duration as Span, SubsecRound, Utc};
