@@ -1,7 +1,8 @@
 //! The API key cache: argon2 runs once per key per TTL (for good and bad keys), concurrent
-//! first requests share one verification, a lost invalidation listener empties the cache, a
-//! flood of wrong secrets for one prefix is throttled without delaying other organisations, and
-//! one organisation's rotations leave the others cached.
+//! first requests share one verification, a lost invalidation listener empties the cache, and
+//! one organisation's rotations leave the others cached. Whether a flood of wrong secrets for
+//! one prefix delays other organisations is a timing budget, measured by
+//! `deploy/local/auth-burst.sh` rather than asserted here.
 //!
 //! These tests count `triggers_auth_cache_total{outcome}` from `/metrics`, which is process-wide:
 //! they need a process of their own (see `main.rs`).
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::common::TestApp;
 use serde_json::Value;
 use triggers_shared::{apikey, metrics::AUTH_CACHE_OUTCOMES};
-use triggers_testkit::{ServiceProcess, prometheus};
+use triggers_testkit::prometheus;
 
 /// The status of an authenticated request whose handler does not look at keys itself
 /// (`GET /api/keys` reads the key table again), so it shows what authentication decided.
@@ -28,12 +29,7 @@ async fn status_with(app: &TestApp, key: &str) -> u16 {
 
 /// `triggers_auth_cache_total{outcome="<outcome>"}` as the app reports it now.
 async fn outcome_count(app: &TestApp, outcome: &str) -> u64 {
-    outcome_count_at(&app.client, &app.url("/metrics"), outcome).await
-}
-
-/// `triggers_auth_cache_total{outcome="<outcome>"}` as the metrics at `url` report it now.
-async fn outcome_count_at(client: &reqwest::Client, url: &str, outcome: &str) -> u64 {
-    let text = prometheus::scrape(client, url).await;
+    let text = prometheus::scrape(&app.client, &app.url("/metrics")).await;
     let series = format!("triggers_auth_cache_total{{outcome=\"{outcome}\"}}");
     prometheus::value(&text, &series).unwrap_or(0.0) as u64
 }
@@ -210,155 +206,40 @@ async fn a_database_outage_is_not_mistaken_for_an_invalid_key() {
     }
 }
 
-/// The real `triggers-ingest` binary on a fresh database, so the load a test generates does not
-/// share the server's threads. Killed on drop.
-struct IngestProcess {
-    process: ServiceProcess,
-    client: reqwest::Client,
-}
-
-impl IngestProcess {
-    async fn start() -> Self {
-        let db = triggers_shared::testing::TestDb::new().await.expect("db");
-        let process = ServiceProcess::ingest(env!("CARGO_BIN_EXE_triggers-ingest"), &db.url)
-            .start()
-            .await;
-        Self {
-            process,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        self.process.url(path)
-    }
-
-    async fn create_org(&self, name: &str) -> String {
-        let res = self
-            .client
-            .post(self.url("/api/keys/generate"))
-            .json(&serde_json::json!({"organization_name": name}))
-            .send()
-            .await
-            .expect("generate");
-        assert_eq!(res.status(), 201);
-        let body: Value = res.json().await.expect("json");
-        body["api_key"].as_str().expect("api_key").to_owned()
-    }
-
-    async fn count(&self, outcome: &str) -> u64 {
-        outcome_count_at(&self.client, &self.url("/metrics"), outcome).await
-    }
-}
-
-/// How long a cold first request with each of these keys takes, sorted, each on a fresh
-/// connection.
-async fn first_request_times(app: &IngestProcess, keys: &[String]) -> Vec<Duration> {
-    let mut took = Vec::new();
-    for key in keys {
-        // Without the pool and throttle a first request waited behind every guess: give up.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
-        let started = Instant::now();
-        let res = client
-            .get(app.url("/api/webhook/config"))
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .expect("a first request of another organisation (10 s timeout)");
-        took.push(started.elapsed());
-        assert_eq!(res.status(), 200);
-    }
-    took.sort();
-    took
-}
-
 #[tokio::test]
-async fn a_burst_of_wrong_secrets_for_one_prefix_does_not_delay_another_organisations_first_request() {
-    // Runs alone under nextest (.config/nextest.toml).
-    let app = IngestProcess::start().await;
-    let target = app.create_org("Attacked").await;
-    let mut bystanders = Vec::new();
-    for n in 0..10 {
-        bystanders.push(app.create_org(&format!("Bystander {n}")).await);
-    }
+async fn a_flood_of_wrong_secrets_for_one_prefix_is_throttled_after_its_burst() {
+    let app = TestApp::spawn().await;
+    let (target, _) = app.create_org("Attacked", "free").await;
     let prefix = apikey::prefix_of(&target).expect("prefix").to_owned();
-    // What a first request (a query and one argon2 hash) costs on this machine right now.
-    let quiet = first_request_times(&app, &bystanders[..5]).await;
-    let rejected0 = app.count("rejected").await;
-
-    // Three times: 200 wrong secrets sent at once for the one prefix (from a thread and runtime
-    // of their own, so the measuring client does not queue behind them), then, while they are
-    // being answered, another organisation's first request.
-    // (Under a loaded machine the 200 requests alone cost the server noticeable CPU for a few
-    // hundred milliseconds; that is not what this measures.)
-    let burst_started = Instant::now();
-    let mut during = Vec::new();
-    for wave in 0..3 {
-        let url = app.url("/api/webhook/config");
-        let prefix = prefix.clone();
-        let attacker = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("attacker runtime");
-            runtime.block_on(async move {
-                let client = reqwest::Client::new();
-                let guesses: Vec<_> = (wave * 200..(wave + 1) * 200)
-                    .map(|n| {
-                        let guess = format!("{prefix}_{n:G>43}");
-                        let req = client.get(&url).header("X-API-Key", guess).send();
-                        tokio::spawn(
-                            async move { req.await.expect("GET with a wrong secret").status().as_u16() },
-                        )
-                    })
-                    .collect();
-                let mut statuses = Vec::new();
-                for guess in guesses {
-                    statuses.push(guess.await.expect("join"));
-                }
-                statuses
-            })
-        });
-        // Long enough for the server to have read all 200 (and, without a throttle, to be
-        // hashing them), not for it to have hashed them all.
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        during.extend(first_request_times(&app, &bystanders[5 + wave..6 + wave]).await);
-        let statuses = tokio::task::spawn_blocking(move || attacker.join())
-            .await
-            .expect("join")
-            .expect("attacker");
-        assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let rejected0 = outcome_count(&app, "rejected").await;
+    let started = Instant::now();
+    let guesses: Vec<_> = (0..200)
+        .map(|n| {
+            let req = app
+                .client
+                .get(app.url("/api/webhook/config"))
+                .header("X-API-Key", format!("{prefix}_{n:G>43}"))
+                .send();
+            tokio::spawn(async move { req.await.expect("GET with a wrong secret").status().as_u16() })
+        })
+        .collect();
+    for guess in guesses {
+        assert_eq!(guess.await.expect("join"), 401);
     }
-    during.sort();
-    let burst_lasted = burst_started.elapsed();
-
-    // The bar is 100 ms for a first request, but on a loaded machine one argon2 hash alone may
-    // take longer; so the bar is what the guesses may add to a quiet first request: 100 ms
-    // (medians). Without the pool and throttle, it waited behind the whole burst's hashes.
-    eprintln!("first requests: quiet {quiet:?}, during 600 guesses {during:?} (in {burst_lasted:?})");
-    assert!(
-        during[1] < quiet[2] + Duration::from_millis(100),
-        "the guesses delayed other organisations' first requests: quiet {quiet:?}, during {during:?}"
-    );
-    let (rejected1, throttled) = (app.count("rejected").await, app.count("throttled").await);
     // The budget is 10 failures, then one a second: never 200 hashes.
-    let hashed = rejected1 - rejected0;
-    let budget = 10 + burst_lasted.as_secs() + 5;
+    let hashed = outcome_count(&app, "rejected").await - rejected0;
+    let budget = 10 + started.elapsed().as_secs() + 2;
     assert!(
         hashed <= budget,
         "{hashed} wrong secrets were hashed (budget {budget})"
     );
-    assert!(throttled > 0, "no guess was throttled");
+    assert!(
+        outcome_count(&app, "throttled").await > 0,
+        "no guess was throttled"
+    );
     // The real key is not locked out for longer than the budget takes to refill.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let res = app
-        .client
-        .get(app.url("/api/webhook/config"))
-        .header("X-API-Key", &target);
-    assert_eq!(res.send().await.expect("the real key").status(), 200);
+    assert_eq!(status_with(&app, &target).await, 200);
 }
 
 #[tokio::test]

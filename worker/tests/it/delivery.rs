@@ -1,13 +1,15 @@
 //! What a receiver gets, and how failures are retried, dead-lettered, cut short or cancelled.
+//!
+//! Deterministic: each test runs the deliverer on what is due (`TestDeliverer::run_due`) and
+//! makes a scheduled retry due by moving its `run_at` (`run_retries`), never waiting on the
+//! clock; "nothing more happens" is "no job is left to run".
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
 use serde_json::Value;
 use triggers_shared::{db::deliveries::DeliveryKey, models::DeliveryStatus, signing};
-use uuid::Uuid;
-
-const PATIENCE: Duration = Duration::from_secs(20);
+use triggers_worker::deliver::RECHECK_AFTER;
 
 #[tokio::test]
 async fn delivery_is_signed_over_the_exact_body_and_carries_the_documented_headers() {
@@ -15,12 +17,10 @@ async fn delivery_is_signed_over_the_exact_body_and_carries_the_documented_heade
     let receiver = Receiver::answering(200).await;
     let (org, secret) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let worker = TestWorker::spawn(&db.url, |_| {}).await;
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
 
-    eventually("the event is delivered", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "delivered"
-    })
-    .await;
+    assert_eq!(deliverer.run_due().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "delivered");
     let got = receiver.requests();
     assert_eq!(got.len(), 1, "exactly one request");
     let req = &got[0];
@@ -89,7 +89,7 @@ async fn delivery_is_signed_over_the_exact_body_and_carries_the_documented_heade
     let row = event(&db.pool, ids[0]).await;
     assert_eq!((row.attempts, row.response_status), (1, Some(200)));
     assert!(row.delivered_at.is_some() && row.last_error.is_none());
-    worker.stop().await.expect("clean stop");
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
 }
 
 #[tokio::test]
@@ -98,14 +98,19 @@ async fn two_failures_then_success_is_delivered_after_three_attempts() {
     let receiver = Receiver::start(vec![Reply::status(500), Reply::status(500)], Reply::status(200)).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |_| {}).await;
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
 
-    eventually("the event is delivered", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "delivered"
-    })
-    .await;
+    assert_eq!(deliverer.run_due().await, 1);
+    for attempts in [1, 2] {
+        let row = event(&db.pool, ids[0]).await;
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", attempts));
+        assert_eq!(deliverer.run_due().await, 0, "the retry is not due yet");
+        assert_eq!(deliverer.run_retries().await, 1);
+    }
     let row = event(&db.pool, ids[0]).await;
+    assert_eq!(row.status, "delivered");
     assert_eq!((row.attempts, row.response_status), (3, Some(200)));
+    assert_eq!(deliverer.run_retries().await, 0, "nothing is left to run");
     let log = attempts(&db.pool, ids[0]).await;
     let summary: Vec<_> = log.iter().map(|a| (a.attempt, a.response_status)).collect();
     assert_eq!(summary, [(1, Some(500)), (2, Some(500)), (3, Some(200))]);
@@ -120,22 +125,39 @@ async fn retries_wait_at_least_the_scheduled_delays() {
     let receiver = Receiver::start(vec![Reply::status(500), Reply::status(502)], Reply::status(204)).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |c| {
+    let deliverer = TestDeliverer::new(&db, |c| {
         c.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(3)];
     })
     .await;
 
-    eventually("the event is delivered", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "delivered"
-    })
-    .await;
-    let got = receiver.requests();
-    assert_eq!(got.len(), 3);
-    let gap1 = got[1].at - got[0].at;
-    let gap2 = got[2].at - got[1].at;
-    // Jitter is ±20% of each delay.
-    assert!(gap1 >= Duration::from_millis(800), "first retry after {gap1:?}");
-    assert!(gap2 >= Duration::from_millis(2400), "second retry after {gap2:?}");
+    // Each failure schedules the next attempt its delay later (jitter is ±20%), and the retry
+    // is not run before then.
+    for (round, delay) in [Duration::from_secs(1), Duration::from_secs(3)]
+        .into_iter()
+        .enumerate()
+    {
+        let before = chrono::Utc::now();
+        let ran = if round == 0 {
+            deliverer.run_due().await
+        } else {
+            deliverer.run_retries().await
+        };
+        let after = chrono::Utc::now();
+        assert_eq!(ran, 1);
+        let next = deliveries(&db.pool, ids[0]).await[0]
+            .next_attempt_at
+            .expect("a retry is scheduled");
+        let earliest = before + chrono::Duration::from_std(delay.mul_f64(0.8)).expect("delay");
+        let latest = after + chrono::Duration::from_std(delay.mul_f64(1.2)).expect("delay");
+        assert!(
+            earliest <= next && next <= latest,
+            "retry {round} due at {next}, not within {earliest}..{latest}"
+        );
+        assert_eq!(deliverer.run_due().await, 0, "retry {round} ran before its time");
+    }
+    assert_eq!(deliverer.run_retries().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "delivered");
+    assert_eq!(receiver.count(), 3);
 }
 
 #[tokio::test]
@@ -144,18 +166,16 @@ async fn an_endpoint_that_always_fails_dead_letters_the_event_after_the_last_att
     let receiver = Receiver::answering(500).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |_| {}).await; // schedule 1s,1s: 3 attempts
+    let deliverer = TestDeliverer::new(&db, |_| {}).await; // schedule 1s,1s: 3 attempts
 
-    eventually("the event is dead-lettered", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "failed"
-    })
-    .await;
-    eventually("the queue is drained", PATIENCE, || async {
-        unfinished_jobs(&db.pool).await == 0
-    })
-    .await;
-    // Longer than a retry delay plus a poll: nothing more may arrive.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(deliverer.run_due().await, 1);
+    assert_eq!(deliverer.run_retries().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "pending");
+    assert_eq!(deliverer.run_retries().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "failed");
+    // Nothing is left to run, however long one waits.
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
+    assert_eq!(deliverer.run_retries().await, 0);
     assert_eq!(receiver.count(), 3, "1 + len(schedule) requests, then none");
     let row = event(&db.pool, ids[0]).await;
     assert_eq!((row.attempts, row.response_status), (3, Some(500)));
@@ -169,17 +189,13 @@ async fn gone_410_stops_retrying_at_once() {
     let receiver = Receiver::answering(410).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |_| {}).await;
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
 
-    eventually("the event fails", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "failed"
-    })
-    .await;
-    eventually("the queue is drained", PATIENCE, || async {
-        unfinished_jobs(&db.pool).await == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(deliverer.run_due().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "failed");
+    // No retry was scheduled: nothing is left to run.
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
+    assert_eq!(deliverer.run_retries().await, 0);
     assert_eq!(receiver.count(), 1);
     let row = event(&db.pool, ids[0]).await;
     assert_eq!((row.attempts, row.response_status), (1, Some(410)));
@@ -195,19 +211,22 @@ async fn retry_after_on_503_is_honoured() {
     .await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |_| {}).await; // the schedule says 1 s
+    let deliverer = TestDeliverer::new(&db, |_| {}).await; // the schedule says 1 s
 
-    eventually("the event is delivered", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "delivered"
-    })
-    .await;
-    let got = receiver.requests();
-    assert_eq!(got.len(), 2);
-    let gap = got[1].at - got[0].at;
+    let before = chrono::Utc::now();
+    assert_eq!(deliverer.run_due().await, 1);
+    let next = deliveries(&db.pool, ids[0]).await[0]
+        .next_attempt_at
+        .expect("a retry is scheduled");
     assert!(
-        gap >= Duration::from_millis(2900),
-        "retried after {gap:?}, not after Retry-After: 3"
+        next - before >= chrono::Duration::milliseconds(2900),
+        "retry due {} after the attempt, not after Retry-After: 3",
+        next - before
     );
+    assert_eq!(deliverer.run_due().await, 0, "the retry ran before Retry-After");
+    assert_eq!(deliverer.run_retries().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.status, "delivered");
+    assert_eq!(receiver.count(), 2);
 }
 
 #[tokio::test]
@@ -216,15 +235,10 @@ async fn acknowledging_an_event_cancels_its_pending_retries() {
     let receiver = Receiver::answering(500).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |c| {
-        c.retry_schedule = vec![Duration::from_secs(2), Duration::from_secs(2)];
-    })
-    .await;
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
 
-    eventually("the first attempt is recorded", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.attempts == 1
-    })
-    .await;
+    assert_eq!(deliverer.run_due().await, 1);
+    assert_eq!(event(&db.pool, ids[0]).await.attempts, 1);
     // What `POST /api/ack/{id}` does.
     let mut conn = db.pool.acquire().await.expect("connection");
     triggers_shared::db::events::acknowledge(&mut conn, org, ids[0])
@@ -233,11 +247,8 @@ async fn acknowledging_an_event_cancels_its_pending_retries() {
         .expect("the event exists");
     drop(conn);
     // The scheduled retry comes due, is claimed, and is dropped without a request.
-    eventually("the retry job has run", PATIENCE, || async {
-        unfinished_jobs(&db.pool).await == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deliverer.run_retries().await, 1);
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
     assert_eq!(receiver.count(), 1, "no request after the ack");
     let row = event(&db.pool, ids[0]).await;
     assert_eq!((row.status.as_str(), row.attempts), ("delivered", 1));
@@ -254,18 +265,16 @@ async fn a_private_target_is_refused_when_private_webhooks_are_not_allowed() {
     let (org2, _) = create_org(&db.pool, Some(&localhost)).await;
     let ids = create_events(&db.pool, org, 1).await;
     let ids2 = create_events(&db.pool, org2, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |c| {
+    let deliverer = TestDeliverer::new(&db, |c| {
         c.allow_private_webhooks = false;
         c.retry_schedule = vec![];
     })
     .await;
 
+    assert_eq!(deliverer.run_due().await, 2);
     for id in [ids[0], ids2[0]] {
-        eventually("the event fails", PATIENCE, || async {
-            event(&db.pool, id).await.status == "failed"
-        })
-        .await;
         let row = event(&db.pool, id).await;
+        assert_eq!(row.status, "failed");
         let error = row.last_error.expect("last_error");
         assert!(error.starts_with("webhook target refused"), "{error}");
         assert!(error.contains("internal"), "{error}");
@@ -279,12 +288,10 @@ async fn events_of_an_organisation_without_a_webhook_stay_pending() {
     let db = test_db().await;
     let (org, _) = create_org(&db.pool, None).await;
     let ids = create_events(&db.pool, org, 2).await;
-    let _worker = TestWorker::spawn(&db.url, |_| {}).await;
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
 
-    eventually("the jobs have run", PATIENCE, || async {
-        unfinished_jobs(&db.pool).await == 0
-    })
-    .await;
+    deliverer.run_due().await;
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
     for id in ids {
         let row = event(&db.pool, id).await;
         assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
@@ -299,13 +306,11 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
     receiver.set_default(Reply::status(302).header("location", target.url.clone()));
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |c| c.retry_schedule = vec![]).await;
+    let deliverer = TestDeliverer::new(&db, |c| c.retry_schedule = vec![]).await;
 
-    eventually("the event fails", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "failed"
-    })
-    .await;
+    assert_eq!(deliverer.run_due().await, 1);
     let row = event(&db.pool, ids[0]).await;
+    assert_eq!(row.status, "failed");
     assert_eq!(row.response_status, Some(302));
     assert!(
         row.last_error
@@ -321,17 +326,15 @@ async fn a_hanging_endpoint_times_out_as_a_failed_attempt() {
     let receiver = Receiver::start(vec![], Reply::status(200).after(Duration::from_secs(30))).await;
     let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 1).await;
-    let _worker = TestWorker::spawn(&db.url, |c| {
+    let deliverer = TestDeliverer::new(&db, |c| {
         c.delivery_timeout = Duration::from_secs(1);
         c.retry_schedule = vec![];
     })
     .await;
 
-    eventually("the event fails", PATIENCE, || async {
-        event(&db.pool, ids[0]).await.status == "failed"
-    })
-    .await;
+    assert_eq!(deliverer.run_due().await, 1);
     let row = event(&db.pool, ids[0]).await;
+    assert_eq!(row.status, "failed");
     assert!(row.last_error.expect("error").contains("timed out"));
     let log = attempts(&db.pool, ids[0]).await;
     assert!(log[0].duration_ms >= 900, "{:?}", log[0]);
@@ -340,34 +343,36 @@ async fn a_hanging_endpoint_times_out_as_a_failed_attempt() {
 #[tokio::test]
 async fn the_check_before_sending_sees_an_ack_that_committed_after_the_delivery_was_loaded() {
     let db = test_db().await;
-    let (org, _) = create_org(&db.pool, Some("http://127.0.0.1:9/")).await;
+    let receiver = Receiver::answering(200).await;
+    let (org, _) = create_org(&db.pool, Some(&receiver.url)).await;
     let ids = create_events(&db.pool, org, 3).await;
-    let mut conn = db.pool.acquire().await.expect("connection");
-    let mut jobs = Vec::new();
-    for (task, job) in queue::testing::decoded_jobs(&mut conn).await {
-        jobs.push((DeliveryKey::from(&job), task));
-    }
-    let keys: Vec<DeliveryKey> = jobs.iter().map(|(k, _)| *k).collect();
-    let loaded = triggers_shared::db::deliveries::load_targets(&mut conn, &keys)
-        .await
-        .expect("load");
-    assert_eq!(loaded.len(), 3);
-    assert!(
-        loaded
-            .iter()
-            .all(|(k, t)| k.organization_id == org && t.status == DeliveryStatus::Pending)
-    );
-    // The client acknowledges one of them between the worker's load and its request.
-    triggers_shared::db::events::acknowledge(&mut conn, org, ids[1])
-        .await
-        .expect("ack")
-        .expect("the event exists");
-    let open = triggers_shared::db::deliveries::still_deliverable(&mut conn, &jobs)
-        .await
-        .expect("re-check");
-    let mut open: Vec<Uuid> = open.iter().map(|k| k.event_id).collect();
-    open.sort();
-    let mut expected = vec![ids[0], ids[2]];
+    let deliverer = TestDeliverer::new(&db, |_| {}).await;
+    // After the deliveries are loaded and their requests prepared, the client acknowledges the
+    // second event, and preparing took longer than the re-check threshold (a slow DNS answer).
+    let (pool, acked) = (db.pool.clone(), ids[1]);
+    deliverer.deliverer.before_send(move |key: DeliveryKey| {
+        let pool = pool.clone();
+        async move {
+            if key.event_id == acked {
+                // What `POST /api/ack/{id}` does.
+                let mut conn = pool.acquire().await.expect("connection");
+                triggers_shared::db::events::acknowledge(&mut conn, org, acked)
+                    .await
+                    .expect("ack")
+                    .expect("the event exists");
+            }
+            tokio::time::sleep(RECHECK_AFTER * 2).await;
+        }
+    });
+
+    assert_eq!(deliverer.run_due().await, 3);
+    let mut sent: Vec<String> = receiver.requests().iter().map(|r| r.event_id()).collect();
+    sent.sort();
+    let mut expected = vec![ids[0].to_string(), ids[2].to_string()];
     expected.sort();
-    assert_eq!(open, expected);
+    assert_eq!(sent, expected, "the acknowledged event was sent");
+    assert!(attempts(&db.pool, acked).await.is_empty());
+    let row = event(&db.pool, acked).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("delivered", 0));
+    assert_eq!(unfinished_jobs(&db.pool).await, 0);
 }

@@ -115,8 +115,15 @@ async fn an_endpoint_that_only_fails_for_the_period_is_disabled_and_its_new_even
     let later = create_events(&db.pool, org, 1).await[0];
     let delivery = &deliveries(&db.pool, later).await[0];
     assert_eq!(delivery.status, DeliveryStatus::Skipped);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The retries already scheduled find the endpoint disabled and send nothing either.
+    // The retries already scheduled come due, find the endpoint disabled and send nothing
+    // either: once no job is left, nothing more can be sent.
+    queue::testing::make_scheduled_due(&mut db.pool.acquire().await.expect("connection")).await;
+    eventually(
+        "every scheduled retry has run",
+        Duration::from_secs(20),
+        || async { unfinished_jobs(&db.pool).await == 0 },
+    )
+    .await;
     assert_eq!(receiver.count(), sent, "a disabled endpoint was called");
 
     // Enabling it clears the record.

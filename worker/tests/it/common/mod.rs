@@ -2,7 +2,7 @@
 //! and what the test kit shares with ingest's tests (the recording receiver, fixtures through
 //! `shared::db`, processes, Prometheus text) under the names these tests use.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -17,7 +17,7 @@ pub use triggers_testkit::{
     Received, Receiver, Reply, ServiceProcess, eventually,
     fixtures::{endpoint as create_endpoint, org as create_org},
 };
-use triggers_worker::Worker;
+use triggers_worker::{Worker, deliver::Deliverer};
 use uuid::Uuid;
 
 pub async fn test_db() -> TestDb {
@@ -71,6 +71,43 @@ pub fn spawn_worker_process(db_url: &str, extra_env: &[(&str, &str)]) -> Service
     ServiceProcess::worker(env!("CARGO_BIN_EXE_triggers-worker"), db_url)
         .envs(extra_env)
         .spawn()
+}
+
+/// The worker's deliverer without its consumer (nor janitor, sampler or admin port): a test
+/// runs what is due with [`TestDeliverer::run_due`] and moves a retry's `run_at` with
+/// [`TestDeliverer::run_retries`] instead of waiting for the queue's poll or the retry's delay.
+pub struct TestDeliverer {
+    pub deliverer: Deliverer,
+    pool: PgPool,
+}
+
+impl TestDeliverer {
+    /// With the in-process worker's test settings (retries after 1 s and 1 s: three attempts).
+    pub async fn new(db: &TestDb, tweak: impl FnOnce(&mut WorkerConfig)) -> Self {
+        let mut config = WorkerConfig::for_tests(&db.url);
+        config.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(1)];
+        tweak(&mut config);
+        let deliverer = Deliverer::new(db.pool.clone(), Arc::new(config)).expect("a deliverer");
+        Self {
+            deliverer,
+            pool: db.pool.clone(),
+        }
+    }
+
+    /// Claim and deliver every job due now; return once each outcome is committed: how many
+    /// jobs ran.
+    pub async fn run_due(&self) -> usize {
+        self.deliverer.run_due().await.expect("run the due jobs")
+    }
+
+    /// Make every scheduled job (a retry) due, as if its delay had passed, and run what is due:
+    /// how many jobs ran.
+    pub async fn run_retries(&self) -> usize {
+        let mut conn = self.pool.acquire().await.expect("connection");
+        queue::testing::make_scheduled_due(&mut conn).await;
+        drop(conn);
+        self.run_due().await
+    }
 }
 
 /// `triggers-ingest`, built beside `triggers-worker` (the test command builds every binary).
