@@ -13,9 +13,10 @@
 #
 #   deploy/local/api-check.sh [EXAMPLES]    # examples per operation (default 25)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-log() { echo "api-check: $*" >&2; }
+log_name=api-check
 examples=${1:-25}
 seed=20261204
 started=$SECONDS
@@ -34,7 +35,7 @@ fi
 if [[ -z ${DATABASE_URL:-} ]]; then
   DATABASE_URL=$(TRIGGERS_PG_NAME=test deploy/local/postgres.sh start)
 fi
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+psql_bin=$(pg_bin psql)
 db_name=triggers_test_api_check_$RANDOM$RANDOM
 "$psql_bin" "$DATABASE_URL" -qc "CREATE DATABASE $db_name" >/dev/null
 db_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$DATABASE_URL" "$db_name")
@@ -64,8 +65,7 @@ DATABASE_URL=$db_url TRIGGERS_INGEST_ADDR=127.0.0.1:$port TRIGGERS_ADMIN_TOKEN=$
   target/debug/triggers-ingest >"$work/ingest.log" 2>&1 &
 ingest_pid=$!
 base=http://127.0.0.1:$port
-for _ in $(seq 1 300); do curl -sf -o /dev/null "$base/health/ready" && break; sleep 0.2; done
-curl -sf -o /dev/null "$base/health/ready" || { cat "$work/ingest.log" >&2; log "FAILED: ingest did not come up"; exit 1; }
+wait_ready "$base/health/ready" 60 "$work/ingest.log" || fail "ingest did not come up"
 
 # 1. The document as served.
 curl -sf "$base/openapi.json" >"$work/openapi.json"

@@ -12,6 +12,7 @@
 # `triggers_test_bench_smoke` on DATABASE_URL's server (test.sh drops it afterwards), and free
 # loopback ports from 18300 up (BENCH_SMOKE_PORT).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 : "${DATABASE_URL:?bench-smoke.sh needs DATABASE_URL (deploy/local/test.sh sets it)}"
@@ -19,15 +20,13 @@ bin=${BENCH_SMOKE_BIN:-$root/target/debug}
 out="$root/target/bench-smoke"
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.svg "$out"/*.log
-log() { echo "bench-smoke.sh: $*" >&2; }
 
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+psql_bin=$(pg_bin psql)
 db=triggers_test_bench_smoke
 "$psql_bin" "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null
 DATABASE_URL="${DATABASE_URL%/*}/$db"
 export DATABASE_URL
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port=${BENCH_SMOKE_PORT:-18300}
 while port_busy "$port"; do port=$((port + 1)); done
 ingest_addr=127.0.0.1:$port
@@ -45,15 +44,6 @@ cleanup() {
   for pid in "${pids[@]}" $worker_pid; do wait "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-wait_ready() {
-  local i
-  for ((i = 0; i < 300; i++)); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "$1 did not become ready; see $out/*.log"
-  return 1
-}
 start_worker() {
   "$bin/triggers-worker" >>"$out/worker.log" 2>&1 &
   worker_pid=$!

@@ -37,6 +37,7 @@
 # (tables-N.tsv) and the service logs land in target/bench/
 # (BENCH_OUT), and the peak RSS (VmHWM) of ingest and workers in memory.txt.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
@@ -139,8 +140,6 @@ out=${BENCH_OUT:-$root/target/bench}
 mkdir -p "$out"
 rm -f "$out"/run-*.json "$out"/run-*.svg "$out"/statements-*.txt "$out"/memory.txt
 
-log() { echo "bench.sh: $*" >&2; }
-port_busy() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 worker_addrs=()
 for ((w = 0; w < workers; w++)); do worker_addrs+=("${worker_addr%:*}:$((${worker_addr##*:} + w))"); done
 for addr in "$ingest_addr" "${worker_addrs[@]}"; do
@@ -150,7 +149,7 @@ done
 # Postgres: its own cluster, and a fresh database so runs on different days start alike.
 export TRIGGERS_PG_NAME=bench
 DATABASE_URL=$(deploy/local/postgres.sh start)
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+psql_bin=$(pg_bin psql)
 "$psql_bin" "${DATABASE_URL%/*}/postgres" -qc "DROP DATABASE IF EXISTS triggers WITH (FORCE)" >&2
 DATABASE_URL=$(deploy/local/postgres.sh start)
 export DATABASE_URL
@@ -228,15 +227,6 @@ stop_workers() {
   worker_pids=()
 }
 
-wait_ready() {
-  local url=$1 i
-  for ((i = 0; i < 300; i++)); do
-    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  log "$url did not become ready; see $out/*.log"
-  return 1
-}
 wait_ready "http://$ingest_addr/health/ready"
 if ((!drain)); then
   start_workers

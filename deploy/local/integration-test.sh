@@ -12,10 +12,10 @@
 # `deploy/local/test.sh` runs it after the cargo tests; it needs the workspace's binaries built.
 # Python and npm packages are installed under target/examples-env (pinned versions).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-log() { echo "integration-test: $*" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
+log_name=integration-test
 
 for tool in curl jq; do
   if ! command -v "$tool" >/dev/null; then
@@ -38,13 +38,12 @@ fi
 if [[ -z ${DATABASE_URL:-} ]]; then
   DATABASE_URL=$(TRIGGERS_PG_NAME=test deploy/local/postgres.sh start)
 fi
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+psql_bin=$(pg_bin psql)
 # A fresh database (test.sh drops triggers_test_* leftovers at its start).
 db_name=triggers_test_integration_$RANDOM$RANDOM
 "$psql_bin" "$DATABASE_URL" -qc "CREATE DATABASE $db_name" >/dev/null
 db_url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p._replace(path="/" + sys.argv[2]).geturl())' "$DATABASE_URL" "$db_name")
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ingest_port=$(free_port)
 worker_port=$(free_port)
 work=$(mktemp -d)
@@ -64,13 +63,8 @@ DATABASE_URL=$db_url TRIGGERS_PROFILE=dev RUST_LOG=warn \
   setsid deploy/local/run.sh >"$work/run.log" 2>&1 &
 pids+=($!)
 ingest=http://127.0.0.1:$ingest_port
-wait_for() { # URL WHAT
-  for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.2; done
-  cat "$work/run.log" >&2
-  fail "$2 did not come up"
-}
-wait_for "$ingest/health/ready" "ingest"
-wait_for "http://127.0.0.1:$worker_port/health/ready" "the worker"
+wait_ready "$ingest/health/ready" 120 "$work/run.log" || fail "ingest did not come up"
+wait_ready "http://127.0.0.1:$worker_port/health/ready" 120 "$work/run.log" || fail "the worker did not come up"
 grep -q "api/webhook/config" "$work/run.log" || fail "run.sh does not print the webhook step"
 log "run.sh is up: ingest :$ingest_port, worker :$worker_port"
 

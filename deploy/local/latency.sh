@@ -14,6 +14,7 @@
 # (LATENCY_BURST_EVENTS) over 64 connections and prints its throughput and latency.
 # LATENCY_BODY=file: every POST sends that file as its body (default: a one-field event).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 requests=2000
@@ -36,8 +37,8 @@ fi
 addr=${LATENCY_ADDR:-127.0.0.1:18180}
 export TRIGGERS_PG_NAME=${TRIGGERS_PG_NAME:-latency} TRIGGERS_PG_PORT=${TRIGGERS_PG_PORT:-55435}
 base_url=$(deploy/local/postgres.sh start)
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
-pgbench_bin=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | head -n 1)
+psql_bin=$(pg_bin psql)
+pgbench_bin=$(pg_bin pgbench)
 admin_url="${base_url%/*}/postgres"
 work=$(mktemp -d)
 pid=""
@@ -46,7 +47,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-log() { echo "latency.sh: $*" >&2; }
 
 # Quantiles (ms) of curl's per-transfer time_total (seconds), one per line.
 summarize() {
@@ -63,10 +63,7 @@ one_run() {
   DATABASE_URL=$url TRIGGERS_INGEST_ADDR=$addr TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true RUST_LOG=warn \
     "$bin" >"$work/ingest.log" 2>&1 &
   pid=$!
-  for ((i = 0; i < 300; i++)); do
-    curl -fsS -o /dev/null "http://$addr/health/ready" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_ready "http://$addr/health/ready" 30 "$work/ingest.log"
   curl -fsS -o "$work/org.json" -H 'Content-Type: application/json' \
     -d '{"organization_name":"latency","tier":"enterprise"}' "http://$addr/api/keys/generate"
   key=$(sed -E 's/.*"api_key":"([^"]+)".*/\1/' "$work/org.json")

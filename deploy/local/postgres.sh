@@ -10,6 +10,7 @@
 # when initdb and pg_ctl are missing. Run as root, the cluster runs as the `postgres` user. Only the
 # URL goes to stdout; progress goes to stderr.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 verb=${1:-start}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,25 +32,15 @@ db=triggers
 user=triggers
 url="postgres://$user@127.0.0.1:$port/$db"
 
-log() { echo "postgres.sh: $*" >&2; }
-
-find_bin() {
-  local tool=$1 candidate
-  if command -v "$tool" >/dev/null 2>&1; then command -v "$tool"; return 0; fi
-  for candidate in /usr/lib/postgresql/*/bin/"$tool"; do
-    [[ -x $candidate ]] && { echo "$candidate"; return 0; }
-  done
-  return 1
-}
 
 ensure_installed() {
-  if find_bin initdb >/dev/null && find_bin pg_ctl >/dev/null; then return 0; fi
+  if pg_bin initdb >/dev/null && pg_bin pg_ctl >/dev/null; then return 0; fi
   log "initdb/pg_ctl not found: installing Debian's postgresql package"
   local sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
-  find_bin initdb >/dev/null && find_bin pg_ctl >/dev/null || { log "postgresql install failed"; exit 1; }
+  pg_bin initdb >/dev/null && pg_bin pg_ctl >/dev/null || { log "postgresql install failed"; exit 1; }
 }
 
 # Run a Postgres tool as the cluster's owner (postgres when we are root).
@@ -62,13 +53,13 @@ as_owner() {
 }
 
 running() {
-  [[ -f $data/PG_VERSION ]] && as_owner "$(find_bin pg_ctl)" -D "$data" status >/dev/null 2>&1
+  [[ -f $data/PG_VERSION ]] && as_owner "$(pg_bin pg_ctl)" -D "$data" status >/dev/null 2>&1
 }
 
 start() {
   ensure_installed
   local initdb pg_ctl psql
-  initdb=$(find_bin initdb); pg_ctl=$(find_bin pg_ctl); psql=$(find_bin psql)
+  initdb=$(pg_bin initdb); pg_ctl=$(pg_bin pg_ctl); psql=$(pg_bin psql)
   mkdir -p "$dir"
   if [[ $(id -u) -eq 0 ]]; then
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
@@ -101,7 +92,7 @@ start() {
 
 stop() {
   if running; then
-    as_owner "$(find_bin pg_ctl)" -D "$data" -m fast -w stop >&2
+    as_owner "$(pg_bin pg_ctl)" -D "$data" -m fast -w stop >&2
   else
     log "not running"
   fi

@@ -2,6 +2,7 @@
 # The whole test suite: provisions a private Postgres (unless DATABASE_URL is set) and runs every
 # test of the workspace against it. `.ci/run` calls exactly this.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 
@@ -13,7 +14,7 @@ echo "test.sh: DATABASE_URL=$DATABASE_URL" >&2
 
 # Each test makes a database of its own: drop them when the run ends (pass or fail), and any
 # an interrupted earlier run left.
-psql_bin=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql | head -n 1)
+psql_bin=$(pg_bin psql)
 drop_test_databases() {
   "$psql_bin" "$DATABASE_URL" -Atqc \
     "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE 'triggers_test_%'" \
@@ -42,7 +43,9 @@ cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  # One test at a time: each crate's integration tests are one binary, and the tests that read
+  # metrics need the process-wide recorder to themselves (nextest gives every test a process).
+  RUST_TEST_THREADS=1 cargo test --workspace --no-fail-fast "$@"
 fi
 
 # The README quickstart and the example receivers against a real instance, and the OpenAPI

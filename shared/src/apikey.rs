@@ -117,24 +117,30 @@ mod tests {
         let permits = HASH_PERMITS.available_permits();
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
+        // Each hash waits until a pool's worth runs at once (no clock): the pool must let that
+        // many run together, and never more.
+        let together = Arc::new(std::sync::Barrier::new(permits));
         let tasks: Vec<_> = (0..permits * 4)
             .map(|_| {
                 let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+                let together = Arc::clone(&together);
                 tokio::spawn(on_hash_pool(move || {
                     let now = running.fetch_add(1, SeqCst) + 1;
                     most.fetch_max(now, SeqCst);
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    together.wait();
                     running.fetch_sub(1, SeqCst);
                 }))
             })
             .collect();
-        for task in tasks {
-            task.await.expect("join").expect("pool");
-        }
+        let all = async {
+            for task in tasks {
+                task.await.expect("join").expect("pool");
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("the pool never ran a permit's worth of hashes at once");
         let most = most.load(SeqCst);
-        assert!(
-            (1..=permits).contains(&most),
-            "{most} ran at once with {permits} permits"
-        );
+        assert_eq!(most, permits, "{most} ran at once with {permits} permits");
     }
 }

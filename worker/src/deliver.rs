@@ -64,7 +64,7 @@ pub const HOLD_PER_SLOT: usize = 16;
 const MAX_READ_BATCH: usize = 256;
 
 /// How old the event's load may be when the request goes out before it is read again.
-const RECHECK_AFTER: Duration = Duration::from_millis(50);
+pub const RECHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// How long before its reserved start a rate-limited delivery takes its request slot again, for
 /// the last look (`recheck`) to be done by then.
@@ -89,7 +89,7 @@ const MAX_ERROR_LEN: usize = 4096;
 
 /// Shared by every delivery of one worker process.
 pub struct Deliverer {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     client: WebhookClient,
     config: Arc<WorkerConfig>,
     gate: Gate,
@@ -100,6 +100,9 @@ pub struct Deliverer {
     recorder: Coalescer<Write, Written>,
     /// Start times of rate-limited endpoints' deliveries, for the whole fleet.
     limiter: Limiter,
+    /// Tests only: what happens between preparing a request and the last look before it.
+    #[cfg(feature = "testing")]
+    pub(crate) before_send: crate::testing::Hook,
 }
 
 /// The apalis handler.
@@ -108,32 +111,7 @@ pub async fn handle(
     task: TaskId,
     deliverer: Data<Arc<Deliverer>>,
 ) -> Result<(), BoxDynError> {
-    let task = task.to_string();
-    // A panic fails this job (apalis retries it a few times, then gives it up) instead of
-    // unwinding through the consumer, so one poisonous job cannot crash-loop the fleet.
-    let result = match AssertUnwindSafe(deliverer.deliver(job, task.clone()))
-        .catch_unwind()
-        .await
-    {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::error!("delivery panicked");
-            Err(anyhow::anyhow!("delivery panicked"))
-        }
-    };
-    if let Err(e) = &result {
-        // The worker acknowledges its jobs itself (apalis' result sink is off): count the
-        // failed run so apalis fetches the job again, up to its attempt limit.
-        let failed = async {
-            let mut conn = deliverer.pool.acquire().await?;
-            queue::fail_job(&mut conn, &task, &format!("{e:#}")).await
-        };
-        if let Err(db) = failed.await {
-            // The job stays claimed; once this consumer restarts, apalis re-queues it.
-            tracing::error!(error = %db, "marking a failed job failed");
-        }
-    }
-    result.map_err(Into::into)
+    deliverer.run(job, task.to_string()).await.map_err(Into::into)
 }
 
 /// The body a receiver gets, field for field as API.md has it.
@@ -204,12 +182,44 @@ impl Deliverer {
             recheck,
             recorder,
             limiter,
+            #[cfg(feature = "testing")]
+            before_send: crate::testing::Hook::default(),
         })
     }
 
     /// The slots of this worker: `queue` closes them while a consumer stops.
     pub fn gate(&self) -> &Gate {
         &self.gate
+    }
+
+    /// Run one claimed job as the consumer does: [`Deliverer::deliver`], with a panic or a
+    /// database error failing the job back to apalis (it retries it a few times, then gives it
+    /// up) instead of unwinding through the consumer, so one poisonous job cannot crash-loop the
+    /// fleet.
+    pub(crate) async fn run(&self, job: DeliveryJob, task: String) -> anyhow::Result<()> {
+        let result = match AssertUnwindSafe(self.deliver(job, task.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!("delivery panicked");
+                Err(anyhow::anyhow!("delivery panicked"))
+            }
+        };
+        if let Err(e) = &result {
+            // The worker acknowledges its jobs itself (apalis' result sink is off): count the
+            // failed run so apalis fetches the job again, up to its attempt limit.
+            let failed = async {
+                let mut conn = self.pool.acquire().await?;
+                queue::fail_job(&mut conn, &task, &format!("{e:#}")).await
+            };
+            if let Err(db) = failed.await {
+                // The job stays claimed; once this consumer restarts, apalis re-queues it.
+                tracing::error!(error = %db, "marking a failed job failed");
+            }
+        }
+        result
     }
 
     /// Deliver one job. `Err` only for database trouble (the job is then failed back to apalis).
@@ -262,6 +272,8 @@ impl Deliverer {
                         clock = Instant::now();
                     }
                 }
+                #[cfg(feature = "testing")]
+                self.before_send.run(key).await;
                 // Last look before the request, when preparing took a while (a slow DNS answer):
                 // an ack, a deletion or a resend that committed since the load wins. Right after
                 // the load a second read would only narrow a window that is as wide between any

@@ -20,6 +20,8 @@ pub mod recovery;
 pub mod retry;
 pub mod rollup;
 pub mod sampler;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod vacuum;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};

@@ -14,21 +14,33 @@
 //! Memory is bounded: the failure budgets (`governor`, keyed by prefix) are pruned of full
 //! budgets when [`TRACKED_PREFIXES`] is reached, and blocked prefixes expire within a second.
 
-use std::{
-    num::NonZeroU32,
-    time::{Duration, Instant},
-};
+use std::{num::NonZeroU32, time::Duration};
 
 use dashmap::DashMap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use governor::{
+    Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, state::keyed::DashMapStateStore,
+};
+use tokio::time::Instant;
 
 /// Wrong secrets a prefix may see at once before it is throttled (then one a second).
 pub const FAILURE_BURST: NonZeroU32 = NonZeroU32::MIN.saturating_add(9);
 /// Prefixes whose failure budget is tracked at most before full budgets are dropped.
 const TRACKED_PREFIXES: usize = 10_000;
 
+/// Tokio's monotonic clock (the system's, but for a test that pauses and advances it).
+#[derive(Clone, Copy, Debug, Default)]
+struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
 pub(super) struct PrefixThrottle {
-    failures: DefaultKeyedRateLimiter<String>,
+    failures: RateLimiter<String, DashMapStateStore<String>, TokioClock, NoOpMiddleware<std::time::Instant>>,
     /// Prefixes out of budget, and until when.
     blocked: DashMap<String, Instant>,
 }
@@ -36,7 +48,10 @@ pub(super) struct PrefixThrottle {
 impl PrefixThrottle {
     pub(super) fn new() -> Self {
         Self {
-            failures: RateLimiter::keyed(Quota::per_second(NonZeroU32::MIN).allow_burst(FAILURE_BURST)),
+            failures: RateLimiter::dashmap_with_clock(
+                Quota::per_second(NonZeroU32::MIN).allow_burst(FAILURE_BURST),
+                TokioClock,
+            ),
             blocked: DashMap::new(),
         }
     }
@@ -78,8 +93,8 @@ impl PrefixThrottle {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_prefix_is_blocked_only_after_its_burst_of_failures() {
+    #[tokio::test(start_paused = true)]
+    async fn a_prefix_is_blocked_only_after_its_burst_of_failures() {
         let throttle = PrefixThrottle::new();
         let burst = FAILURE_BURST.get();
         for _ in 0..burst {
@@ -97,14 +112,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_blocked_prefix_is_released_when_its_budget_refills() {
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_prefix_is_released_when_its_budget_refills() {
         let throttle = PrefixThrottle::new();
         for _ in 0..=FAILURE_BURST.get() {
             throttle.failed("trg_live_cccccccccccc");
         }
         assert!(throttle.is_blocked("trg_live_cccccccccccc"));
-        std::thread::sleep(Duration::from_millis(1_050));
+        tokio::time::advance(Duration::from_millis(950)).await;
+        assert!(
+            throttle.is_blocked("trg_live_cccccccccccc"),
+            "released before a second"
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
         assert!(!throttle.is_blocked("trg_live_cccccccccccc"));
         assert!(throttle.blocked.is_empty(), "the expired block was dropped");
     }

@@ -41,9 +41,7 @@ pub async fn decoded_jobs(conn: &mut PgConnection) -> Vec<(String, DeliveryJob)>
             .fetch_all(conn)
             .await
             .expect("jobs");
-    raw.into_iter()
-        .map(|(id, bytes)| (id, serde_json::from_slice(&bytes).expect("a delivery job")))
-        .collect()
+    decode(raw)
 }
 
 /// Ids of the jobs (every state) that deliver event `event_id`, oldest first.
@@ -223,4 +221,49 @@ pub async fn worker_ids(conn: &mut PgConnection) -> Vec<String> {
         .fetch_all(conn)
         .await
         .expect("workers")
+}
+
+/// Claim up to `limit` due jobs of the delivery queue for worker `worker` (registered here if
+/// new) by apalis' own fetch function, as a consumer claims them: (task id, job), in the order
+/// apalis hands them out.
+pub async fn claim_due(conn: &mut PgConnection, worker: &str, limit: i32) -> Vec<(String, DeliveryJob)> {
+    sqlx::query(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen)
+         VALUES ($1, $2, 'PgStorage', now()) ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+    )
+    .bind(worker)
+    .bind(DELIVERY_QUEUE)
+    .execute(&mut *conn)
+    .await
+    .expect("register the test worker");
+    let raw: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, job FROM apalis.get_jobs($1, $2, $3)")
+        .bind(worker)
+        .bind(DELIVERY_QUEUE)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+        .expect("claim due jobs");
+    decode(raw)
+}
+
+/// Make every scheduled job of the delivery queue (a retry, a deferred or paced job) due now,
+/// as if its time had come: how many were moved. Tests move `run_at` instead of sleeping
+/// through a retry's delay.
+pub async fn make_scheduled_due(conn: &mut PgConnection) -> u64 {
+    sqlx::query(
+        "UPDATE apalis.jobs SET run_at = now() - interval '1 second'
+         WHERE job_type = $1 AND status = 'Pending' AND run_at >= now() - interval '1 second'",
+    )
+    .bind(DELIVERY_QUEUE)
+    .execute(conn)
+    .await
+    .expect("make scheduled jobs due")
+    .rows_affected()
+}
+
+/// Jobs as (id, the delivery job its bytes encode).
+fn decode(raw: Vec<(String, Vec<u8>)>) -> Vec<(String, DeliveryJob)> {
+    raw.into_iter()
+        .map(|(id, bytes)| (id, serde_json::from_slice(&bytes).expect("a delivery job")))
+        .collect()
 }

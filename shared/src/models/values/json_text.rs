@@ -269,7 +269,7 @@ mod tests {
         }
     }
 
-    /// Each boundary was tried on Postgres 15 (`SELECT '<n>'::jsonb`); `ingest/tests/payloads.rs`
+    /// Each boundary was tried on Postgres 15 (`SELECT '<n>'::jsonb`); `ingest/tests/it/payloads.rs`
     /// asks a real Postgres about many more.
     #[test]
     fn numbers_are_refused_exactly_where_postgres_numeric_overflows() {
