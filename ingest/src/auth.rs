@@ -23,6 +23,7 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
+use triggers_shared::config::ExposeSecret as _;
 use uuid::Uuid;
 
 pub use cache::AuthCache;
@@ -138,7 +139,7 @@ impl FromRequestParts<AppState> for Admin {
             .map(str::trim)
             .or_else(|| bearer_token(&parts.headers))
             .ok_or(ApiError::AdminTokenRequired)?;
-        if same_secret(presented, expected.expose()) {
+        if same_secret(presented, expected.expose_secret()) {
             Ok(Admin)
         } else {
             Err(ApiError::AdminTokenRequired)

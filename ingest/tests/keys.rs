@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use common::{TestApp, error_of, field_names};
 use reqwest::header;
 use serde_json::{Value, json};
-use triggers_shared::{apikey, config::Secret};
+use triggers_shared::{apikey, config::SecretString};
 
 async fn get_keys(app: &TestApp, key: &str) -> reqwest::Response {
     app.client
@@ -273,7 +273,7 @@ async fn a_bearer_authorization_header_is_accepted() {
 async fn generate_requires_the_admin_token_when_one_is_configured() {
     let first = TestApp::spawn().await;
     let app = TestApp::spawn_on(&first.db_url, |c| {
-        c.admin_token = Some(Secret::new("let-me-in-0123456789"));
+        c.admin_token = Some(SecretString::from("let-me-in-0123456789"));
     })
     .await;
     let body = json!({"organization_name": "Guarded"});
