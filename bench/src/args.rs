@@ -1,9 +1,12 @@
-//! Command-line parsing and its limits: which host the bench may talk to (loopback only) and how
-//! much load it may generate (bounded count, concurrency and time), so it always stops by itself.
+//! Command-line parsing (clap) and its limits: which host the bench may talk to (loopback only)
+//! and how much load it may generate (bounded count, concurrency and time), so it always stops by
+//! itself.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::poison;
 
@@ -18,21 +21,14 @@ pub const MAX_POISON_CONNECTIONS: usize = 64;
 /// The most events of one `POST /api/events/batch` (API.md).
 pub const MAX_BATCH_SIZE: usize = 1000;
 pub const MAX_ENDPOINTS: usize = 1000;
+/// The longest delay of the slow endpoint.
+pub const MAX_SLOW_DELAY: Duration = Duration::from_secs(60);
 
-pub const USAGE: &str = "\
-usage: triggers-bench [--url http://127.0.0.1:8080] [--events N] [--concurrency C] [--orgs K]
-                      [--webhook [--endpoints E [--matching M]]] [--drain-start CMD]
-                      [--rate R --duration S] [--slow-org N | --slow-endpoint N [--slow-delay 3s]]
-                      [--recover N]
-                      [--poison C [--poison-payload all]] [--batch-size B] [--chart RUN.svg]
-                      [--duration-limit 120s] [--json]
-       triggers-bench summarize RUN.json...
-
-Load-tests a Triggers ingest on this machine: creates K enterprise organisations, sends N events
-over C keep-alive connections and reports throughput and latency. With --webhook, each
-organisation's webhook points at a receiver embedded in the bench (the ingest and worker must run
-with TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true) and the bench waits until every accepted event arrived.
-TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
+/// What `--help` says after the flags: the modes, the sampling and the limits.
+const MODES: &str = "\
+With --webhook, each organisation's webhook points at a receiver embedded in the bench (the
+ingest and worker must run with TRIGGERS_ALLOW_PRIVATE_WEBHOOKS=true) and the bench waits until
+every accepted event arrived. TRIGGERS_ADMIN_TOKEN, when set, is sent to POST /api/keys/generate.
 
 --endpoints E --matching M (with --webhook): each organisation gets E endpoints (created with
 POST /api/endpoints, the ingest's TRIGGERS_MAX_ENDPOINTS_PER_ORG must allow them), of which M
@@ -78,68 +74,117 @@ and end-to-end latency over time. Runs longer than 3 s print a progress line on 
 
 `summarize` reads the --json outputs of several runs and prints them with their medians.
 
+Durations: 500ms, 3s, 2m, 1h (humantime's grammar), or a bare number of seconds.
+
 Limits: loopback addresses only; N <= 1000000, C <= 1024, K <= 1000, R <= 100000/s, slow N <= 100000,
 recover N <= 100000, poison C <= 64, E <= 1000, batch B <= 1000, duration limit <= 1h
 (the whole run stops at the limit, waiting included).";
 
+/// Load-tests a Triggers ingest on this machine: creates K enterprise organisations, sends N
+/// events over C keep-alive connections and reports throughput and latency.
+#[derive(Debug, Parser)]
+#[command(
+    name = "triggers-bench",
+    after_help = MODES,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Summarize>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Summarize {
+    /// Read the --json outputs of several runs and print them with their medians.
+    Summarize {
+        #[arg(required = true, value_name = "RUN.json")]
+        files: Vec<PathBuf>,
+    },
+}
+
 /// One run of the load test.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct RunArgs {
-    /// `scheme://ip:port` of the ingest, without a trailing slash.
+    /// The ingest: `http://` and a loopback IP (kept as `scheme://ip:port`, no trailing slash).
+    #[arg(long = "url", value_name = "URL", default_value = "http://127.0.0.1:8080", value_parser = parse_base_url)]
     pub base_url: String,
+    /// Events to send (N).
+    #[arg(short = 'n', long, value_name = "N", default_value = "10000", value_parser = bounded::<u64>(1, MAX_EVENTS))]
     pub events: u64,
+    /// Keep-alive connections (C).
+    #[arg(short = 'c', long, value_name = "C", default_value = "32", value_parser = bounded::<usize>(1, MAX_CONCURRENCY as u64))]
     pub concurrency: usize,
+    /// Organisations, each with its own key (K).
+    #[arg(short = 'k', long, value_name = "K", default_value = "4", value_parser = bounded::<usize>(1, MAX_ORGS as u64))]
     pub orgs: usize,
+    /// Deliver to a receiver embedded in the bench and wait for every accepted event.
+    #[arg(long)]
     pub webhook: bool,
-    /// Endpoints per measured organisation, and how many of them each measured event matches.
+    /// Endpoints per measured organisation (E, with --webhook).
+    #[arg(long, value_name = "E", default_value = "1", value_parser = bounded::<usize>(1, MAX_ENDPOINTS as u64))]
     pub endpoints: usize,
+    /// How many of them each measured event matches (M <= E).
+    #[arg(long, value_name = "M", default_value = "1", value_parser = bounded::<usize>(1, MAX_ENDPOINTS as u64))]
     pub matching: usize,
     /// A drain run: the shell command that starts the worker once every event is queued.
+    #[arg(long, value_name = "CMD")]
     pub drain_start: Option<String>,
+    /// The whole run stops at this limit, waiting included (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration_up_to("--duration-limit", MAX_DURATION, false))]
     pub duration_limit: Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
     pub json: bool,
-    /// An open-loop run: events per second (with `events` = rate x duration).
+    /// An open-loop run: events per second (R, with --duration; N becomes R x S).
+    #[arg(long, value_name = "R", requires = "duration", value_parser = bounded::<u64>(1, MAX_RATE))]
     pub rate: Option<u64>,
-    /// An isolation run: events queued first for an organisation whose endpoint is slow.
-    pub slow_events: u64,
+    /// How long an open-loop run sends (S, with --rate).
+    #[arg(long, value_name = "S", requires = "rate", value_parser = duration_up_to("--duration", MAX_DURATION * 2, true))]
+    pub duration: Option<Duration>,
+    /// Isolation: N events queued first for one more organisation whose endpoint is slow.
+    #[arg(long, value_name = "N", conflicts_with = "slow_endpoint_events", value_parser = bounded::<u64>(1, MAX_SLOW_EVENTS))]
+    pub slow_org: Option<u64>,
+    /// Isolation inside one organisation: N events queued first for a slow endpoint of the first
+    /// measured organisation.
+    #[arg(long = "slow-endpoint", value_name = "N", value_parser = bounded::<u64>(1, MAX_SLOW_EVENTS))]
+    pub slow_endpoint_events: Option<u64>,
+    /// How long the slow endpoint takes to answer (at most 60s).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration_up_to("--slow-delay", MAX_SLOW_DELAY, true))]
     pub slow_delay: Duration,
-    /// Isolation inside one organisation: the slow endpoint is the first measured organisation's.
+    /// Events of an isolation run's slow organisation or endpoint (from --slow-org or
+    /// --slow-endpoint; 0: none).
+    #[arg(skip)]
+    pub slow_events: u64,
+    /// Whether the slow endpoint is the first measured organisation's (--slow-endpoint).
+    #[arg(skip)]
     pub slow_endpoint: bool,
-    /// A recovery under load: events missed by one more organisation, recovered during the run.
-    pub recover_events: u64,
+    /// A recovery under load: N events missed by one more organisation, recovered during the run.
+    #[arg(long = "recover", value_name = "N", value_parser = bounded::<u64>(1, MAX_RECOVER_EVENTS))]
+    pub recover_events: Option<u64>,
     /// Where to write the SVG chart of the run's timeline.
+    #[arg(long, value_name = "RUN.svg")]
     pub chart: Option<PathBuf>,
-    /// Connections of an organisation sending poison payloads meanwhile (0: none).
-    pub poison: usize,
-    /// Which poison payloads it sends, in turn.
-    pub poison_kinds: Vec<poison::Kind>,
-    /// Events per request: 1 sends `POST /api/events`, more `POST /api/events/batch`.
+    /// Connections of one more organisation sending poison payloads meanwhile (C).
+    #[arg(long, value_name = "C", value_parser = bounded::<usize>(1, MAX_POISON_CONNECTIONS as u64))]
+    pub poison: Option<usize>,
+    /// Which poison payloads it sends, in turn: `all` or one kind.
+    #[arg(long = "poison-payload", value_name = "KIND", default_value = "all", value_parser = poison_kinds)]
+    pub poison_kinds: ::std::vec::Vec<poison::Kind>,
+    /// Events per request: 1 sends `POST /api/events`, more `POST /api/events/batch` (B).
+    #[arg(long, value_name = "B", default_value = "1", value_parser = bounded::<usize>(1, MAX_BATCH_SIZE as u64))]
     pub batch_size: usize,
 }
 
 impl Default for RunArgs {
+    /// The declared defaults.
     fn default() -> Self {
-        Self {
-            base_url: "http://127.0.0.1:8080".into(),
-            events: 10_000,
-            concurrency: 32,
-            orgs: 4,
-            webhook: false,
-            endpoints: 1,
-            matching: 1,
-            drain_start: None,
-            duration_limit: Duration::from_secs(120),
-            json: false,
-            rate: None,
-            slow_events: 0,
-            slow_delay: Duration::from_secs(3),
-            slow_endpoint: false,
-            recover_events: 0,
-            chart: None,
-            poison: 0,
-            poison_kinds: poison::Kind::ALL.to_vec(),
-            batch_size: 1,
-        }
+        let Ok(Command::Run(run)) = parse(std::iter::empty()) else {
+            unreachable!("no arguments are valid arguments")
+        };
+        *run
     }
 }
 
@@ -149,188 +194,114 @@ impl RunArgs {
     pub fn explicit_endpoints(&self) -> bool {
         self.endpoints > 1 || self.matching > 1 || self.slow_endpoint
     }
-}
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    Run(RunArgs),
-    Summarize(Vec<PathBuf>),
-    Help,
-}
-
-/// Parse the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut it = args.into_iter().peekable();
-    if it.peek().map(String::as_str) == Some("summarize") {
-        it.next();
-        let files: Vec<PathBuf> = it.map(PathBuf::from).collect();
-        if files.is_empty() {
-            return Err("summarize needs at least one JSON file".into());
-        }
-        return Ok(Command::Summarize(files));
-    }
-    let mut run = RunArgs::default();
-    let mut duration = None;
-    let mut matching = None;
-    while let Some(arg) = it.next() {
-        // Accept both `--flag value` and `--flag=value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
+    /// The rules between flags, and what follows from them.
+    fn finish(mut self) -> Result<Self, String> {
+        (self.slow_events, self.slow_endpoint) = match (self.slow_org, self.slow_endpoint_events) {
+            (_, Some(n)) => (n, true),
+            (Some(n), None) => (n, false),
+            (None, None) => (0, false),
         };
-        let mut value = |name: &str| -> Result<String, String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().ok_or_else(|| format!("{name} needs a value")),
-            }
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--url" => run.base_url = parse_base_url(&value("--url")?)?,
-            "--events" | "-n" => run.events = parse_bounded("--events", &value("--events")?, 1, MAX_EVENTS)?,
-            "--concurrency" | "-c" => {
-                run.concurrency = parse_bounded(
-                    "--concurrency",
-                    &value("--concurrency")?,
-                    1,
-                    MAX_CONCURRENCY as u64,
-                )? as usize
-            }
-            "--orgs" | "-k" => {
-                run.orgs = parse_bounded("--orgs", &value("--orgs")?, 1, MAX_ORGS as u64)? as usize
-            }
-            "--duration-limit" => {
-                let d = parse_duration(&value("--duration-limit")?)?;
-                if d.is_zero() || d > MAX_DURATION {
-                    return Err(format!(
-                        "--duration-limit must be between 1ms and {}s",
-                        MAX_DURATION.as_secs()
-                    ));
-                }
-                run.duration_limit = d;
-            }
-            "--webhook" if inline.is_none() => run.webhook = true,
-            "--endpoints" => {
-                run.endpoints =
-                    parse_bounded("--endpoints", &value("--endpoints")?, 1, MAX_ENDPOINTS as u64)? as usize
-            }
-            "--matching" => {
-                matching = Some(
-                    parse_bounded("--matching", &value("--matching")?, 1, MAX_ENDPOINTS as u64)? as usize,
-                )
-            }
-            "--drain-start" => run.drain_start = Some(value("--drain-start")?),
-            "--json" if inline.is_none() => run.json = true,
-            "--rate" => run.rate = Some(parse_bounded("--rate", &value("--rate")?, 1, MAX_RATE)?),
-            "--duration" => duration = Some(parse_duration(&value("--duration")?)?),
-            "--slow-org" => {
-                run.slow_events = parse_bounded("--slow-org", &value("--slow-org")?, 1, MAX_SLOW_EVENTS)?
-            }
-            "--slow-endpoint" => {
-                run.slow_events =
-                    parse_bounded("--slow-endpoint", &value("--slow-endpoint")?, 1, MAX_SLOW_EVENTS)?;
-                run.slow_endpoint = true;
-            }
-            "--slow-delay" => {
-                let d = parse_duration(&value("--slow-delay")?)?;
-                if d > Duration::from_secs(60) {
-                    return Err("--slow-delay must be at most 60s".into());
-                }
-                run.slow_delay = d;
-            }
-            "--recover" => {
-                run.recover_events = parse_bounded("--recover", &value("--recover")?, 1, MAX_RECOVER_EVENTS)?
-            }
-            "--chart" => run.chart = Some(PathBuf::from(value("--chart")?)),
-            "--poison" => {
-                run.poison =
-                    parse_bounded("--poison", &value("--poison")?, 1, MAX_POISON_CONNECTIONS as u64)? as usize
-            }
-            "--poison-payload" => {
-                let name = value("--poison-payload")?;
-                run.poison_kinds = poison::Kind::parse_list(&name).ok_or_else(|| {
-                    let names: Vec<&str> = poison::Kind::ALL.iter().map(|k| k.name()).collect();
-                    format!("--poison-payload `{name}`: one of all, {}", names.join(", "))
-                })?;
-            }
-            "--batch-size" => {
-                run.batch_size =
-                    parse_bounded("--batch-size", &value("--batch-size")?, 1, MAX_BATCH_SIZE as u64)? as usize
-            }
-            other => return Err(format!("unknown argument `{other}`")),
+        if self.drain_start.is_some() && !self.webhook {
+            return Err("--drain-start needs --webhook".into());
         }
-    }
-    if run.drain_start.is_some() && !run.webhook {
-        return Err("--drain-start needs --webhook".into());
-    }
-    if run.slow_events > 0 && !run.webhook {
-        return Err("--slow-org and --slow-endpoint need --webhook".into());
-    }
-    run.matching = matching.unwrap_or(1);
-    if run.matching > run.endpoints {
-        return Err(format!(
-            "--matching {} is more than --endpoints {}",
-            run.matching, run.endpoints
-        ));
-    }
-    if run.explicit_endpoints() && !run.webhook {
-        return Err("--endpoints, --matching and --slow-endpoint need --webhook".into());
-    }
-    if run.recover_events > 0 && !run.webhook {
-        return Err("--recover needs --webhook".into());
-    }
-    if run.batch_size > 1 && duration.is_some() {
-        return Err("--batch-size goes with a closed-loop run, not --rate".into());
-    }
-    match (run.rate, duration) {
-        (Some(rate), Some(d)) => {
+        if self.slow_events > 0 && !self.webhook {
+            return Err("--slow-org and --slow-endpoint need --webhook".into());
+        }
+        if self.matching > self.endpoints {
+            return Err(format!(
+                "--matching {} is more than --endpoints {}",
+                self.matching, self.endpoints
+            ));
+        }
+        if self.explicit_endpoints() && !self.webhook {
+            return Err("--endpoints, --matching and --slow-endpoint need --webhook".into());
+        }
+        if self.recover_events.is_some() && !self.webhook {
+            return Err("--recover needs --webhook".into());
+        }
+        if self.batch_size > 1 && self.duration.is_some() {
+            return Err("--batch-size goes with a closed-loop run, not --rate".into());
+        }
+        if let (Some(rate), Some(d)) = (self.rate, self.duration) {
             let events = (rate as f64 * d.as_secs_f64()).round() as u64;
             if events == 0 || events > MAX_EVENTS {
                 return Err(format!(
                     "--rate x --duration must be between 1 and {MAX_EVENTS} events, got {events}"
                 ));
             }
-            run.events = events;
+            self.events = events;
         }
-        (None, None) => {}
-        _ => return Err("--rate and --duration go together".into()),
+        Ok(self)
     }
-    Ok(Command::Run(run))
 }
 
-fn parse_bounded(name: &str, raw: &str, min: u64, max: u64) -> Result<u64, String> {
-    let v: u64 = raw
-        .trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("{name}: `{raw}` is not a number"))?;
-    if v < min || v > max {
-        return Err(format!("{name} must be between {min} and {max}, got {v}"));
-    }
-    Ok(v)
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Run(Box<RunArgs>),
+    Summarize(Vec<PathBuf>),
 }
 
-/// `120s`, `2m`, `500ms`, `1h` or a bare number of seconds.
+/// Parse the arguments after the program name. `Err` is clap's error (also for `--help`):
+/// `exit()` prints it where it belongs and ends the process with its code.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, clap::Error> {
+    use clap::CommandFactory as _;
+    let cli = Cli::try_parse_from(std::iter::once("triggers-bench".to_owned()).chain(args))?;
+    match cli.command {
+        Some(Summarize::Summarize { files }) => Ok(Command::Summarize(files)),
+        None => cli
+            .run
+            .finish()
+            .map(|run| Command::Run(Box::new(run)))
+            .map_err(|e| Cli::command().error(clap::error::ErrorKind::ArgumentConflict, e)),
+    }
+}
+
+/// A whole number from `min` to `max` (`_` may group digits: `100_000`).
+fn bounded<T>(min: u64, max: u64) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: TryFrom<u64>,
+{
+    move |raw| {
+        let v: u64 = raw
+            .trim()
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("`{raw}` is not a number"))?;
+        if v < min || v > max {
+            return Err(format!("must be between {min} and {max}, got {v}"));
+        }
+        T::try_from(v).map_err(|_| format!("`{raw}` is too large"))
+    }
+}
+
+/// A duration ([`parse_duration`]) of at most `max`, zero allowed or not.
+fn duration_up_to(
+    flag: &'static str,
+    max: Duration,
+    zero: bool,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        let d = parse_duration(raw)?;
+        if (d.is_zero() && !zero) || d > max {
+            let least = if zero { "0s" } else { "1ms" };
+            return Err(format!("{flag} must be between {least} and {}s", max.as_secs()));
+        }
+        Ok(d)
+    }
+}
+
+/// Triggers' one duration grammar: `humantime`'s (`500ms`, `3s`, `2m`, `1h`, `1.5s`), or a bare
+/// number of seconds.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let s = raw.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a duration (e.g. 120s, 2m, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{raw}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() * 2.0 {
-        return Err(format!("`{raw}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    triggers_shared::config::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+fn poison_kinds(name: &str) -> Result<Vec<poison::Kind>, String> {
+    poison::Kind::parse_list(name).ok_or_else(|| {
+        let names: Vec<&str> = poison::Kind::ALL.iter().map(|k| k.name()).collect();
+        format!("one of all, {}", names.join(", "))
+    })
 }
 
 /// The bench only ever talks to this machine: an `http` URL whose host is a loopback IP literal
@@ -377,13 +348,14 @@ mod tests {
 
     #[test]
     fn all_flags_are_parsed_in_both_spellings() {
-        let cmd = parse(args(
+        let Ok(cmd) = parse(args(
             "--url http://127.0.0.1:18080/ --events=2000 --concurrency 8 --orgs 3 --webhook --duration-limit 90s --json",
-        ))
-        .expect("valid arguments");
+        )) else {
+            panic!("valid arguments")
+        };
         assert_eq!(
             cmd,
-            Command::Run(RunArgs {
+            Command::Run(Box::new(RunArgs {
                 base_url: "http://127.0.0.1:18080".into(),
                 events: 2000,
                 concurrency: 8,
@@ -393,7 +365,7 @@ mod tests {
                 duration_limit: Duration::from_secs(90),
                 json: true,
                 ..RunArgs::default()
-            })
+            }))
         );
     }
 
@@ -403,8 +375,10 @@ mod tests {
             panic!("valid arguments")
         };
         assert_eq!(run.drain_start.as_deref(), Some("echo go"));
-        let err = parse(["--drain-start", "echo go"].map(String::from)).expect_err("needs --webhook");
-        assert!(err.contains("--webhook"), "{err}");
+        let Err(err) = parse(["--drain-start", "echo go"].map(String::from)) else {
+            panic!("needs --webhook")
+        };
+        assert!(err.to_string().contains("--webhook"), "{err}");
     }
 
     #[test]
@@ -425,7 +399,7 @@ mod tests {
         else {
             panic!("valid arguments")
         };
-        assert_eq!((run.recover_events, run.events), (100_000, 20_000));
+        assert_eq!((run.recover_events, run.events), (Some(100_000), 20_000));
         assert!(parse(args("--recover 10")).is_err());
         assert!(parse(args("--webhook --recover 100001")).is_err());
         assert!(parse(args("--webhook --recover 0")).is_err());
@@ -483,7 +457,7 @@ mod tests {
         };
         assert_eq!(
             (run.poison, run.poison_kinds),
-            (4, vec![poison::Kind::LoneSurrogate])
+            (Some(4), vec![poison::Kind::LoneSurrogate])
         );
         let Ok(Command::Run(run)) = parse(args("--poison 2")) else {
             panic!("valid arguments")
@@ -536,15 +510,58 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("10 parsecs").is_err());
     }
 
     #[test]
     fn summarize_takes_files() {
-        assert_eq!(
-            parse(args("summarize a.json b.json")),
-            Ok(Command::Summarize(vec!["a.json".into(), "b.json".into()]))
-        );
+        let Ok(cmd) = parse(args("summarize a.json b.json")) else {
+            panic!("valid arguments")
+        };
+        assert_eq!(cmd, Command::Summarize(vec!["a.json".into(), "b.json".into()]));
         assert!(parse(args("summarize")).is_err());
+        assert!(parse(args("--events 10 summarize a.json")).is_err());
+    }
+
+    #[test]
+    fn help_names_every_flag_its_limits_and_the_modes() {
+        use clap::CommandFactory as _;
+        let Err(help) = parse(args("--help")) else {
+            panic!("--help is not a run")
+        };
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        let text = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--url",
+            "--events",
+            "--concurrency",
+            "--orgs",
+            "--webhook",
+            "--endpoints",
+            "--matching",
+            "--drain-start",
+            "--duration-limit",
+            "--json",
+            "--rate",
+            "--duration",
+            "--slow-org",
+            "--slow-endpoint",
+            "--slow-delay",
+            "--recover",
+            "--chart",
+            "--poison",
+            "--poison-payload",
+            "--batch-size",
+            "summarize",
+            "Limits: loopback addresses only",
+            "not_sent_in_flight_full",
+        ] {
+            assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+        }
+        assert!(parse(args("--webhook=true")).is_err(), "a switch takes no value");
+        assert!(parse(args("--events 1_000")).is_ok(), "digits may be grouped");
+        assert_eq!(RunArgs::default().duration_limit, Duration::from_secs(120));
     }
 }

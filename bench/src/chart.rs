@@ -98,9 +98,9 @@ pub fn svg(o: &Outcome) -> String {
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let mode = match (o.args.rate, o.args.drain_start.is_some(), o.args.slow_events) {
-        (Some(r), _, _) if o.args.recover_events > 0 => format!(
+        (Some(r), _, _) if o.args.recover_events.is_some() => format!(
             "open loop, {r} events/s, during a recovery of {}",
-            o.args.recover_events
+            o.args.recover_events.unwrap_or_default()
         ),
         (Some(r), _, _) => format!("open loop, {r} events/s"),
         (None, true, _) => "drain".to_string(),

@@ -230,7 +230,7 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
     // A recovery under load: its organisation misses N events, then they are recovered while
     // the measured events are sent.
     let recovery = match (args.recover_events, receiver.as_ref()) {
-        (n, Some(r)) if n > 0 => {
+        (Some(n), Some(r)) => {
             let key = bounded(
                 deadline,
                 create_org(
@@ -252,8 +252,16 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
         _ => None,
     };
 
-    let poisoner =
-        poison_key.map(|key| Poisoner::start(&client, &url, &key, args.poison, &args.poison_kinds, deadline));
+    let poisoner = poison_key.map(|key| {
+        Poisoner::start(
+            &client,
+            &url,
+            &key,
+            args.poison.unwrap_or(1),
+            &args.poison_kinds,
+            deadline,
+        )
+    });
     let send_start = Instant::now();
     let sampler = Sampler::start(timeline.clone(), send_start, args.rate.map(|_| args.events));
     let (s, backlog_at_schedule_end) = match args.rate {
@@ -576,7 +584,7 @@ async fn setup_orgs(
         ),
         _ => None,
     };
-    let poison = if args.poison > 0 {
+    let poison = if args.poison.is_some() {
         Some(create_org(client, args, &format!("bench-{run_id}-poison"), admin_token, None).await?)
     } else {
         None

@@ -1,5 +1,5 @@
 //! `triggers-bench`: a bounded load generator for a Triggers ingest (and worker) on this machine.
-//! See `args::USAGE` and the README's "Benchmark" section.
+//! See `triggers-bench --help` (`args.rs`) and the README's "Benchmark" section.
 
 mod args;
 mod chart;
@@ -22,16 +22,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let command = match args::parse(std::env::args().skip(1)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("triggers-bench: {e}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
-        }
+        // Usage errors exit 2 with the usage; `--help` prints on stdout and exits 0.
+        Err(e) => e.exit(),
     };
     match command {
-        Command::Help => {
-            println!("{}", args::USAGE);
-            ExitCode::SUCCESS
-        }
         Command::Summarize(files) => match report::summarize(&files) {
             Ok((table, all_ok)) => {
                 print!("{table}");
@@ -59,7 +53,7 @@ fn main() -> ExitCode {
                 .filter(|t| !t.is_empty());
             let json = run.json;
             let chart = run.chart.clone();
-            match runtime.block_on(load::run(run, admin_token)) {
+            match runtime.block_on(load::run(*run, admin_token)) {
                 Ok(outcome) => {
                     if let Some(path) = chart
                         && let Err(e) = std::fs::write(&path, chart::svg(&outcome))

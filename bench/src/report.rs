@@ -61,7 +61,7 @@ pub fn to_json(o: &Outcome) -> Value {
     let poison = o.poison.as_ref().map(|p| {
         let kinds: Vec<&str> = o.args.poison_kinds.iter().map(|k| k.name()).collect();
         json!({
-            "connections": o.args.poison,
+            "connections": o.args.poison.unwrap_or_default(),
             "payloads": kinds,
             "sent": p.sent,
             "answers": p.answers,
@@ -191,7 +191,7 @@ pub fn to_text(o: &Outcome) -> String {
             "  poison           {} payloads ({}) from {} connections meanwhile, {:.0}/s; answered {}",
             p.sent,
             kinds.join(", "),
-            a.poison,
+            a.poison.unwrap_or_default(),
             per_second(p.sent, p.wall),
             answers.join(", ")
         );

@@ -22,6 +22,8 @@ use axum::{
     http::{HeaderMap, header, request::Parts},
 };
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+use triggers_shared::config::ExposeSecret as _;
 use uuid::Uuid;
 
 pub use cache::AuthCache;
@@ -137,7 +139,7 @@ impl FromRequestParts<AppState> for Admin {
             .map(str::trim)
             .or_else(|| bearer_token(&parts.headers))
             .ok_or(ApiError::AdminTokenRequired)?;
-        if same_secret(presented, expected.expose()) {
+        if same_secret(presented, expected.expose_secret()) {
             Ok(Admin)
         } else {
             Err(ApiError::AdminTokenRequired)
@@ -146,12 +148,11 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// Compare two secrets in time independent of where they differ: both are hashed to fixed-size
-/// digests first (which also hides the expected length), then compared without early exit.
+/// digests first (which also hides the expected length), then compared in constant time.
 fn same_secret(presented: &str, expected: &str) -> bool {
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(&b).into()
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Console {
             digest.update((data.len() as u64).to_le_bytes());
             digest.update(data);
         }
-        let build = hex(&digest.finalize()[..8]);
+        let build = hex::encode(&digest.finalize()[..8]);
         let base = format!("/console/assets/{build}/");
 
         let mut index = None;
@@ -134,7 +134,7 @@ impl Console {
 impl Asset {
     fn new(path: &str, data: Vec<u8>) -> anyhow::Result<Self> {
         let content_type = content_type(path)?;
-        let etag = HeaderValue::try_from(format!("\"{}\"", hex(&Sha256::digest(&data)[..12])))?;
+        let etag = HeaderValue::try_from(format!("\"{}\"", hex::encode(&Sha256::digest(&data)[..12])))?;
         let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
         encoder.write_all(&data)?;
         let gzip = encoder.finish()?;
@@ -157,10 +157,6 @@ fn content_type(path: &str) -> anyhow::Result<&'static str> {
         Some("svg") => "image/svg+xml",
         _ => bail!("console/{path}: no content type is known for this kind of file"),
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -9,6 +9,7 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use triggers_shared::models::DedupId;
 use uuid::Uuid;
 
 /// One problem with one field of a request.
@@ -120,7 +121,10 @@ pub enum ApiError {
     },
     #[error("{count} deliveries match: at most {limit} may be recovered by one call; narrow the window")]
     TooManyToRecover { count: i64, limit: i64 },
-    #[error("an event with this dedup_id was already accepted in the last 24 hours")]
+    #[error(
+        "an event with this dedup_id was already accepted in the last {} hours",
+        DedupId::WINDOW_HOURS
+    )]
     DuplicateEvent { dedup_id: String, event_id: Uuid },
     #[error("rate limit exceeded: {limit} events per minute")]
     RateLimited { limit: u32, retry_after: u64 },

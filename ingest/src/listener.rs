@@ -11,7 +11,7 @@ use std::{
 
 use sqlx::postgres::PgListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use triggers_shared::config::Secret;
+use triggers_shared::config::{ExposeSecret as _, SecretString};
 
 /// How long start-up waits for the first subscription before serving without it.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +34,7 @@ pub struct Listener {
 /// Subscribe every `(channel, subscriber)` on one connection and keep them subscribed. The
 /// first subscription is made before this returns (so the caches are live when the app starts
 /// serving); if the database refuses it, the task keeps trying in the background.
-pub async fn start(url: Secret, subscribers: Vec<(&'static str, Weak<dyn Subscriber>)>) -> Listener {
+pub async fn start(url: SecretString, subscribers: Vec<(&'static str, Weak<dyn Subscriber>)>) -> Listener {
     let stop = CancellationToken::new();
     let channels: Vec<&'static str> = subscribers.iter().map(|(c, _)| *c).collect();
     let first = match subscribe(&url, &channels).await {
@@ -53,9 +53,9 @@ pub async fn start(url: Secret, subscribers: Vec<(&'static str, Weak<dyn Subscri
     }
 }
 
-async fn subscribe(url: &Secret, channels: &[&'static str]) -> anyhow::Result<PgListener> {
+async fn subscribe(url: &SecretString, channels: &[&'static str]) -> anyhow::Result<PgListener> {
     tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-        let mut listener = PgListener::connect(url.expose()).await?;
+        let mut listener = PgListener::connect(url.expose_secret()).await?;
         // Report a lost connection at once instead of reconnecting inside `try_recv`: the
         // caches must be cleared before anything else is trusted.
         listener.eager_reconnect(false);
@@ -83,7 +83,7 @@ fn reset_all(subscribers: &[(&'static str, Weak<dyn Subscriber>)], listening: bo
 /// resume. Ends when stopped or when every subscriber is gone.
 async fn listen(
     subscribers: Vec<(&'static str, Weak<dyn Subscriber>)>,
-    url: Secret,
+    url: SecretString,
     mut current: Option<PgListener>,
     stop: CancellationToken,
 ) {

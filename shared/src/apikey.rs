@@ -58,7 +58,7 @@ fn generate_now() -> anyhow::Result<GeneratedKey> {
     rng.fill_bytes(&mut lookup);
     let mut secret = [0u8; 32];
     rng.fill_bytes(&mut secret);
-    let prefix = format!("{KEY_PREFIX}{}", hex(&lookup));
+    let prefix = format!("{KEY_PREFIX}{}", hex::encode(lookup));
     let key = format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(secret));
     let hash = hash(&key)?;
     Ok(GeneratedKey { key, prefix, hash })
@@ -91,10 +91,6 @@ fn verify_now(key: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| Argon2::default().verify_password(key.as_bytes(), &parsed).is_ok())
         .unwrap_or(false)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

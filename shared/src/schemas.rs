@@ -198,8 +198,9 @@ named_schema!(
     DedupId,
     "DedupId",
     string(&format!(
-        "1-{MAX_NAME_CHARS} characters, no NUL. The same id within 24 hours for the same \
-         organisation is a duplicate (`409`)."
+        "1-{MAX_NAME_CHARS} characters, no NUL. The same id within {} hours for the same \
+         organisation is a duplicate (`409`).",
+        crate::models::DedupId::WINDOW_HOURS
     ))
     .min_length(Some(1))
     .max_length(Some(MAX_NAME_CHARS))

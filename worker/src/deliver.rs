@@ -136,7 +136,7 @@ impl Deliverer {
     pub fn new(pool: PgPool, config: Arc<WorkerConfig>) -> anyhow::Result<Self> {
         let client = WebhookClient::new(
             config.delivery_timeout,
-            config.allow_private_webhooks,
+            config.common.allow_private_webhooks,
             config.concurrency,
         )
         .context("building the webhook HTTP client")?;
@@ -492,7 +492,7 @@ impl Deliverer {
     ) -> Result<(url::Url, HeaderMap, Vec<u8>), Observed> {
         let url =
             net::parse_webhook_url(&endpoint.url).map_err(|e| failed(format!("webhook URL refused: {e}")))?;
-        if let Err(e) = net::resolve_allowed(&url, self.config.allow_private_webhooks).await {
+        if let Err(e) = net::resolve_allowed(&url, self.config.common.allow_private_webhooks).await {
             return Err(failed(format!("webhook target refused: {e}")));
         }
         let (headers, body) =

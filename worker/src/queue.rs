@@ -43,7 +43,7 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(16);
 pub const MISSED_HEARTBEATS: usize = 3;
 
 /// Consume the queue until `stop` is cancelled; then stop claiming, drain in-flight deliveries
-/// (for at most `config.drain_timeout`) and return.
+/// (for at most `config.drain_timeout()`) and return.
 pub async fn consume(
     pool: PgPool,
     config: Arc<WorkerConfig>,
@@ -133,7 +133,7 @@ async fn run_one(
                     tracing::error!(worker = %name, error = %e, "queue consumer error; restarting it");
                     let _ = ctx.stop();
                     deliverer.gate().close();
-                    draining.get_or_insert_with(|| tokio::time::Instant::now() + config.drain_timeout);
+                    draining.get_or_insert_with(|| tokio::time::Instant::now() + config.drain_timeout());
                 }
             },
             () = stop.cancelled(), if draining.is_none() => {
@@ -145,7 +145,7 @@ async fn run_one(
                 // Held jobs that have not started go back to the queue at once; only requests
                 // already in flight are drained.
                 deliverer.gate().close();
-                draining = Some(tokio::time::Instant::now() + config.drain_timeout);
+                draining = Some(tokio::time::Instant::now() + config.drain_timeout());
             }
             () = tokio::time::sleep_until(deadline), if draining.is_some() => {
                 tracing::warn!(

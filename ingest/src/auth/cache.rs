@@ -3,8 +3,10 @@
 //! - Entries are keyed by the SHA-256 of the presented key, never by the key itself.
 //! - A verified key is remembered until the TTL or the key's own `expires_at`, whichever comes
 //!   first, so a key in its rotation grace period stops at its expiry even while cached.
-//! - A refused key (unknown prefix or wrong secret) is remembered for the TTL in a bounded map,
+//! - A refused key (unknown prefix or wrong secret) is remembered for the TTL in a bounded cache,
 //!   so repeating it costs no argon2 and no query.
+//! - Both verdict caches are `moka` caches: bounded, expiring per entry, evicting by TinyLFU in
+//!   small amortised steps (no scan of a whole map on the request path when one is full).
 //! - Misses for one prefix are verified one at a time: concurrent first requests with a key
 //!   wait for one verification instead of each running argon2, and a flood of guesses for one
 //!   prefix takes at most one slot of the process's hash pool ([`apikey::verify`]).
@@ -30,6 +32,7 @@ use std::{
 };
 
 use dashmap::DashMap;
+use moka::{Expiry, future::Cache};
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -46,9 +49,9 @@ use crate::{error::ApiError, listener::Subscriber};
 type KeyDigest = [u8; 32];
 
 /// Verified keys kept at most (an instance serves far fewer live keys than this).
-const VERIFIED_CAPACITY: usize = 100_000;
+const VERIFIED_CAPACITY: u64 = 100_000;
 /// Refused keys kept at most: bounds the memory a flood of random keys can take.
-const REFUSED_CAPACITY: usize = 10_000;
+const REFUSED_CAPACITY: u64 = 10_000;
 /// Size at which abandoned single-flight locks are swept.
 const INFLIGHT_SWEEP_AT: usize = 1_024;
 
@@ -60,9 +63,10 @@ pub struct AuthCache {
 
 struct Inner {
     ttl: Duration,
-    verified: DashMap<KeyDigest, Verified>,
-    /// Refused keys and when that verdict expires.
-    refused: DashMap<KeyDigest, Instant>,
+    /// Verified keys, each until its `until`.
+    verified: Cache<KeyDigest, Verified>,
+    /// Refused keys, each for the TTL.
+    refused: Cache<KeyDigest, ()>,
     /// One lock per prefix being verified right now (single flight).
     inflight: DashMap<String, Arc<Mutex<()>>>,
     /// A verification overtaken by an invalidation of its organisation does not keep its
@@ -73,9 +77,19 @@ struct Inner {
     listening: AtomicBool,
 }
 
+#[derive(Clone)]
 struct Verified {
     org: Org,
     until: Instant,
+}
+
+/// A verified key expires at its `until`.
+struct Until;
+
+impl Expiry<KeyDigest, Verified> for Until {
+    fn expire_after_create(&self, _: &KeyDigest, verified: &Verified, now: Instant) -> Option<Duration> {
+        Some(verified.until.saturating_duration_since(now))
+    }
 }
 
 impl AuthCache {
@@ -84,8 +98,15 @@ impl AuthCache {
     pub fn new(config: &IngestConfig) -> Self {
         let inner = Arc::new(Inner {
             ttl: config.auth_cache_ttl,
-            verified: DashMap::new(),
-            refused: DashMap::new(),
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .expire_after(Until)
+                .support_invalidation_closures()
+                .build(),
+            refused: Cache::builder()
+                .max_capacity(REFUSED_CAPACITY)
+                .time_to_live(config.auth_cache_ttl)
+                .build(),
             inflight: DashMap::new(),
             invalidations: Invalidations::new(),
             throttle: PrefixThrottle::new(),
@@ -105,13 +126,13 @@ impl AuthCache {
         // Malformed keys cost neither a query nor argon2, so they need no cache entry.
         let prefix = apikey::prefix_of(key).ok_or(ApiError::InvalidApiKey)?;
         let digest: KeyDigest = Sha256::digest(key.as_bytes()).into();
-        if let Some(verdict) = self.inner.settled(&digest, prefix) {
+        if let Some(verdict) = self.inner.settled(&digest, prefix).await {
             return verdict;
         }
         let _flight = self.inner.single_flight(prefix).await;
         // Whoever held the flight before us may have just settled this key or spent the
         // prefix's budget.
-        if let Some(verdict) = self.inner.settled(&digest, prefix) {
+        if let Some(verdict) = self.inner.settled(&digest, prefix).await {
             return verdict;
         }
         let ticket = self.inner.invalidations.ticket();
@@ -121,7 +142,7 @@ impl AuthCache {
         drop(conn);
         let Some(row) = row else {
             record("unknown");
-            self.inner.refuse(digest);
+            self.inner.refuse(digest).await;
             return Err(ApiError::InvalidApiKey);
         };
         if !apikey::verify(key, &row.key_hash)
@@ -129,7 +150,7 @@ impl AuthCache {
             .map_err(ApiError::internal)?
         {
             record("rejected");
-            self.inner.refuse(digest);
+            self.inner.refuse(digest).await;
             self.inner.throttle.failed(prefix);
             return Err(ApiError::InvalidApiKey);
         }
@@ -143,7 +164,8 @@ impl AuthCache {
             lifetime = lifetime.min(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
         }
         self.inner
-            .remember(digest, org.clone(), asked_at + lifetime, ticket);
+            .remember(digest, org.clone(), asked_at + lifetime, ticket)
+            .await;
         Ok(org)
     }
 
@@ -157,8 +179,8 @@ impl AuthCache {
 impl Inner {
     /// The verdict that needs no verification: a cached one, or a refusal because the
     /// prefix is out of its failure budget (not cached: the key was not looked at).
-    fn settled(&self, digest: &KeyDigest, prefix: &str) -> Option<Result<Org, ApiError>> {
-        if let Some(verdict) = self.cached(digest) {
+    async fn settled(&self, digest: &KeyDigest, prefix: &str) -> Option<Result<Org, ApiError>> {
+        if let Some(verdict) = self.cached(digest).await {
             return Some(verdict);
         }
         if self.throttle.is_blocked(prefix) {
@@ -169,22 +191,14 @@ impl Inner {
     }
 
     /// The cached verdict for a key, if one is still valid.
-    fn cached(&self, digest: &KeyDigest) -> Option<Result<Org, ApiError>> {
-        let now = Instant::now();
-        if let Some(entry) = self.verified.get(digest) {
-            if entry.until > now {
-                record("hit");
-                return Some(Ok(entry.org.clone()));
-            }
-            drop(entry);
-            self.verified.remove_if(digest, |_, e| e.until <= now);
+    async fn cached(&self, digest: &KeyDigest) -> Option<Result<Org, ApiError>> {
+        if let Some(verified) = self.verified.get(digest).await {
+            record("hit");
+            return Some(Ok(verified.org));
         }
-        if let Some(until) = self.refused.get(digest).map(|e| *e) {
-            if until > now {
-                record("refused_hit");
-                return Some(Err(ApiError::InvalidApiKey));
-            }
-            self.refused.remove_if(digest, |_, u| *u <= now);
+        if self.refused.contains_key(digest) {
+            record("refused_hit");
+            return Some(Err(ApiError::InvalidApiKey));
         }
         None
     }
@@ -206,51 +220,40 @@ impl Inner {
         flight
     }
 
-    fn refuse(&self, digest: KeyDigest) {
-        let now = Instant::now();
-        make_room(&self.refused, REFUSED_CAPACITY, |until| *until <= now);
-        self.refused.insert(digest, now + self.ttl);
+    async fn refuse(&self, digest: KeyDigest) {
+        self.refused.insert(digest, ()).await;
     }
 
-    fn remember(&self, digest: KeyDigest, org: Org, until: Instant, ticket: Ticket) {
+    async fn remember(&self, digest: KeyDigest, org: Org, until: Instant, ticket: Ticket) {
         if !self.listening.load(SeqCst) || until <= Instant::now() {
             return;
         }
-        let now = Instant::now();
         let org_id = org.id;
-        make_room(&self.verified, VERIFIED_CAPACITY, |v| v.until <= now);
-        self.verified.insert(digest, Verified { org, until });
+        self.verified.insert(digest, Verified { org, until }).await;
         // Insert first, check second: an invalidation either was recorded before this check
-        // (we undo the insert) or runs its removal after our insert (it removes it).
+        // (we undo the insert) or registers its predicate after our insert (it applies to it).
         if self.invalidations.overtook(ticket, org_id) || !self.listening.load(SeqCst) {
-            self.verified.remove(&digest);
+            self.verified.invalidate(&digest).await;
         }
     }
 
     fn invalidate_org(&self, org_id: Uuid) {
         self.invalidations.org(org_id);
-        self.verified.retain(|_, v| v.org.id != org_id);
+        // Applies to every entry inserted before this call; `get` never returns one of them.
+        if let Err(e) = self
+            .verified
+            .invalidate_entries_if(move |_, v| v.org.id == org_id)
+        {
+            // Only if the cache was built without invalidation closures: drop everything.
+            tracing::error!(error = %e, "auth cache: invalidating one organisation failed; clearing all");
+            self.verified.invalidate_all();
+        }
     }
 
     fn clear(&self) {
         self.invalidations.all();
-        self.verified.clear();
-        self.refused.clear();
-    }
-}
-
-/// Keep a map under `capacity`: drop expired entries, then (still full) an arbitrary tenth.
-fn make_room<V>(map: &DashMap<KeyDigest, V>, capacity: usize, expired: impl Fn(&V) -> bool) {
-    if map.len() < capacity {
-        return;
-    }
-    map.retain(|_, v| !expired(v));
-    let excess = map.len().saturating_sub(capacity - capacity / 10);
-    if excess > 0 {
-        let victims: Vec<KeyDigest> = map.iter().take(excess).map(|e| *e.key()).collect();
-        for key in victims {
-            map.remove(&key);
-        }
+        self.verified.invalidate_all();
+        self.refused.invalidate_all();
     }
 }
 
@@ -286,37 +289,5 @@ impl Subscriber for Inner {
     fn reset(&self, listening: bool) {
         self.listening.store(listening, SeqCst);
         self.clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn digest(n: u32) -> KeyDigest {
-        Sha256::digest(n.to_be_bytes()).into()
-    }
-
-    #[test]
-    fn a_full_map_drops_expired_entries_first() {
-        let map: DashMap<KeyDigest, bool> = DashMap::new();
-        for n in 0..10 {
-            map.insert(digest(n), n % 2 == 0); // `true` = expired
-        }
-        make_room(&map, 10, |expired| *expired);
-        assert_eq!(map.len(), 5);
-        assert!(map.iter().all(|e| !*e.value()), "only live entries remain");
-    }
-
-    #[test]
-    fn a_full_map_of_live_entries_sheds_a_tenth() {
-        let map: DashMap<KeyDigest, bool> = DashMap::new();
-        for n in 0..100 {
-            map.insert(digest(n), false);
-        }
-        make_room(&map, 100, |expired| *expired);
-        assert_eq!(map.len(), 90);
-        make_room(&map, 100, |expired| *expired);
-        assert_eq!(map.len(), 90, "below capacity: nothing to do");
     }
 }

@@ -176,7 +176,7 @@ pub async fn create_endpoint(
     ApiJson(body): ApiJson<EndpointIn>,
 ) -> Result<Response, ApiError> {
     let new = body.parse()?;
-    public_target("url", &new.url, state.config.allow_private_webhooks).await?;
+    public_target("url", &new.url, state.config.common.allow_private_webhooks).await?;
     let cap = state.config.max_endpoints_per_org;
     let mut conn = state.db.acquire().await?;
     let secret = signing::generate_secret();
@@ -276,7 +276,7 @@ pub async fn update_endpoint(
 ) -> Result<Json<EndpointOut>, ApiError> {
     let patch = body.parse()?;
     if let Some(url) = &patch.url {
-        public_target("url", url, state.config.allow_private_webhooks).await?;
+        public_target("url", url, state.config.common.allow_private_webhooks).await?;
     }
     let mut conn = state.db.acquire().await?;
     match endpoints::update(&mut conn, org.id, id, patch).await? {

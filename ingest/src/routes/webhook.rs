@@ -119,7 +119,7 @@ pub async fn set_webhook_config(
     ApiJson(body): ApiJson<WebhookConfigIn>,
 ) -> Result<Json<WebhookConfigOut>, ApiError> {
     let url = body.parse()?;
-    public_target("webhook_url", &url, state.config.allow_private_webhooks).await?;
+    public_target("webhook_url", &url, state.config.common.allow_private_webhooks).await?;
     let mut tx = state.db.begin().await?;
     let endpoint = endpoints::set_default(&mut tx, org.id, &url, &signing::generate_secret()).await?;
     tx.commit().await?;

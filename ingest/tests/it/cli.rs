@@ -20,10 +20,16 @@ use uuid::Uuid;
 
 /// Run `triggers-ingest ARGS` with only `DATABASE_URL` (or nothing) in its environment.
 async fn run(db_url: Option<&str>, args: &[&str]) -> Output {
+    run_with(db_url, &[], args).await
+}
+
+/// [`run`], with these variables set too.
+async fn run_with(db_url: Option<&str>, vars: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_triggers-ingest"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .args(args);
     if let Some(url) = db_url {
         cmd.env("DATABASE_URL", url);
@@ -83,6 +89,23 @@ async fn an_operator_command_without_database_url_says_what_is_missing() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("DATABASE_URL is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_setting_out_of_its_range_stops_serve_naming_the_variable_and_an_empty_one_is_unset() {
+    // Validation runs before any connection: no database is needed. The budget, declared before
+    // the cap, would be refused first were its empty value not taken as unset.
+    let vars = [
+        ("TRIGGERS_REQUEST_BYTES_BUDGET", ""),
+        ("TRIGGERS_MAX_ENDPOINTS_PER_ORG", "0"),
+    ];
+    let out = run_with(Some("postgres://triggers@127.0.0.1:1/none"), &vars, &["serve"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("TRIGGERS_MAX_ENDPOINTS_PER_ORG is invalid (`0`): must be at least 1"),
         "{}",
         stderr(&out)
     );

@@ -462,7 +462,7 @@ async fn each_bad_pattern_form_is_422_naming_the_pattern() {
 #[tokio::test]
 async fn a_url_follows_the_rules_of_webhook_url() {
     let db = TestDb::new().await.expect("test database");
-    let app = TestApp::spawn_on(&db.url, |c| c.allow_private_webhooks = false).await;
+    let app = TestApp::spawn_on(&db.url, |c| c.common.allow_private_webhooks = false).await;
     let acme = Tenant::new(&app, "Acme").await;
     for bad in [
         json!("ftp://example.com/"),

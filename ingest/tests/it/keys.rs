@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use reqwest::header;
 use serde_json::{Value, json};
-use triggers_shared::{apikey, config::Secret};
+use triggers_shared::{apikey, config::SecretString};
 
 async fn get_keys(app: &TestApp, key: &str) -> reqwest::Response {
     app.client
@@ -271,7 +271,7 @@ async fn a_bearer_authorization_header_is_accepted() {
 async fn generate_requires_the_admin_token_when_one_is_configured() {
     let first = TestApp::spawn().await;
     let app = TestApp::spawn_on(&first.db_url, |c| {
-        c.admin_token = Some(Secret::new("let-me-in-0123456789"));
+        c.admin_token = Some(SecretString::from("let-me-in-0123456789"));
     })
     .await;
     let body = json!({"organization_name": "Guarded"});

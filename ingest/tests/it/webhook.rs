@@ -219,7 +219,7 @@ async fn rotating_the_secret_without_a_webhook_is_404() {
 #[tokio::test]
 async fn internal_targets_are_refused_unless_private_webhooks_are_allowed() {
     let open = TestApp::spawn().await; // for_tests allows private targets
-    let strict = TestApp::spawn_on(&open.db_url, |c| c.allow_private_webhooks = false).await;
+    let strict = TestApp::spawn_on(&open.db_url, |c| c.common.allow_private_webhooks = false).await;
     let (key, org_id) = strict.create_org("Careful", "free").await;
 
     for url in [
@@ -370,7 +370,7 @@ async fn webhook_routes_require_a_key() {
 #[tokio::test]
 async fn refusals_never_reveal_an_address_and_ipv6_tunnels_to_ipv4_are_refused() {
     let open = TestApp::spawn().await;
-    let strict = TestApp::spawn_on(&open.db_url, |c| c.allow_private_webhooks = false).await;
+    let strict = TestApp::spawn_on(&open.db_url, |c| c.common.allow_private_webhooks = false).await;
     let (key, org_id) = strict.create_org("Tunnels", "free").await;
     for (url, address) in [
         ("http://10.96.0.1/hook", "10.96.0.1"),

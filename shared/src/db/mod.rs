@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, ExposeSecret as _};
 
 /// Our own migrations (`migrations/` at the repo root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -36,7 +36,7 @@ pub fn pool(config: &CommonConfig) -> anyhow::Result<PgPool> {
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(3))
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy(config.database_url.expose())
+        .connect_lazy(config.database_url.expose_secret())
         .context("DATABASE_URL is not a valid Postgres URL")
 }
 

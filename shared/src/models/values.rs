@@ -64,6 +64,12 @@ impl std::ops::Deref for DedupId {
 }
 
 impl DedupId {
+    /// How long an organisation's dedup id is remembered, in hours (the API's promise).
+    pub const WINDOW_HOURS: u64 = 24;
+    /// [`Self::WINDOW_HOURS`] as a duration: a second event with the same id within it is a
+    /// duplicate (`409`).
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(Self::WINDOW_HOURS * 3600);
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let chars = s.chars().count();
         if chars == 0 || chars > MAX_NAME_CHARS {

@@ -266,7 +266,7 @@ async fn a_private_target_is_refused_when_private_webhooks_are_not_allowed() {
     let ids = create_events(&db.pool, org, 1).await;
     let ids2 = create_events(&db.pool, org2, 1).await;
     let deliverer = TestDeliverer::new(&db, |c| {
-        c.allow_private_webhooks = false;
+        c.common.allow_private_webhooks = false;
         c.retry_schedule = vec![];
     })
     .await;
