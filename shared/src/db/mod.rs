@@ -1,4 +1,5 @@
-//! The database: pool, migrations, and the SQL of each table (one module per table).
+//! The database: pool, migrations, and the SQL of each table (one module per table), with
+//! [`locks`], the fleet-wide advisory locks, which are no table's.
 //!
 //! Every query function takes `&mut PgConnection` so it works inside a transaction, and every
 //! query on tenant data takes the organisation id.
@@ -11,6 +12,7 @@ pub mod endpoint_stats;
 pub mod endpoints;
 pub mod events;
 pub mod janitor;
+pub mod locks;
 pub mod organizations;
 pub mod portal_sessions;
 pub mod queue;

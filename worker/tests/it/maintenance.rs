@@ -6,7 +6,7 @@ use crate::common::*;
 use queue::testing::{self as q, ForcedState};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use triggers_shared::{config::WorkerConfig, db::janitor::JANITOR_LOCK_KEY, jobs::DeliveryJob};
+use triggers_shared::{config::WorkerConfig, db::locks::JANITOR_LOCK_KEY, jobs::DeliveryJob};
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
 
