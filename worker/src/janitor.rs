@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        deliveries::{self, DeliveryKey},
-        janitor,
+        deliveries, janitor,
         locks::{self, JANITOR_LOCK_KEY},
         queue::maintenance,
     },
     metrics::{EVENTS_DEAD_LETTERED_TOTAL, JANITOR_DELETED_TOTAL},
+    models::DeliveryKey,
 };
 
 /// Rows changed per statement: small, so no statement holds many locks for long.

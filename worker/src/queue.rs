@@ -26,10 +26,7 @@ use apalis_postgres::{Config, PostgresStorage, Pubsub};
 use futures::{Stream, StreamExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use triggers_shared::{
-    config::WorkerConfig,
-    jobs::{DELIVERY_QUEUE, DeliveryJob},
-};
+use triggers_shared::{config::WorkerConfig, db::queue::DELIVERY_QUEUE, jobs::DeliveryJob};
 
 use crate::deliver::{self, Deliverer};
 

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        deliveries::{self, AttemptRecord, DeliveryKey, DeliveryTarget},
+        deliveries::{self, AttemptRecord, DeliveryTarget},
         queue,
     },
     jobs::{DeliveryJob, JobId},
@@ -28,7 +28,7 @@ use triggers_shared::{
         DELIVERIES_TOTAL, DELIVERY_DEFERRED_TOTAL, DELIVERY_DURATION_SECONDS, DELIVERY_END_TO_END_SECONDS,
         DELIVERY_INFLIGHT, EVENTS_DEAD_LETTERED_TOTAL,
     },
-    models::DeliveryStatus,
+    models::{DeliveryKey, DeliveryStatus},
 };
 
 use super::{

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use triggers_shared::{db::deliveries::DeliveryKey, jobs::DeliveryJob, metrics::DELIVERY_RATE_LIMITED_TOTAL};
+use triggers_shared::{jobs::DeliveryJob, metrics::DELIVERY_RATE_LIMITED_TOTAL, models::DeliveryKey};
 
 use super::handler::{Deliverer, share};
 use crate::{fair::Permit, rate::Slot, recorder::Write};
