@@ -31,10 +31,7 @@ use triggers_shared::{
     models::{DeliveryKey, DeliveryStatus},
 };
 
-use super::{
-    classify::{failed, observe},
-    request,
-};
+use super::{classify, request};
 use crate::{
     client::WebhookClient,
     coalesce::Coalescer,
@@ -234,8 +231,8 @@ impl Deliverer {
                     return self.drop_job(task, "delivery closed before sending").await;
                 }
                 match self.client.post(url, headers, body).await {
-                    Ok(answer) => observe(&answer),
-                    Err(error) => failed(error),
+                    Ok(answer) => classify::observe(&answer),
+                    Err(error) => classify::failed(error),
                 }
             }
             Err(observed) => observed,
