@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use triggers_shared::{
     config::{CommonConfig, IngestConfig},
-    db::{self, api_keys, organizations},
+    db::{self, key_issuance},
     models::{OrganizationName, Tier},
     service, telemetry,
 };
@@ -180,7 +180,7 @@ async fn create_org(pool: &PgPool, name: &str, tier: Tier) -> anyhow::Result<()>
         Ok(name) => name,
         Err(problem) => bail!("--name {problem}"),
     };
-    let (org, key) = organizations::create_with_key(pool, &name, tier).await?;
+    let (org, key) = key_issuance::create_organization(pool, &name, tier).await?;
     tracing::info!(org_id = %org.id, tier = tier.as_str(), "organisation created");
     print_json(&json!({
         "organization_id": org.id,
@@ -195,7 +195,7 @@ async fn create_org(pool: &PgPool, name: &str, tier: Tier) -> anyhow::Result<()>
 async fn rotate_key(pool: &PgPool, org_id: Uuid, grace: Duration) -> anyhow::Result<()> {
     // Every ingest instance drops its cached keys of this organisation on commit.
     let Some(rotation) =
-        api_keys::rotate(pool, org_id, grace, triggers_ingest::auth::INVALIDATION_CHANNEL).await?
+        key_issuance::rotate(pool, org_id, grace, triggers_ingest::auth::INVALIDATION_CHANNEL).await?
     else {
         bail!("no organisation {org_id}");
     };

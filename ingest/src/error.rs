@@ -234,10 +234,10 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// A queue write's failure as the API reports it (an unreachable database is a `503`).
-impl From<triggers_shared::jobs::QueueError> for ApiError {
-    fn from(err: triggers_shared::jobs::QueueError) -> Self {
+impl From<triggers_shared::db::queue::QueueError> for ApiError {
+    fn from(err: triggers_shared::db::queue::QueueError) -> Self {
         match err {
-            triggers_shared::jobs::QueueError::Database(e) => e.into(),
+            triggers_shared::db::queue::QueueError::Database(e) => e.into(),
             other => ApiError::internal(other),
         }
     }

@@ -1,8 +1,10 @@
 //! The delivery job: what ingest enqueues (inside its own transaction) and the worker consumes.
 //!
-//! A job carries ids only (a delivery's key); the worker reloads the delivery, its event and its
-//! endpoint, so an acknowledged, cancelled or superseded delivery is simply dropped. Each delivery attempt is its own apalis task: a retry is a new task whose
-//! `run_at` lies in the future, so a backoff survives any crash.
+//! A job carries ids only (a delivery's key, [`DeliveryKey`]); the worker reloads the delivery,
+//! its event and its endpoint, so an acknowledged, cancelled or superseded delivery is simply
+//! dropped. Each delivery attempt is its own apalis task: a retry is a new task whose `run_at`
+//! lies in the future, so a backoff survives any crash. Enqueueing, like every statement on
+//! apalis' tables, is `db::queue`'s.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,8 +13,7 @@ use apalis_postgres::PgTask;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Enqueueing lives with the rest of the queue's SQL.
-pub use crate::db::queue::{DELIVERY_QUEUE, QueueError, enqueue};
+use crate::models::DeliveryKey;
 
 /// How often apalis itself may run a task whose handler failed (a database error in the handler,
 /// not a webhook failure: those are scheduled as new tasks). apalis calls these runs `attempts`
@@ -80,6 +81,16 @@ impl JobId {
     /// random bits), so ids sort by creation time.
     pub fn new() -> Self {
         Self(ulid::Ulid::from(Uuid::now_v7().as_u128()))
+    }
+}
+
+impl From<&DeliveryJob> for DeliveryKey {
+    fn from(job: &DeliveryJob) -> Self {
+        Self {
+            organization_id: job.organization_id,
+            event_id: job.event_id,
+            endpoint_id: job.endpoint_id,
+        }
     }
 }
 

@@ -176,6 +176,15 @@ impl DeliveryStatus {
     }
 }
 
+/// The key of a delivery: the event, the endpoint and their organisation. A delivery job
+/// carries it ([`crate::jobs::DeliveryJob`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
+pub struct DeliveryKey {
+    pub organization_id: Uuid,
+    pub event_id: Uuid,
+    pub endpoint_id: Uuid,
+}
+
 /// One delivery as the API shows it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Delivery {

@@ -180,7 +180,7 @@ pub async fn store_events(
     event_type: &str,
     events: &[(Option<String>, serde_json::Value)],
 ) -> anyhow::Result<Vec<uuid::Uuid>> {
-    use db::queue::event_batch::{NewEvents, Written, insert_batch};
+    use db::queue::event_batch::{NewEvents, RowFate, insert_batch};
 
     let mut conn = pool.acquire().await?;
     let routes = db::routing::load(&mut conn, org)
@@ -205,7 +205,7 @@ pub async fn store_events(
     }
     let written = insert_batch(&mut conn, &rows, std::time::Duration::from_secs(3600)).await?;
     anyhow::ensure!(
-        written.iter().all(|w| matches!(w, Written::Inserted { .. })),
+        written.iter().all(|w| matches!(w, RowFate::Inserted { .. })),
         "not every event was stored: {written:?}"
     );
     Ok(rows.ids)

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use triggers_shared::{
     db::{
         endpoints::{self, Created, NewEndpoint},
-        organizations,
+        key_issuance, organizations,
     },
     models::{Description, EventTypes, OrganizationName, Tier},
     net::WebhookUrl,
@@ -16,11 +16,11 @@ use triggers_shared::{
 use uuid::Uuid;
 
 /// An organisation of `tier` with one API key, by the transaction `POST /api/keys/generate` and
-/// the CLI use (`db::organizations::create_with_key`): its key and its id.
+/// the CLI use (`db::key_issuance::create_organization`): its key and its id.
 pub async fn org_with_key(pool: &PgPool, tier: &str) -> (String, Uuid) {
     let tier = Tier::parse(tier).expect("known tier");
     let name = OrganizationName::parse("test organisation").expect("a valid name");
-    let (org, key) = organizations::create_with_key(pool, &name, tier)
+    let (org, key) = key_issuance::create_organization(pool, &name, tier)
         .await
         .expect("create organisation");
     (key.key, org.id)

@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use triggers_shared::{
     config::WorkerConfig,
     db::{
-        deliveries::{self, DeliveryKey},
-        janitor,
+        deliveries, janitor,
+        locks::{self, JANITOR_LOCK_KEY},
         queue::maintenance,
     },
     metrics::{EVENTS_DEAD_LETTERED_TOTAL, JANITOR_DELETED_TOTAL},
+    models::DeliveryKey,
 };
 
 /// Rows changed per statement: small, so no statement holds many locks for long.
@@ -72,11 +73,11 @@ pub async fn run_janitor_once(pool: &PgPool, config: &WorkerConfig) -> anyhow::R
     // happened in between (an error, a cancelled future).
     let mut conn = pool.acquire().await.context("janitor connection")?.detach();
     let result = async {
-        if !janitor::try_lock(&mut conn, janitor::JANITOR_LOCK_KEY).await? {
+        if !locks::try_lock(&mut conn, JANITOR_LOCK_KEY).await? {
             return anyhow::Ok(None);
         }
         let report = clean(&mut conn, config).await;
-        janitor::unlock(&mut conn, janitor::JANITOR_LOCK_KEY).await?;
+        locks::unlock(&mut conn, JANITOR_LOCK_KEY).await?;
         Ok(Some(report?))
     }
     .await;

@@ -26,10 +26,7 @@ use apalis_postgres::{Config, PostgresStorage, Pubsub};
 use futures::{Stream, StreamExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use triggers_shared::{
-    config::WorkerConfig,
-    jobs::{DELIVERY_QUEUE, DeliveryJob},
-};
+use triggers_shared::{config::WorkerConfig, db::queue::DELIVERY_QUEUE, jobs::DeliveryJob};
 
 use crate::deliver::{self, Deliverer};
 
@@ -102,7 +99,10 @@ async fn run_one(
     // one, and a closed NOTIFY stream is "ready" forever.
     let strategy = Strategy::new()
         .interval(POLL_INTERVAL)
-        .stream(Coalesce(Pubsub::new(pool.clone(), DELIVERY_QUEUE.to_string())));
+        .stream(MergedWakeups(Pubsub::new(
+            pool.clone(),
+            DELIVERY_QUEUE.to_string(),
+        )));
     let backend = PollWith::new(storage, strategy);
     let ctx = WorkerContext::new(name);
     let worker = WorkerBuilder::new(&ctx)
@@ -161,9 +161,9 @@ async fn run_one(
 /// Turns every notification that is waiting into one wake-up. apalis consumes one item of its
 /// strategy stream per poll, and one poll fetches a whole batch, so without this a burst of
 /// inserts would leave thousands of NOTIFY messages queued on the listening connection.
-struct Coalesce<S>(S);
+struct MergedWakeups<S>(S);
 
-impl<S: Stream + Unpin> Stream for Coalesce<S> {
+impl<S: Stream + Unpin> Stream for MergedWakeups<S> {
     type Item = ();
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {

@@ -20,12 +20,12 @@ use anyhow::Context;
 use sqlx::PgPool;
 use triggers_shared::{
     db::{
-        deliveries::{self, AttemptRecord, DeliveryKey, DisablePolicy, Recorded},
+        deliveries::{self, AttemptRecord, DisablePolicy, Recorded},
         endpoints, queue,
     },
     jobs::DeliveryJob,
     metrics::ENDPOINTS_AUTO_DISABLED_TOTAL,
-    models::DeliveryStatus,
+    models::{DeliveryKey, DeliveryStatus},
 };
 
 use crate::{coalesce::Coalescer, retry::Next};

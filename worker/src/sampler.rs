@@ -20,7 +20,7 @@ use triggers_shared::{
     config::WorkerConfig,
     db::{
         endpoints::{self, StateCounts},
-        janitor::{SAMPLER_LOCK_KEY, try_lock, unlock},
+        locks::{SAMPLER_LOCK_KEY, try_lock, unlock},
         queue::{self, JobCounts},
     },
     metrics::{DELIVERIES_WITHOUT_JOB, ENDPOINTS, QUEUE_DEPTH, QUEUE_JOBS, QUEUE_OLDEST_PENDING_AGE_SECONDS},

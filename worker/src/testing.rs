@@ -6,7 +6,7 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use futures::future::join_all;
-use triggers_shared::db::{deliveries::DeliveryKey, queue};
+use triggers_shared::{db::queue, models::DeliveryKey};
 
 use crate::deliver::Deliverer;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use triggers_shared::db::{
-    janitor::{QUEUE_VACUUM_LOCK_KEY, try_lock, unlock},
+    locks::{QUEUE_VACUUM_LOCK_KEY, try_lock, unlock},
     queue::maintenance::{self, JobRows},
 };
 

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use triggers_shared::db::queue::event_batch::{NewEvents, Written};
+use triggers_shared::db::queue::event_batch::{NewEvents, RowFate};
 use uuid::Uuid;
 
 use super::{NewEvent, Outcome};
@@ -88,12 +88,12 @@ impl Plan {
     }
 
     /// Keys that lost to a holder the statement could not name.
-    pub(super) fn unknown_owners<'a>(&self, events: &'a [NewEvent], written: &[Written]) -> Vec<Key<'a>> {
+    pub(super) fn unknown_owners<'a>(&self, events: &'a [NewEvent], written: &[RowFate]) -> Vec<Key<'a>> {
         let by_id: HashMap<Uuid, usize> = self.sent.iter().map(|&i| (events[i].id, i)).collect();
         written
             .iter()
             .filter_map(|w| match w {
-                Written::Duplicate { id, owner: None } => by_id.get(id),
+                RowFate::Duplicate { id, owner: None } => by_id.get(id),
                 _ => None,
             })
             .filter_map(|&i| Some((events[i].organization_id, events[i].dedup_id.as_deref()?)))
@@ -105,13 +105,13 @@ impl Plan {
     pub(super) fn resolve(
         &self,
         events: &[NewEvent],
-        written: &[Written],
+        written: &[RowFate],
         late_owners: &HashMap<(Uuid, String), Uuid>,
     ) -> Result<Vec<Outcome>, Uuid> {
-        let by_id: HashMap<Uuid, &Written> = written
+        let by_id: HashMap<Uuid, &RowFate> = written
             .iter()
             .map(|w| match w {
-                Written::Inserted { id, .. } | Written::Duplicate { id, .. } | Written::Stale { id } => {
+                RowFate::Inserted { id, .. } | RowFate::Duplicate { id, .. } | RowFate::Stale { id } => {
                     (*id, w)
                 }
             })
@@ -119,11 +119,11 @@ impl Plan {
         let outcome_of_sent = |i: usize| -> Result<Outcome, Uuid> {
             let e = &events[i];
             Ok(match by_id.get(&e.id) {
-                Some(Written::Inserted { id, created_at }) => Outcome::Accepted {
+                Some(RowFate::Inserted { id, created_at }) => Outcome::Accepted {
                     id: *id,
                     created_at: *created_at,
                 },
-                Some(Written::Duplicate { owner, .. }) => {
+                Some(RowFate::Duplicate { owner, .. }) => {
                     let key = (
                         e.organization_id,
                         e.dedup_id.as_deref().unwrap_or_default().to_owned(),
@@ -133,7 +133,7 @@ impl Plan {
                     let owner = owner.or_else(|| late_owners.get(&key).copied()).unwrap_or(e.id);
                     Outcome::Duplicate { event_id: owner }
                 }
-                Some(Written::Stale { .. }) | None => return Err(e.id),
+                Some(RowFate::Stale { .. }) | None => return Err(e.id),
             })
         };
         let sent: HashMap<usize, Outcome> = self
@@ -180,8 +180,8 @@ mod tests {
         DateTime::from_timestamp(secs, 0).expect("in range")
     }
 
-    fn accepted(events: &[NewEvent], i: usize, secs: i64) -> Written {
-        Written::Inserted {
+    fn accepted(events: &[NewEvent], i: usize, secs: i64) -> RowFate {
+        RowFate::Inserted {
             id: events[i].id,
             created_at: at(secs),
         }
@@ -276,7 +276,7 @@ mod tests {
         let holder = Uuid::from_u128(99);
         let events = [event(1, Some("k")), event(1, Some("k"))];
         let plan = Plan::new(&events);
-        let written = [Written::Duplicate {
+        let written = [RowFate::Duplicate {
             id: events[0].id,
             owner: Some(holder),
         }];
@@ -293,7 +293,7 @@ mod tests {
         let events = [event(1, Some("k")), event(1, None)];
         let plan = Plan::new(&events);
         let written = [
-            Written::Duplicate {
+            RowFate::Duplicate {
                 id: events[0].id,
                 owner: None,
             },

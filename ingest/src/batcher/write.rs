@@ -11,7 +11,7 @@ use std::{
 };
 
 use triggers_shared::{
-    db::{self, queue::event_batch::Written},
+    db::{self, queue::event_batch::RowFate},
     metrics as m,
 };
 use uuid::Uuid;
@@ -108,13 +108,13 @@ async fn write_once(writer: &Writer, events: &[NewEvent], plan: &Plan) -> Result
     let mut conn = writer.db.acquire().await?;
     let mut rerouted: HashMap<usize, Fanout> = HashMap::new();
     let mut only: Option<HashSet<usize>> = None;
-    let mut written: Vec<Written> = Vec::with_capacity(events.len());
+    let mut written: Vec<RowFate> = Vec::with_capacity(events.len());
     for round in 0..=STALE_ROUNDS {
         let rows = plan.rows(events, &rerouted, only.as_ref());
         let mut stale = HashSet::new();
         for w in db::queue::event_batch::insert_batch(&mut conn, &rows, writer.window).await? {
             match w {
-                Written::Stale { id } => {
+                RowFate::Stale { id } => {
                     stale.insert(id);
                 }
                 other => written.push(other),

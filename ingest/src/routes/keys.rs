@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use triggers_shared::{
-    db::{api_keys, endpoints, organizations},
+    db::{api_keys, endpoints, key_issuance, organizations},
     models::{OrganizationName, Tier},
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -158,7 +158,7 @@ pub async fn generate_key(
     ApiJson(body): ApiJson<GenerateKeyIn>,
 ) -> Result<(StatusCode, Json<GenerateKeyOut>), ApiError> {
     let (name, tier) = body.parse()?;
-    let (org, key) = organizations::create_with_key(&state.db, &name, tier).await?;
+    let (org, key) = key_issuance::create_organization(&state.db, &name, tier).await?;
     tracing::info!(org_id = %org.id, tier = tier.as_str(), "organisation created");
     Ok((
         StatusCode::CREATED,
@@ -220,7 +220,7 @@ pub async fn rotate_key(
     OptionalApiJson(body): OptionalApiJson<RotateKeyIn>,
 ) -> Result<Json<RotateKeyOut>, ApiError> {
     let grace = body.map(RotateKeyIn::parse).transpose()?.unwrap_or_default();
-    let rotation = api_keys::rotate(&state.db, org.id, grace, INVALIDATION_CHANNEL)
+    let rotation = key_issuance::rotate(&state.db, org.id, grace, INVALIDATION_CHANNEL)
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
     // Our own listener hears the notification too, but only after this response could have

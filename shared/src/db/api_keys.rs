@@ -3,21 +3,14 @@
 //! A key is active while `revoked_at` is null and `expires_at` is null or in the future.
 //! Rotation revokes (grace 0) or sets `expires_at` on (grace > 0) every active key of the
 //! organisation, then inserts the new one; [`notify_change`] tells every ingest instance to
-//! drop its cached keys of that organisation when the transaction commits. [`rotate`] is that
-//! whole transaction, for the API and the operator command alike, with the retry on a prefix
-//! collision ([`with_fresh_key`]) that creating an organisation shares.
+//! drop its cached keys of that organisation when the transaction commits. That whole
+//! transaction is [`super::key_issuance::rotate`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
-
-use super::organizations;
-use crate::{
-    apikey::{self, GeneratedKey},
-    models::Organization,
-};
 
 /// An active key's row with the organisation fields authentication needs.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -142,71 +135,4 @@ pub async fn notify_change(conn: &mut PgConnection, channel: &str, org_id: Uuid)
         .execute(conn)
         .await
         .map(|_| ())
-}
-
-/// Attempts at finding an unused key prefix (48 random bits: a second attempt is already rare).
-const KEY_ATTEMPTS: usize = 3;
-
-/// Run `transaction` with a fresh key (hashed on the process's hash pool) until it does not
-/// collide with a stored prefix: a unique violation means the prefix is taken, so the work is
-/// retried, up to [`KEY_ATTEMPTS`] times, with another key. `transaction` owns its transaction
-/// (rolled back on error) and hands the key back with its result. Returns that result and the
-/// key it stored.
-pub(crate) async fn with_fresh_key<T, Fut>(
-    mut transaction: impl FnMut(GeneratedKey) -> Fut,
-) -> anyhow::Result<(T, GeneratedKey)>
-where
-    Fut: Future<Output = (sqlx::Result<T>, GeneratedKey)>,
-{
-    for attempt in 1..=KEY_ATTEMPTS {
-        let (done, key) = transaction(apikey::generate().await?).await;
-        match done {
-            Err(e) if super::is_unique_violation(&e) && attempt < KEY_ATTEMPTS => continue,
-            done => return Ok((done?, key)),
-        }
-    }
-    anyhow::bail!("no free key prefix after {KEY_ATTEMPTS} attempts")
-}
-
-/// What [`rotate`] did.
-pub struct Rotation {
-    /// The organisation, as it was before the rotation touched it.
-    pub organization: Organization,
-    /// The new key: its secret is shown once, to whoever asked for the rotation.
-    pub key: GeneratedKey,
-    pub retired: Retired,
-}
-
-/// Issue a new key for the organisation and retire its active key(s) (see [`retire_active`]), in
-/// one transaction that announces the change on `channel` ([`notify_change`]). `None` when there
-/// is no such organisation. The organisation's row lock serialises rotations of one organisation,
-/// so two concurrent rotations cannot both leave a "new" key active.
-pub async fn rotate(
-    pool: &PgPool,
-    org_id: Uuid,
-    grace: Duration,
-    channel: &str,
-) -> anyhow::Result<Option<Rotation>> {
-    let (rotated, key) = with_fresh_key(|key| async move {
-        let rotated = async {
-            let mut tx = pool.begin().await?;
-            let Some(organization) = organizations::get_for_update(&mut tx, org_id).await? else {
-                return Ok(None);
-            };
-            let retired = retire_active(&mut tx, org_id, grace).await?;
-            insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await?;
-            organizations::touch(&mut tx, org_id).await?;
-            notify_change(&mut tx, channel, org_id).await?;
-            tx.commit().await?;
-            Ok(Some((organization, retired)))
-        }
-        .await;
-        (rotated, key)
-    })
-    .await?;
-    Ok(rotated.map(|(organization, retired)| Rotation {
-        organization,
-        key,
-        retired,
-    }))
 }

@@ -20,26 +20,8 @@ use uuid::Uuid;
 use super::queue::{self, NewJob, QueueError};
 use crate::{
     jobs::{DeliveryJob, JobId},
-    models::{Delivery, DeliveryStatus},
+    models::{Delivery, DeliveryKey, DeliveryStatus},
 };
-
-/// The key of a delivery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
-pub struct DeliveryKey {
-    pub organization_id: Uuid,
-    pub event_id: Uuid,
-    pub endpoint_id: Uuid,
-}
-
-impl From<&DeliveryJob> for DeliveryKey {
-    fn from(job: &DeliveryJob) -> Self {
-        Self {
-            organization_id: job.organization_id,
-            event_id: job.event_id,
-            endpoint_id: job.endpoint_id,
-        }
-    }
-}
 
 /// Parallel columns of many keys, as the statements bind them.
 struct KeyColumns {

@@ -1,4 +1,5 @@
-//! SQL of the worker: janitor (the queue's own rows are cleaned in [`super::queue`]).
+//! SQL of the worker's janitor (the queue's own rows are cleaned in [`super::queue`]; the lock
+//! that makes one run at a time is [`super::locks`]).
 //!
 //! Dedup keys expire but stay, and delivered events, dead letters, revoked or expired API keys
 //! and rate-limit windows are kept only for their retention period. Each statement deletes at
@@ -8,33 +9,6 @@
 use std::time::Duration;
 
 use sqlx::{PgConnection, postgres::types::PgInterval};
-
-/// The advisory-lock key that makes at most one janitor run at a time across the fleet.
-pub const JANITOR_LOCK_KEY: i64 = 0x7472_6967_6a61_6e69; // "trigjani"
-
-/// The advisory-lock key held by the one worker of the fleet that samples the queue's gauges.
-pub const SAMPLER_LOCK_KEY: i64 = 0x7472_6967_7361_6d70; // "trigsamp"
-
-/// The advisory-lock key held by the one worker of the fleet that vacuums the queue table.
-pub const QUEUE_VACUUM_LOCK_KEY: i64 = 0x7472_6967_7661_6375; // "trigvacu"
-
-/// Take the fleet-wide lock `key` for this session (`false`: another session holds it). Use a
-/// connection of its own and close it afterwards: closing releases the lock whatever happened.
-pub async fn try_lock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(conn)
-        .await
-}
-
-/// Release the lock `key` taken by [`try_lock`] on this session. (Closing the connection releases
-/// it too, but only once the server's backend has exited, a moment after the client moved on.)
-pub async fn unlock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .fetch_one(conn)
-        .await
-}
 
 fn interval(d: Duration) -> PgInterval {
     PgInterval {

@@ -1,7 +1,10 @@
-//! The database: pool, migrations, and the SQL of each table (one module per table).
+//! The database: pool, migrations, and the SQL of each table (one module per table), with two
+//! modules that are not a table's: [`key_issuance`], the transactions over `organizations` and
+//! `api_keys`, and [`locks`], the fleet-wide advisory locks.
 //!
-//! Every query function takes `&mut PgConnection` so it works inside a transaction, and every
-//! query on tenant data takes the organisation id.
+//! Every query function takes `&mut PgConnection` so it works inside a transaction (a function
+//! that is a whole transaction of its own takes the pool), and every query on tenant data takes
+//! the organisation id.
 
 pub mod api_keys;
 pub mod attempts;
@@ -11,6 +14,8 @@ pub mod endpoint_stats;
 pub mod endpoints;
 pub mod events;
 pub mod janitor;
+pub mod key_issuance;
+pub mod locks;
 pub mod organizations;
 pub mod portal_sessions;
 pub mod queue;

@@ -1,37 +1,11 @@
 //! SQL of the `organizations` table: creation and lookup. (Its webhook is now its default
-//! endpoint: `db::endpoints`.) [`create_with_key`] is the one transaction that
-//! creates an organisation, for the API and the operator command alike.
+//! endpoint: `db::endpoints`.) An organisation is created with its first key by
+//! [`super::key_issuance::create_organization`].
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::api_keys;
-use crate::{
-    apikey::GeneratedKey,
-    models::{Organization, OrganizationName, Tier},
-};
-
-/// Create an organisation with its first API key, in one transaction. The key's secret is in
-/// the returned [`GeneratedKey`] only: show it once.
-pub async fn create_with_key(
-    pool: &PgPool,
-    name: &OrganizationName,
-    tier: Tier,
-) -> anyhow::Result<(Organization, GeneratedKey)> {
-    let org_id = Uuid::now_v7();
-    api_keys::with_fresh_key(|key| async move {
-        let created = async {
-            let mut tx = pool.begin().await?;
-            let organization = insert(&mut tx, org_id, name.as_str(), tier).await?;
-            api_keys::insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await?;
-            tx.commit().await?;
-            Ok(organization)
-        }
-        .await;
-        (created, key)
-    })
-    .await
-}
+use crate::models::{Organization, Tier};
 
 /// Insert a new organisation; its rate limit follows from the tier.
 pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, tier: Tier) -> sqlx::Result<Organization> {

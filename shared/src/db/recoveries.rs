@@ -16,11 +16,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use super::{
-    deliveries::{self, DeliveryKey},
-    queue::QueueError,
-};
-use crate::models::DeliveryStatus;
+use super::{deliveries, queue::QueueError};
+use crate::models::{DeliveryKey, DeliveryStatus};
 
 /// The most deliveries one recovery may restart (API.md).
 pub const MAX_DELIVERIES: i64 = 100_000;

@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
 use serde_json::Value;
-use triggers_shared::{db::deliveries::DeliveryKey, models::DeliveryStatus, signing};
+use triggers_shared::{
+    models::{DeliveryKey, DeliveryStatus},
+    signing,
+};
 use triggers_worker::deliver::RECHECK_AFTER;
 
 #[tokio::test]

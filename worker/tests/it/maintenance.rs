@@ -6,7 +6,7 @@ use crate::common::*;
 use queue::testing::{self as q, ForcedState};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use triggers_shared::{config::WorkerConfig, db::janitor::JANITOR_LOCK_KEY, jobs::DeliveryJob};
+use triggers_shared::{config::WorkerConfig, db::locks::JANITOR_LOCK_KEY, jobs::DeliveryJob};
 use triggers_worker::run_janitor_once;
 use uuid::Uuid;
 
@@ -199,7 +199,7 @@ async fn a_delivery_whose_job_apalis_gave_up_on_is_dead_lettered_not_left_pendin
     }
     let resent = deliveries(pool, ids[1]).await[0].endpoint_id;
     let mut tx = pool.begin().await.expect("begin");
-    let key = triggers_shared::db::deliveries::DeliveryKey {
+    let key = triggers_shared::models::DeliveryKey {
         organization_id: org,
         event_id: ids[1],
         endpoint_id: resent,

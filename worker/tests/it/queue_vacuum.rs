@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use sqlx::{Connection, PgPool};
 use triggers_shared::db::{
-    janitor::{QUEUE_VACUUM_LOCK_KEY, try_lock},
+    locks::{QUEUE_VACUUM_LOCK_KEY, try_lock},
     queue::maintenance::{self, JobRows},
 };
 use triggers_worker::vacuum::{self, Check};

@@ -189,7 +189,7 @@ pub async fn create_events(State(state): State<AppState>, org: Org, request: Req
             Ok((StatusCode::OK, Json(out)).into_response())
         }
     };
-    super::rate_limited(&state, &org, tokens, ingest).await
+    super::create::rate_limited(&state, &org, tokens, ingest).await
 }
 
 async fn ingest_batch(state: &AppState, org: &Org, events: Vec<Box<RawValue>>) -> Result<BatchOut, ApiError> {

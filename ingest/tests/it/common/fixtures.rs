@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use triggers_ingest::{batcher::BatchWriter, routing::RoutingCache};
 use triggers_shared::{
     db::{
-        deliveries::{self, AttemptRecord, DeliveryKey},
+        deliveries::{self, AttemptRecord},
         queue,
     },
     jobs::{DeliveryJob, JobId},
-    models::DeliveryStatus,
+    models::{DeliveryKey, DeliveryStatus},
 };
 use uuid::Uuid;
 

@@ -4,7 +4,7 @@
 //! Which endpoints an event goes to is decided by ingest from its cache of the organisation's
 //! endpoints, read at some version of them (`organizations.endpoints_version`). The statement
 //! stores an event only if that version is still the current one, so no event is fanned out by
-//! a stale cache: an event whose version has moved on is answered [`Written::Stale`] (nothing
+//! a stale cache: an event whose version has moved on is answered [`RowFate::Stale`] (nothing
 //! of it is written, its dedup key not claimed) and ingest reloads and sends it again.
 
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub struct NewEvents<'a> {
 
 /// What [`insert_batch`] did with one row of [`NewEvents`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
+pub enum RowFate {
     /// Stored at `created_at`, with its deliveries and their first jobs.
     Inserted { id: Uuid, created_at: DateTime<Utc> },
     /// Its dedup key is held by another event: `owner`, or `None` when the holder committed
@@ -55,7 +55,7 @@ pub enum Written {
 /// version they were read at, claim their dedup keys (an existing, unexpired key is a duplicate;
 /// an expired one is taken over), insert the events whose key was claimed or who have none,
 /// their deliveries, and a first job for each pending delivery (its id named by the delivery).
-/// Returns one [`Written`] per row, in no particular order.
+/// Returns one [`RowFate`] per row, in no particular order.
 ///
 /// The job rows mirror `apalis_postgres::queries::push_tasks` (same columns, the same encoding
 /// through [`DeliveryJob::to_task`]).
@@ -63,7 +63,7 @@ pub async fn insert_batch(
     conn: &mut PgConnection,
     rows: &NewEvents<'_>,
     dedup_window: Duration,
-) -> sqlx::Result<Vec<Written>> {
+) -> sqlx::Result<Vec<RowFate>> {
     if rows.ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -162,9 +162,9 @@ pub async fn insert_batch(
     Ok(written
         .into_iter()
         .map(|(id, created_at, owner, stale)| match created_at {
-            Some(created_at) => Written::Inserted { id, created_at },
-            None if stale => Written::Stale { id },
-            None => Written::Duplicate { id, owner },
+            Some(created_at) => RowFate::Inserted { id, created_at },
+            None if stale => RowFate::Stale { id },
+            None => RowFate::Duplicate { id, owner },
         })
         .collect())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 
 use super::{DELIVERY_QUEUE, status};
-use crate::{db::deliveries::DeliveryKey, jobs::DeliveryJob};
+use crate::{jobs::DeliveryJob, models::DeliveryKey};
 
 /// Up to `batch` jobs apalis gave up on (their handler failed `max_attempts` times: repeated
 /// database errors or a panic, never a webhook failure, which is scheduled as a new job), with
