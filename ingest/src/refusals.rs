@@ -1,9 +1,12 @@
 //! Refused requests that come in a loop. A request to `POST /api/events` (or its batch) refused
 //! for its body (`400`, `413`, `415`, `422`) costs the service the reading and checking of that
 //! body and answers at once, without waiting for a commit; a client that resends it as soon as it
-//! is answered keeps a core busy on its own. Each organisation may have [`BURST`] such refusals
-//! at once and [`PER_SECOND`] a second after that; past that budget, each further refusal is
-//! still answered the same (the same status and body), but [`DELAY`] later. The delay holds no
+//! is answered keeps a core busy on its own. What a refusal costs grows with its body (receiving
+//! and scanning 200 KB takes a hundred times what a small one does), so a refusal takes one unit
+//! of its organisation's budget and one more for every [`UNIT_BYTES`] of the body's declared
+//! length. Each organisation may spend [`BURST`] units at once and [`PER_SECOND`] a second after
+//! that; past that budget, each further refusal is still answered the same (the same status and
+//! body), but [`DELAY`] later. The delay holds no
 //! resource but the client's own connection, so a client refused in a loop slows to a few
 //! requests a second per connection, and other organisations keep the CPU (issue 15: a stream
 //! beside a client sending unstorable payloads from 4 connections).
@@ -18,10 +21,13 @@ use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
-/// Refusals an organisation may have at once before they are delayed.
+/// Units (small refusals) an organisation may spend at once before its refusals are delayed.
 pub const BURST: NonZeroU32 = NonZeroU32::MIN.saturating_add(99);
-/// Refusals a second an organisation may have after its burst before they are delayed.
+/// Units an organisation may spend a second after its burst before its refusals are delayed.
 pub const PER_SECOND: NonZeroU32 = NonZeroU32::MIN.saturating_add(99);
+/// A refused body costs one more unit for each of these bytes of its length: a 256 KiB payload
+/// refused costs 17 units, so at most about 6 a second are answered at once.
+pub const UNIT_BYTES: u64 = 16 * 1024;
 /// How much later a refusal over the budget is answered.
 pub const DELAY: Duration = Duration::from_millis(250);
 /// Organisations whose budget is tracked at most before full budgets are dropped.
@@ -51,16 +57,24 @@ impl RefusalBudget {
         )
     }
 
-    /// Count one refusal of `org`; how long to hold its answer (zero within the budget).
-    pub fn refused(&self, org: Uuid) -> Duration {
+    /// Count one refusal of `org`, of a body of `body_len` bytes (its `Content-Length`; zero when
+    /// not declared); how long to hold its answer (zero within the budget).
+    pub fn refused(&self, org: Uuid, body_len: u64) -> Duration {
         if self.budgets.len() >= TRACKED_ORGANISATIONS {
             self.budgets.retain_recent();
             self.budgets.shrink_to_fit();
         }
-        match self.budgets.check_key(&org) {
-            Ok(()) => Duration::ZERO,
-            Err(_) => DELAY,
+        match self.budgets.check_key_n(&org, Self::units(body_len)) {
+            Ok(Ok(())) => Duration::ZERO,
+            // Over the budget now, or a body too large for any budget (not with these constants).
+            Ok(Err(_)) | Err(_) => DELAY,
         }
+    }
+
+    /// The units a refusal of a body of `body_len` bytes costs: at most the whole burst.
+    fn units(body_len: u64) -> NonZeroU32 {
+        let extra = u32::try_from(body_len / UNIT_BYTES).unwrap_or(u32::MAX);
+        NonZeroU32::MIN.saturating_add(extra).min(BURST)
     }
 }
 
@@ -73,16 +87,36 @@ mod tests {
         let budget = RefusalBudget::default();
         let (loud, quiet) = (Uuid::now_v7(), Uuid::now_v7());
         for _ in 0..BURST.get() {
-            assert_eq!(budget.refused(loud), Duration::ZERO);
+            assert_eq!(budget.refused(loud, 100), Duration::ZERO);
         }
         // One token comes back every 10 ms: unless this thread stalls for 50 ms, most of the
         // next ten are over the budget.
-        let over: Vec<Duration> = (0..10).map(|_| budget.refused(loud)).collect();
+        let over: Vec<Duration> = (0..10).map(|_| budget.refused(loud, 100)).collect();
         assert!(over.iter().filter(|d| **d == DELAY).count() >= 5, "{over:?}");
         assert_eq!(
-            budget.refused(quiet),
+            budget.refused(quiet, 100),
             Duration::ZERO,
             "another organisation is not"
+        );
+    }
+
+    #[test]
+    fn a_refusal_costs_more_the_larger_its_body() {
+        assert_eq!(RefusalBudget::units(0).get(), 1);
+        assert_eq!(RefusalBudget::units(UNIT_BYTES - 1).get(), 1);
+        assert_eq!(RefusalBudget::units(UNIT_BYTES).get(), 2);
+        // The bench's 200,000-digit number: 13 units, so its burst is 7 refusals, not 100.
+        assert_eq!(RefusalBudget::units(200_040).get(), 13);
+        assert_eq!(RefusalBudget::units(u64::MAX), BURST);
+
+        let budget = RefusalBudget::default();
+        let large = Uuid::now_v7();
+        let at_once = (0..20)
+            .take_while(|_| budget.refused(large, 200_040).is_zero())
+            .count();
+        assert!(
+            (7..=8).contains(&at_once),
+            "{at_once} large refusals answered at once"
         );
     }
 

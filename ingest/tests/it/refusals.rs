@@ -55,3 +55,26 @@ async fn bodies_refused_in_a_loop_are_answered_the_same_but_later_and_only_for_t
     assert_eq!(app.metric(DELAYED).await, delayed);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_refused_body_spends_more_of_the_budget_than_a_small_one() {
+    let app = TestApp::spawn().await;
+    let (org, _) = org_with_key(&app.db, "enterprise").await;
+    // A 200 KB payload refused for its lone surrogate: 13 units of the budget's 100, so only
+    // the first 7 or 8 of 20 are answered at once (20 small ones would all be).
+    let large = format!(
+        r#"{{"type": "poison.lone-surrogate", "payload": {{"s": "\ud800", "pad": "{}"}}}}"#,
+        "x".repeat(200_000)
+    );
+    for _ in 0..20 {
+        let (status, body) =
+            error_of(post_raw(&app, &org, Some("application/json"), large.clone().into_bytes()).await).await;
+        assert_eq!(status.as_u16(), 422, "{body}");
+    }
+    let delayed = app.metric(DELAYED).await;
+    assert!(
+        (5.0..=13.0).contains(&delayed),
+        "{delayed} of 20 large refusals delayed"
+    );
+    app.stop().await;
+}

@@ -177,6 +177,7 @@ type Verdict = Result<AcceptedItem, ApiError>;
     )
 )]
 pub async fn create_events(State(state): State<AppState>, org: Org, request: Request) -> Response {
+    let body_len = super::create::declared_len(&request);
     let body = match ApiJson::<BatchIn>::from_request(request, &state).await {
         Ok(ApiJson(body)) => body.parse(),
         Err(e) => Err(e),
@@ -189,7 +190,7 @@ pub async fn create_events(State(state): State<AppState>, org: Org, request: Req
             Ok((StatusCode::OK, Json(out)).into_response())
         }
     };
-    super::create::rate_limited(&state, &org, tokens, ingest).await
+    super::create::rate_limited(&state, &org, tokens, body_len, ingest).await
 }
 
 async fn ingest_batch(state: &AppState, org: &Org, events: Vec<Box<RawValue>>) -> Result<BatchOut, ApiError> {

@@ -56,8 +56,8 @@ pub struct EventAcceptedOut {
 /// authenticated request consumes one rate-limit token, whether or not it is accepted, and every
 /// response after authentication carries `X-RateLimit-Limit`, `X-RateLimit-Remaining`
 /// (approximate) and `X-RateLimit-Reset` (seconds). An organisation whose bodies are refused
-/// (`400`, `413`, `415`, `422`) more than 100 times at once and then 100 a second gets each
-/// further refusal 250 ms later, unchanged.
+/// (`400`, `413`, `415`, `422`) past its budget (100 small refusals at once and 100 a second,
+/// a body counting one more for every 16 KiB) gets each further refusal 250 ms later, unchanged.
 #[utoipa::path(
     post, path = "/api/events", tag = "events",
     request_body = EventIn,
@@ -85,16 +85,28 @@ pub struct EventAcceptedOut {
     )
 )]
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
-    rate_limited(&state, &org, 1, ingest(&state, &org, request)).await
+    let body_len = declared_len(&request);
+    rate_limited(&state, &org, 1, body_len, ingest(&state, &org, request)).await
+}
+
+/// The body's `Content-Length`, or zero when it is not declared (what a refusal is charged by).
+pub(super) fn declared_len(request: &Request) -> u64 {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Take `tokens` of the organisation's rate limit, then answer with `ingest` (not run when
 /// refused: `429`, or `503` when the budget cannot be consulted); the answer carries the
-/// `X-RateLimit-*` headers.
+/// `X-RateLimit-*` headers. A refusal of the body (of `body_len` bytes) counts against the
+/// organisation's refusal budget.
 pub(super) async fn rate_limited(
     state: &AppState,
     org: &Org,
     tokens: usize,
+    body_len: u64,
     ingest: impl Future<Output = Result<Response, ApiError>>,
 ) -> Response {
     let decision = match state
@@ -118,7 +130,7 @@ pub(super) async fn rate_limited(
             Err(e) => {
                 // A body refused in a loop is answered later (`refusals`).
                 if RefusalBudget::counts(e.status()) {
-                    let delay = state.refusals.refused(org.id);
+                    let delay = state.refusals.refused(org.id, body_len);
                     if !delay.is_zero() {
                         metrics::counter!(m::REFUSALS_DELAYED_TOTAL).increment(1);
                         tokio::time::sleep(delay).await;
