@@ -312,6 +312,9 @@ pub async fn run(args: RunArgs, admin_token: Option<String>) -> anyhow::Result<O
                 None => None,
             };
             let w = wait_for_deliveries(&timeline, accepted, deadline, send_start, send_end, drain).await;
+            if let Some(started) = &recovery {
+                recovery::finish(started, &recovered, deadline).await;
+            }
             receiver.stop().await;
             Some(w)
         }

@@ -6,7 +6,9 @@
 //! which answers at once and only counts) is disabled, N events are sent to it in batches of
 //! 1,000 (`POST /api/events/batch`: N `skipped` deliveries, no job), the endpoint is enabled
 //! again and `POST /api/endpoints/{id}/recover` is called; the measured events follow at once.
-//! After it: the recovery's progress and how fast its deliveries arrived.
+//! After it: the receiver stays up until every recovered delivery has arrived (or the run's
+//! deadline), so that no recovery outlives its run and retries against a closed port during the
+//! next one; then the recovery's progress and how fast its deliveries arrived.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +53,13 @@ pub struct Started {
     pub count: u64,
     /// When the `202` came.
     pub at: Instant,
+}
+
+/// Wait until every delivery `started` restarts has arrived, or `deadline`.
+pub async fn finish(started: &Started, arrivals: &Arrivals, deadline: Instant) {
+    while arrivals.count() < started.count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How the recovery went, read once the measured run is over.

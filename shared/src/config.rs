@@ -206,7 +206,7 @@ pub struct WorkerConfig {
     #[arg(long = "queue-sample-secs", env = "TRIGGERS_QUEUE_SAMPLE_SECS", default_value = "10", value_parser = seconds(1))]
     pub queue_sample_interval: Duration,
     /// Deliveries a recovery restarts per transaction.
-    #[arg(long, env = "TRIGGERS_RECOVERY_BATCH", default_value = "500", value_parser = within(1usize, 10_000))]
+    #[arg(long, env = "TRIGGERS_RECOVERY_BATCH", default_value = "100", value_parser = within(1usize, 10_000))]
     pub recovery_batch: usize,
     /// A worker adds a recovery's next batch only while fewer recovered jobs than this wait in
     /// the queue: recoveries go as fast as deliveries leave, never far ahead of them.
