@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod decode;
 mod endpoint;
 mod patterns;
 mod values;
@@ -102,7 +103,7 @@ impl EventStatus {
     }
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Organization {
     pub id: Uuid,
     pub name: String,
@@ -199,7 +200,7 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct DeliveryAttempt {
     /// The delivery's attempt number (from 1; a resend keeps counting).
     pub attempt: i32,
