@@ -113,15 +113,14 @@ pub struct Organization {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Event {
     pub id: Uuid,
     pub organization_id: Uuid,
-    #[sqlx(rename = "type")]
+    /// The `type` column.
     pub event_type: String,
     pub dedup_id: Option<String>,
     /// Selected as `payload::text`: served as stored, never decoded.
-    #[sqlx(try_from = "String")]
     pub payload: Payload,
     /// The summary of its deliveries (see [`EventStatus`]).
     pub status: EventStatus,
@@ -187,7 +186,7 @@ pub struct DeliveryKey {
 }
 
 /// One delivery as the API shows it.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Delivery {
     pub event_id: Uuid,
     pub endpoint_id: Uuid,
