@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod decode;
 mod endpoint;
 mod patterns;
 mod values;
@@ -102,7 +103,7 @@ impl EventStatus {
     }
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Organization {
     pub id: Uuid,
     pub name: String,
@@ -112,15 +113,14 @@ pub struct Organization {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Event {
     pub id: Uuid,
     pub organization_id: Uuid,
-    #[sqlx(rename = "type")]
+    /// The `type` column.
     pub event_type: String,
     pub dedup_id: Option<String>,
     /// Selected as `payload::text`: served as stored, never decoded.
-    #[sqlx(try_from = "String")]
     pub payload: Payload,
     /// The summary of its deliveries (see [`EventStatus`]).
     pub status: EventStatus,
@@ -186,7 +186,7 @@ pub struct DeliveryKey {
 }
 
 /// One delivery as the API shows it.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Delivery {
     pub event_id: Uuid,
     pub endpoint_id: Uuid,
@@ -199,7 +199,7 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct DeliveryAttempt {
     /// The delivery's attempt number (from 1; a resend keeps counting).
     pub attempt: i32,

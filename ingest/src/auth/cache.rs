@@ -90,6 +90,18 @@ impl Expiry<KeyDigest, Verified> for Until {
     fn expire_after_create(&self, _: &KeyDigest, verified: &Verified, now: Instant) -> Option<Duration> {
         Some(verified.until.saturating_duration_since(now))
     }
+
+    /// A new verdict replacing one still stored (e.g. invalidated but not evicted yet) brings its
+    /// own expiry: moka's default would keep the old entry's.
+    fn expire_after_update(
+        &self,
+        _: &KeyDigest,
+        verified: &Verified,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(verified.until.saturating_duration_since(now))
+    }
 }
 
 impl AuthCache {

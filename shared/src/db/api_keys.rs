@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// An active key's row with the organisation fields authentication needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct KeyWithOrg {
     pub key_id: Uuid,
     pub key_hash: String,
@@ -30,13 +30,14 @@ pub async fn find_active_by_prefix(
     conn: &mut PgConnection,
     prefix: &str,
 ) -> sqlx::Result<Option<KeyWithOrg>> {
-    sqlx::query_as::<_, KeyWithOrg>(
+    sqlx::query_as!(
+        KeyWithOrg,
         "SELECT k.id AS key_id, k.key_hash, o.id AS organization_id, o.rate_limit_per_minute,
                 (extract(epoch FROM k.expires_at - now()) * 1000)::bigint AS expires_in_ms
          FROM api_keys k JOIN organizations o ON o.id = k.organization_id
          WHERE k.prefix = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())",
+        prefix,
     )
-    .bind(prefix)
     .fetch_optional(conn)
     .await
 }
@@ -50,14 +51,14 @@ pub async fn insert(
     prefix: &str,
     key_hash: &str,
 ) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO api_keys (id, organization_id, prefix, key_hash) VALUES ($1, $2, $3, $4)
          RETURNING created_at",
+        id,
+        org_id,
+        prefix,
+        key_hash,
     )
-    .bind(id)
-    .bind(org_id)
-    .bind(prefix)
-    .bind(key_hash)
     .fetch_one(conn)
     .await
 }
@@ -74,40 +75,38 @@ pub struct Retired {
 /// Retire every active key of the organisation: revoke it now (`grace` 0) or let it expire
 /// after `grace` (never extending an earlier expiry).
 pub async fn retire_active(conn: &mut PgConnection, org_id: Uuid, grace: Duration) -> sqlx::Result<Retired> {
-    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
-    let (rotated_at, expires_at): (DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as("SELECT now(), now() + make_interval(secs => $1::double precision / 1000)")
-            .bind(grace_ms)
-            .fetch_one(&mut *conn)
-            .await?;
+    let retired = sqlx::query_as!(
+        Retired,
+        r#"SELECT now() AS "rotated_at!", now() + make_interval(secs => $1) AS "expires_at!""#,
+        grace.as_secs_f64(),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if grace.is_zero() {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE api_keys SET revoked_at = now()
              WHERE organization_id = $1 AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now())",
+            org_id,
         )
-        .bind(org_id)
         .execute(&mut *conn)
         .await?;
     } else {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE api_keys SET expires_at = least(coalesce(expires_at, 'infinity'), $2)
              WHERE organization_id = $1 AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now())",
+            org_id,
+            retired.expires_at,
         )
-        .bind(org_id)
-        .bind(expires_at)
         .execute(&mut *conn)
         .await?;
     }
-    Ok(Retired {
-        rotated_at,
-        expires_at,
-    })
+    Ok(retired)
 }
 
 /// The public part of the organisation's newest active key.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct KeySummary {
     pub prefix: String,
     pub created_at: DateTime<Utc>,
@@ -116,12 +115,13 @@ pub struct KeySummary {
 
 /// The organisation's newest active key (the one a rotation issued last).
 pub async fn newest_active(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Result<Option<KeySummary>> {
-    sqlx::query_as::<_, KeySummary>(
+    sqlx::query_as!(
+        KeySummary,
         "SELECT prefix, created_at, expires_at FROM api_keys
          WHERE organization_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
          ORDER BY created_at DESC, id DESC LIMIT 1",
+        org_id,
     )
-    .bind(org_id)
     .fetch_optional(conn)
     .await
 }
@@ -129,9 +129,7 @@ pub async fn newest_active(conn: &mut PgConnection, org_id: Uuid) -> sqlx::Resul
 /// Announce on `channel` that the organisation's keys changed. `pg_notify` is transactional:
 /// listeners hear it only when (and if) the surrounding transaction commits.
 pub async fn notify_change(conn: &mut PgConnection, channel: &str, org_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(org_id.to_string())
+    sqlx::query!("SELECT pg_notify($1, $2)", channel, org_id.to_string())
         .execute(conn)
         .await
         .map(|_| ())

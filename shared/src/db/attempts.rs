@@ -12,14 +12,15 @@ pub async fn list_for_event(
     organization_id: Uuid,
     event_id: Uuid,
 ) -> sqlx::Result<Vec<DeliveryAttempt>> {
-    sqlx::query_as::<_, DeliveryAttempt>(
+    sqlx::query_as!(
+        DeliveryAttempt,
         "SELECT attempt, endpoint_id, started_at, duration_ms, response_status, error
          FROM delivery_attempts
          WHERE event_id = $1 AND organization_id = $2
          ORDER BY started_at, id",
+        event_id,
+        organization_id,
     )
-    .bind(event_id)
-    .bind(organization_id)
     .fetch_all(conn)
     .await
 }

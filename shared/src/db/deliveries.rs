@@ -75,24 +75,6 @@ pub struct EndpointTarget {
     pub rate_limit_per_second: Option<i32>,
 }
 
-#[derive(sqlx::FromRow)]
-struct TargetRow {
-    #[sqlx(flatten)]
-    key: DeliveryKey,
-    status: DeliveryStatus,
-    job_id: Option<String>,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    dedup_id: Option<String>,
-    payload: String,
-    created_at: DateTime<Utc>,
-    url: Option<String>,
-    secrets: Option<Vec<String>>,
-    headers: Option<Json<BTreeMap<String, String>>>,
-    enabled: Option<bool>,
-    rate_limit_per_second: Option<i32>,
-}
-
 /// The targets of many deliveries at once (one query for every delivery starting together).
 /// Returns those found, in no particular order; a key that is missing is gone (its event was
 /// purged).
@@ -101,26 +83,28 @@ pub async fn load_targets(
     keys: &[DeliveryKey],
 ) -> sqlx::Result<Vec<(DeliveryKey, DeliveryTarget)>> {
     let k: KeyColumns = keys.iter().collect();
-    let rows: Vec<TargetRow> = sqlx::query_as(
-        "SELECT d.organization_id, d.event_id, d.endpoint_id, d.status, d.job_id,
-                e.type, e.dedup_id, e.payload::text AS payload, e.created_at,
-                ep.url,
+    // The endpoint's columns are null when it was deleted.
+    let rows = sqlx::query!(
+        r#"SELECT d.organization_id, d.event_id, d.endpoint_id, d.status AS "status: DeliveryStatus", d.job_id,
+                e.type AS event_type, e.dedup_id, e.payload::text AS "payload!", e.created_at,
+                ep.url AS "url?",
                 CASE WHEN ep.id IS NOT NULL THEN
                     ARRAY[ep.signing_secret] || ARRAY(
                         SELECT s ->> 'secret' FROM jsonb_array_elements(ep.previous_secrets) s
                         WHERE (s ->> 'expires_at')::timestamptz > now()
                         ORDER BY (s ->> 'expires_at')::timestamptz DESC)
                 END AS secrets,
-                ep.headers, ep.disabled_reason IS NULL AND ep.id IS NOT NULL AS enabled,
-                ep.rate_limit_per_second
+                ep.headers AS "headers?: Json<BTreeMap<String, String>>",
+                ep.disabled_reason IS NULL AND ep.id IS NOT NULL AS enabled,
+                ep.rate_limit_per_second AS "rate_limit_per_second?"
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS k(org, event, endpoint)
          JOIN deliveries d ON d.organization_id = k.org AND d.event_id = k.event AND d.endpoint_id = k.endpoint
          JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
-         LEFT JOIN endpoints ep ON ep.organization_id = d.organization_id AND ep.id = d.endpoint_id",
+         LEFT JOIN endpoints ep ON ep.organization_id = d.organization_id AND ep.id = d.endpoint_id"#,
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
     .fetch_all(conn)
     .await?;
     Ok(rows
@@ -145,7 +129,12 @@ pub async fn load_targets(
                 created_at: r.created_at,
                 endpoint,
             };
-            (r.key, target)
+            let key = DeliveryKey {
+                organization_id: r.organization_id,
+                event_id: r.event_id,
+                endpoint_id: r.endpoint_id,
+            };
+            (key, target)
         })
         .collect())
 }
@@ -159,16 +148,17 @@ pub async fn still_deliverable(
 ) -> sqlx::Result<Vec<DeliveryKey>> {
     let k: KeyColumns = deliveries.iter().map(|(k, _)| k).collect();
     let tasks: Vec<&str> = deliveries.iter().map(|(_, t)| t.as_str()).collect();
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeliveryKey,
         "SELECT d.organization_id, d.event_id, d.endpoint_id
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS k(org, event, endpoint, task)
          JOIN deliveries d ON d.organization_id = k.org AND d.event_id = k.event AND d.endpoint_id = k.endpoint
          WHERE d.status = 'pending' AND d.job_id = k.task",
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
+        &tasks as &[&str],
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
-    .bind(&tasks)
     .fetch_all(conn)
     .await
 }
@@ -232,18 +222,6 @@ pub struct RecordedAttempts {
     pub disabled: Vec<(Uuid, Uuid)>,
 }
 
-/// One row of [`record_attempts`]' statement: a delivery it recorded an attempt of, and (the
-/// same on every row) the endpoints the statement disabled.
-#[derive(sqlx::FromRow)]
-struct RecordedRow {
-    #[sqlx(flatten)]
-    key: DeliveryKey,
-    attempts: i32,
-    current: bool,
-    disabled_orgs: Vec<Uuid>,
-    disabled_ids: Vec<Uuid>,
-}
-
 /// Record attempts in ONE statement: count each on its delivery, move the delivery to its
 /// `next_status` (naming the retry's job) if the attempt's job is still the delivery's chain and
 /// it is still pending, insert the `delivery_attempts` rows, and keep each endpoint's failure
@@ -273,8 +251,10 @@ pub async fn record_attempts(
         .map(|a| a.retry.map(|(id, _)| id.to_string()))
         .collect();
     let next_at: Vec<Option<DateTime<Utc>>> = attempts.iter().map(|a| a.retry.map(|(_, at)| at)).collect();
-    let rows: Vec<RecordedRow> = sqlx::query_as(
-        "WITH input AS (
+    // One row per delivery it recorded an attempt of, with (the same on every row) the endpoints
+    // the statement disabled.
+    let rows = sqlx::query!(
+        r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[],
                                   $6::int4[], $7::int4[], $8::text[], $9::text[], $10::text[],
                                   $11::timestamptz[])
@@ -349,23 +329,24 @@ pub async fn record_attempts(
              SELECT coalesce(array_agg(organization_id), '{}') AS orgs, coalesce(array_agg(id), '{}') AS ids
              FROM recorded WHERE disabling
          )
-         SELECT u.organization_id, u.event_id, u.endpoint_id, u.attempts, u.current,
-                d.orgs AS disabled_orgs, d.ids AS disabled_ids
-         FROM updated u, disabled d",
+         SELECT u.organization_id AS "organization_id!", u.event_id AS "event_id!",
+                u.endpoint_id AS "endpoint_id!", u.attempts AS "attempts!", u.current AS "current!",
+                d.orgs AS "disabled_orgs!", d.ids AS "disabled_ids!"
+         FROM updated u, disabled d"#,
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
+        &tasks as &[&str],
+        &started,
+        &durations,
+        &statuses as &[Option<i32>],
+        &errors as &[Option<&str>],
+        &outcomes as &[&str],
+        &next_jobs as &[Option<String>],
+        &next_at as &[Option<DateTime<Utc>>],
+        policy.after.as_secs_f64(),
+        i64::from(policy.min_failures),
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
-    .bind(&tasks)
-    .bind(&started)
-    .bind(&durations)
-    .bind(&statuses)
-    .bind(&errors)
-    .bind(&outcomes)
-    .bind(&next_jobs)
-    .bind(&next_at)
-    .bind(policy.after.as_secs_f64())
-    .bind(policy.min_failures)
     .fetch_all(&mut *conn)
     .await?;
     let disabled = rows
@@ -385,7 +366,12 @@ pub async fn record_attempts(
                 attempt: r.attempts,
                 status_applied: r.current,
             };
-            (r.key, recorded)
+            let key = DeliveryKey {
+                organization_id: r.organization_id,
+                event_id: r.event_id,
+                endpoint_id: r.endpoint_id,
+            };
+            (key, recorded)
         })
         .collect();
     Ok(RecordedAttempts {
@@ -407,7 +393,7 @@ pub async fn close(
     let k: KeyColumns = closing.iter().map(|(k, ..)| k).collect();
     let tasks: Vec<&str> = closing.iter().map(|(_, t, _)| t.as_str()).collect();
     let statuses: Vec<&str> = closing.iter().map(|(.., s)| s.as_str()).collect();
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])
                  AS t(org, event, endpoint, task, status)
@@ -423,12 +409,12 @@ pub async fn close(
          SET status = l.status, job_id = NULL, next_attempt_at = NULL, updated_at = now()
          FROM locked l
          WHERE d.organization_id = l.organization_id AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
+        &tasks as &[&str],
+        &statuses as &[&str],
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
-    .bind(&tasks)
-    .bind(&statuses)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
@@ -466,16 +452,16 @@ async fn name_new_chains(conn: &mut PgConnection, keys: &[DeliveryKey]) -> sqlx:
         .collect();
     let k: KeyColumns = keys.iter().collect();
     let job_ids: Vec<String> = jobs.iter().map(|(id, ..)| id.to_string()).collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE deliveries d
          SET status = 'pending', job_id = t.job, next_attempt_at = now(), updated_at = now()
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS t(org, event, endpoint, job)
          WHERE d.organization_id = t.org AND d.event_id = t.event AND d.endpoint_id = t.endpoint",
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
+        &job_ids,
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
-    .bind(&job_ids)
     .execute(conn)
     .await?;
     Ok(jobs)
@@ -488,7 +474,7 @@ pub async fn cancel_for_endpoint(
     organization_id: Uuid,
     endpoint_id: Uuid,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "WITH locked AS (
              SELECT event_id FROM deliveries
              WHERE organization_id = $1 AND endpoint_id = $2 AND status = 'pending'
@@ -498,9 +484,9 @@ pub async fn cancel_for_endpoint(
          SET status = 'cancelled', job_id = NULL, next_attempt_at = NULL, updated_at = now()
          FROM locked l
          WHERE d.organization_id = $1 AND d.event_id = l.event_id AND d.endpoint_id = $2",
+        organization_id,
+        endpoint_id,
     )
-    .bind(organization_id)
-    .bind(endpoint_id)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
@@ -512,7 +498,7 @@ pub async fn cancel_for_events(
     organization_id: Uuid,
     event_ids: &[Uuid],
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "WITH locked AS (
              SELECT event_id, endpoint_id FROM deliveries
              WHERE organization_id = $1 AND event_id = ANY($2) AND status = 'pending'
@@ -522,9 +508,9 @@ pub async fn cancel_for_events(
          SET status = 'cancelled', job_id = NULL, next_attempt_at = NULL, updated_at = now()
          FROM locked l
          WHERE d.organization_id = $1 AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+        organization_id,
+        event_ids,
     )
-    .bind(organization_id)
-    .bind(event_ids)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
@@ -541,7 +527,7 @@ pub async fn dead_letter_abandoned(
     }
     let k: KeyColumns = jobs.iter().map(|(k, _)| k).collect();
     let tasks: Vec<&str> = jobs.iter().map(|(_, t)| t.as_str()).collect();
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[]) AS t(org, event, endpoint, task)
          ),
@@ -557,19 +543,15 @@ pub async fn dead_letter_abandoned(
              last_error = 'delivery abandoned after repeated internal errors; resend to try again'
          FROM locked l
          WHERE d.organization_id = l.organization_id AND d.event_id = l.event_id AND d.endpoint_id = l.endpoint_id",
+        &k.orgs,
+        &k.events,
+        &k.endpoints,
+        &tasks as &[&str],
     )
-    .bind(&k.orgs)
-    .bind(&k.events)
-    .bind(&k.endpoints)
-    .bind(&tasks)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
 }
-
-/// The columns of [`Delivery`], in one place.
-const DELIVERY_COLUMNS: &str = "event_id, endpoint_id, status, attempts, response_status, last_error, \
-     next_attempt_at, created_at, delivered_at";
 
 /// The deliveries of one event of this organisation, by endpoint id.
 pub async fn list_for_event(
@@ -577,15 +559,49 @@ pub async fn list_for_event(
     organization_id: Uuid,
     event_id: Uuid,
 ) -> sqlx::Result<Vec<Delivery>> {
-    sqlx::query_as::<_, Delivery>(sqlx::AssertSqlSafe(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries
-         WHERE organization_id = $1 AND event_id = $2
-         ORDER BY endpoint_id"
-    )))
-    .bind(organization_id)
-    .bind(event_id)
+    let rows = select(conn, organization_id, &[event_id], None).await?;
+    Ok(rows.into_iter().map(|r| r.delivery).collect())
+}
+
+/// The organisation's deliveries of these events (all, or those to `endpoint_id`), each with its
+/// event's type, by event and endpoint id. The one statement that reads a [`Delivery`].
+async fn select(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    event_ids: &[Uuid],
+    endpoint_id: Option<Uuid>,
+) -> sqlx::Result<Vec<EndpointDelivery>> {
+    let rows = sqlx::query!(
+        r#"SELECT d.event_id, d.endpoint_id, d.status AS "status: DeliveryStatus", d.attempts,
+                  d.response_status, d.last_error, d.next_attempt_at, d.created_at, d.delivered_at,
+                  e.type AS event_type
+           FROM deliveries d
+           JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
+           WHERE d.organization_id = $1 AND d.event_id = ANY($2) AND ($3::uuid IS NULL OR d.endpoint_id = $3)
+           ORDER BY d.event_id, d.endpoint_id"#,
+        organization_id,
+        event_ids,
+        endpoint_id,
+    )
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EndpointDelivery {
+            delivery: Delivery {
+                event_id: r.event_id,
+                endpoint_id: r.endpoint_id,
+                status: r.status,
+                attempts: r.attempts,
+                response_status: r.response_status,
+                last_error: r.last_error,
+                next_attempt_at: r.next_attempt_at,
+                created_at: r.created_at,
+                delivered_at: r.delivered_at,
+            },
+            event_type: r.event_type,
+        })
+        .collect())
 }
 
 /// Lock the deliveries of one event (all, or those to one endpoint) in key order, with their
@@ -596,18 +612,19 @@ pub async fn lock_of_event(
     event_id: Uuid,
     endpoint_id: Option<Uuid>,
 ) -> sqlx::Result<Vec<(DeliveryKey, DeliveryStatus)>> {
-    let rows: Vec<(Uuid, DeliveryStatus)> = sqlx::query_as(
-        "SELECT endpoint_id, status FROM deliveries
-         WHERE organization_id = $1 AND event_id = $2 AND ($3::uuid IS NULL OR endpoint_id = $3)
-         ORDER BY endpoint_id FOR UPDATE",
+    let rows = sqlx::query!(
+        r#"SELECT endpoint_id, status AS "status: DeliveryStatus" FROM deliveries
+           WHERE organization_id = $1 AND event_id = $2 AND ($3::uuid IS NULL OR endpoint_id = $3)
+           ORDER BY endpoint_id FOR UPDATE"#,
+        organization_id,
+        event_id,
+        endpoint_id,
     )
-    .bind(organization_id)
-    .bind(event_id)
-    .bind(endpoint_id)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
+        .map(|r| (r.endpoint_id, r.status))
         .map(|(endpoint_id, status)| {
             let key = DeliveryKey {
                 organization_id,
@@ -629,7 +646,8 @@ pub async fn lock_failed(
     since: Option<DateTime<Utc>>,
     limit: i64,
 ) -> sqlx::Result<Vec<DeliveryKey>> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DeliveryKey,
         "SELECT d.organization_id, d.event_id, d.endpoint_id
          FROM events e
          JOIN deliveries d ON d.organization_id = e.organization_id AND d.event_id = e.id
@@ -638,20 +656,18 @@ pub async fn lock_failed(
          ORDER BY d.organization_id, d.event_id, d.endpoint_id
          LIMIT $3
          FOR UPDATE OF d SKIP LOCKED",
+        organization_id,
+        since,
+        limit,
     )
-    .bind(organization_id)
-    .bind(since)
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 /// One delivery of an endpoint, as its listing shows it (with its event's type).
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct EndpointDelivery {
-    #[sqlx(flatten)]
     pub delivery: Delivery,
-    #[sqlx(rename = "type")]
     pub event_type: String,
 }
 
@@ -668,7 +684,7 @@ pub struct DeliveryFilter {
 /// Up to `limit` deliveries of one endpoint, newest first (by `created_at`, then event id),
 /// strictly before `before` when given, and whether more follow. One backward range scan of
 /// `deliveries_endpoint_idx`: the organisation and endpoint fix its prefix, the time window and
-/// the cursor bound it, the status filters what it reads.
+/// the cursor bound it, the status filters what it reads; then [`select`] reads the page.
 pub async fn list_for_endpoint(
     conn: &mut PgConnection,
     organization_id: Uuid,
@@ -677,11 +693,8 @@ pub async fn list_for_endpoint(
     before: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> sqlx::Result<(Vec<EndpointDelivery>, bool)> {
-    let mut rows = sqlx::query_as::<_, EndpointDelivery>(
-        "SELECT d.event_id, d.endpoint_id, d.status, d.attempts, d.response_status, d.last_error,
-                d.next_attempt_at, d.created_at, d.delivered_at, e.type
-         FROM deliveries d
-         JOIN events e ON e.id = d.event_id AND e.organization_id = d.organization_id
+    let page = sqlx::query_scalar!(
+        "SELECT d.event_id FROM deliveries d
          WHERE d.organization_id = $1 AND d.endpoint_id = $2
            AND ($3::text IS NULL OR d.status = $3)
            AND d.created_at >= coalesce($4, '-infinity'::timestamptz)
@@ -690,18 +703,23 @@ pub async fn list_for_endpoint(
                < (coalesce($6, 'infinity'::timestamptz), coalesce($7, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))
          ORDER BY d.created_at DESC, d.event_id DESC
          LIMIT $8",
+        organization_id,
+        endpoint_id,
+        filter.status.map(DeliveryStatus::as_str),
+        filter.since,
+        filter.until,
+        before.map(|(at, _)| at),
+        before.map(|(_, id)| id),
+        limit.saturating_add(1),
     )
-    .bind(organization_id)
-    .bind(endpoint_id)
-    .bind(filter.status.map(DeliveryStatus::as_str))
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(before.map(|(at, _)| at))
-    .bind(before.map(|(_, id)| id))
-    .bind(limit.saturating_add(1))
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let has_more = page.len() as i64 > limit;
+    let page = &page[..page.len().min(usize::try_from(limit).unwrap_or(0))];
+    let mut rows = select(conn, organization_id, page, Some(endpoint_id)).await?;
+    // Back in the page's order (a delivery gone meanwhile is left out).
+    let order: std::collections::HashMap<Uuid, usize> =
+        page.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|r| order.get(&r.delivery.event_id).copied());
     Ok((rows, has_more))
 }

@@ -34,7 +34,6 @@ pub struct Reserved {
     pub spacing: Duration,
 }
 
-#[derive(sqlx::FromRow)]
 struct ReservedRow {
     organization_id: Uuid,
     endpoint_id: Uuid,
@@ -65,16 +64,16 @@ pub async fn reserve(
             .collect();
         let (orgs, endpoints): (Vec<Uuid>, Vec<Uuid>) =
             missing.iter().map(|a| (a.organization_id, a.endpoint_id)).unzip();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO endpoint_rates (organization_id, endpoint_id)
              SELECT ep.organization_id, ep.id
              FROM unnest($1::uuid[], $2::uuid[]) AS t(org, endpoint)
              JOIN endpoints ep ON ep.organization_id = t.org AND ep.id = t.endpoint
              ORDER BY 1, 2
              ON CONFLICT DO NOTHING",
+            &orgs,
+            &endpoints,
         )
-        .bind(&orgs)
-        .bind(&endpoints)
         .execute(&mut *conn)
         .await?;
         reserved.extend(reserve_existing(conn, &missing, horizon).await?);
@@ -96,8 +95,9 @@ async fn reserve_existing(
     let wanted: Vec<i32> = asks.iter().map(|a| a.wanted.max(0)).collect();
     // The clock is read after each row's lock is taken (`timed` pulls from `locked`), so a
     // reservation waiting for another's commit starts from the time it got the row.
-    let rows: Vec<ReservedRow> = sqlx::query_as(
-        "WITH input AS (
+    let rows = sqlx::query_as!(
+        ReservedRow,
+        r#"WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::int4[])
                  AS t(org, endpoint, per_second, wanted)
          ),
@@ -121,14 +121,14 @@ async fn reserve_existing(
          FROM planned p
          WHERE r.organization_id = p.organization_id AND r.endpoint_id = p.endpoint_id
          RETURNING r.organization_id, r.endpoint_id,
-                   extract(epoch FROM p.base - p.now)::float8 AS first_secs, p.granted,
-                   p.spacing AS spacing_secs",
+                   extract(epoch FROM p.base - p.now)::float8 AS "first_secs!", p.granted AS "granted!",
+                   p.spacing AS "spacing_secs!""#,
+        &orgs,
+        &endpoints,
+        &limits,
+        &wanted,
+        horizon.as_secs_f64(),
     )
-    .bind(&orgs)
-    .bind(&endpoints)
-    .bind(&limits)
-    .bind(&wanted)
-    .bind(horizon.as_secs_f64())
     .fetch_all(conn)
     .await?;
     Ok(rows

@@ -66,23 +66,24 @@ pub async fn read(
     endpoint_id: Uuid,
     since: DateTime<Utc>,
 ) -> sqlx::Result<EndpointStats> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT metric, sum(n)::int8 FROM (
+    let rows = sqlx::query!(
+        r#"SELECT metric AS "metric!", sum(n)::int8 AS "n!" FROM (
              SELECT metric, n FROM endpoint_stats
              WHERE organization_id = $1 AND endpoint_id = $2 AND hour >= date_trunc('hour', $3::timestamptz)
              UNION ALL
              SELECT metric, n FROM endpoint_stats_deltas
              WHERE organization_id = $1 AND endpoint_id = $2 AND hour >= date_trunc('hour', $3::timestamptz)
          ) s
-         GROUP BY metric",
+         GROUP BY metric"#,
+        organization_id,
+        endpoint_id,
+        since,
     )
-    .bind(organization_id)
-    .bind(endpoint_id)
-    .bind(since)
     .fetch_all(conn)
     .await?;
     let mut stats = EndpointStats::default();
-    for (metric, n) in rows {
+    for row in rows {
+        let (metric, n) = (row.metric, row.n);
         if n == 0 {
             continue;
         }
@@ -99,8 +100,8 @@ pub async fn read(
 /// Fold up to `limit` deltas into the rollup, in one statement. Returns how many were folded
 /// (callers repeat while it is `limit`).
 pub async fn compact(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u64> {
-    let folded: i64 = sqlx::query_scalar(
-        "WITH moved AS (
+    let folded = sqlx::query_scalar!(
+        r#"WITH moved AS (
              DELETE FROM endpoint_stats_deltas
              WHERE ctid = ANY (ARRAY(SELECT ctid FROM endpoint_stats_deltas LIMIT $1 FOR UPDATE SKIP LOCKED))
              RETURNING organization_id, endpoint_id, hour, metric, n
@@ -113,9 +114,9 @@ pub async fn compact(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u64> {
              ON CONFLICT (organization_id, endpoint_id, hour, metric)
              DO UPDATE SET n = endpoint_stats.n + EXCLUDED.n
          )
-         SELECT count(*) FROM moved",
+         SELECT count(*) AS "folded!" FROM moved"#,
+        limit,
     )
-    .bind(limit)
     .fetch_one(conn)
     .await?;
     Ok(u64::try_from(folded).unwrap_or(0))
@@ -123,12 +124,12 @@ pub async fn compact(conn: &mut PgConnection, limit: i64) -> sqlx::Result<u64> {
 
 /// Delete up to `limit` rollup rows of hours before `before`. Returns how many.
 pub async fn prune(conn: &mut PgConnection, before: DateTime<Utc>, limit: i64) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "DELETE FROM endpoint_stats WHERE ctid = ANY (ARRAY(
              SELECT ctid FROM endpoint_stats WHERE hour < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())

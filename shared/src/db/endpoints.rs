@@ -27,14 +27,6 @@ use crate::{
 /// the organisation id as text), by the transaction that makes it.
 pub const CHANNEL: &str = "triggers_endpoints";
 
-/// The columns of [`Endpoint`], in one place so every statement returns the same shape.
-macro_rules! endpoint_columns {
-    () => {
-        "organization_id, id, url, description, event_types, disabled_reason, headers, \
-         rate_limit_per_second, signing_secret, is_default, created_at, updated_at"
-    };
-}
-
 /// A new endpoint's fields, validated (what a client chooses; [`create`] takes the secret and
 /// whether it is the default endpoint besides).
 #[derive(Debug, Clone)]
@@ -91,16 +83,14 @@ pub struct EndpointPage {
 /// and announce the change on [`CHANNEL`]. Returns the new version. Every change of endpoints
 /// calls this first, in its transaction.
 pub async fn announce_change(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<i64> {
-    let version = sqlx::query_scalar(
+    let version = sqlx::query_scalar!(
         "UPDATE organizations SET endpoints_version = endpoints_version + 1 WHERE id = $1
          RETURNING endpoints_version",
+        organization_id,
     )
-    .bind(organization_id)
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(organization_id.to_string())
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, organization_id.to_string())
         .execute(&mut *conn)
         .await?;
     Ok(version)
@@ -122,27 +112,60 @@ pub async fn create(
     if count(&mut tx, organization_id).await? >= cap {
         return Ok(Created::OverCap);
     }
-    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+    let id = Uuid::now_v7();
+    sqlx::query!(
         "INSERT INTO endpoints (organization_id, id, url, description, event_types, disabled_reason,
                                 headers, rate_limit_per_second, signing_secret, is_default)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(organization_id)
-    .bind(Uuid::now_v7())
-    .bind(new.url.as_str())
-    .bind(new.description.as_str())
-    .bind(new.event_types.as_strs())
-    .bind((!new.enabled).then_some(DisabledReason::Manual))
-    .bind(sqlx::types::Json(&new.headers))
-    .bind(new.rate_limit_per_second.map(RateLimit::get))
-    .bind(signing_secret)
-    .bind(is_default)
-    .fetch_one(&mut *tx)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        organization_id,
+        id,
+        new.url.as_str(),
+        new.description.as_str(),
+        &new.event_types.as_strs() as &[&str],
+        (!new.enabled).then_some(DisabledReason::Manual) as Option<DisabledReason>,
+        Json(&new.headers) as _,
+        new.rate_limit_per_second.map(RateLimit::get),
+        signing_secret,
+        is_default,
+    )
+    .execute(&mut *tx)
     .await?;
+    let endpoint = written(&mut tx, organization_id, id).await?;
     tx.commit().await?;
     Ok(Created::Endpoint(endpoint))
+}
+
+/// The organisation's endpoints, oldest first: the one with `id` (when given), or only its
+/// default endpoint (`default_only`), or all, at most `limit` of them after `after`. The one
+/// statement that reads an [`Endpoint`] (each write reads its result through it): an
+/// organisation has few endpoints (a capped number, and one default), so its primary key's
+/// range serves every selection whatever plan the parameters get.
+async fn select(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    id: Option<Uuid>,
+    default_only: bool,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Endpoint>> {
+    sqlx::query_as!(
+        Endpoint,
+        r#"SELECT organization_id, id, url, description, event_types AS "event_types: EventTypes",
+                  disabled_reason AS "disabled_reason: DisabledReason", headers AS "headers: EndpointHeaders",
+                  rate_limit_per_second, signing_secret, is_default, created_at, updated_at
+           FROM endpoints
+           WHERE organization_id = $1 AND ($2::uuid IS NULL OR id = $2) AND (NOT $3 OR is_default)
+             AND ($4::uuid IS NULL OR id > $4)
+           ORDER BY id
+           LIMIT $5"#,
+        organization_id,
+        id,
+        default_only,
+        after,
+        limit,
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// One endpoint of the organisation.
@@ -151,15 +174,16 @@ pub async fn find(
     organization_id: Uuid,
     id: Uuid,
 ) -> sqlx::Result<Option<Endpoint>> {
-    sqlx::query_as::<_, Endpoint>(concat!(
-        "SELECT ",
-        endpoint_columns!(),
-        " FROM endpoints WHERE organization_id = $1 AND id = $2"
-    ))
-    .bind(organization_id)
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    Ok(select(conn, organization_id, Some(id), false, None, 1)
+        .await?
+        .pop())
+}
+
+/// An endpoint this transaction has just written or locked, as it is now.
+async fn written(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<Endpoint> {
+    find(conn, organization_id, id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Up to `limit` endpoints of the organisation after `after` (by id: ids are UUID v7, so this is
@@ -170,19 +194,7 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> sqlx::Result<EndpointPage> {
-    let mut endpoints = sqlx::query_as::<_, Endpoint>(concat!(
-        "SELECT ",
-        endpoint_columns!(),
-        " FROM endpoints
-         WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2)
-         ORDER BY id
-         LIMIT $3"
-    ))
-    .bind(organization_id)
-    .bind(after)
-    .bind(limit.saturating_add(1))
-    .fetch_all(conn)
-    .await?;
+    let mut endpoints = select(conn, organization_id, None, false, after, limit.saturating_add(1)).await?;
     let has_more = endpoints.len() as i64 > limit;
     endpoints.truncate(usize::try_from(limit).unwrap_or(0));
     Ok(EndpointPage { endpoints, has_more })
@@ -190,10 +202,24 @@ pub async fn list(
 
 /// How many endpoints the organisation has.
 pub async fn count(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM endpoints WHERE organization_id = $1")
-        .bind(organization_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM endpoints WHERE organization_id = $1"#,
+        organization_id,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Lock one endpoint of the organisation until the transaction ends; `false` when there is none.
+async fn lock(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
+    let locked = sqlx::query_scalar!(
+        r#"SELECT true AS "locked!" FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE"#,
+        organization_id,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(locked.is_some())
 }
 
 /// Apply `patch` to one endpoint of the organisation (an empty patch still counts as a change:
@@ -207,18 +233,11 @@ pub async fn update(
 ) -> sqlx::Result<Updated> {
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
-    let current = sqlx::query_as::<_, Endpoint>(concat!(
-        "SELECT ",
-        endpoint_columns!(),
-        " FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE"
-    ))
-    .bind(organization_id)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(current) = current else {
+    // Locked first: the worker may disable it for failing meanwhile.
+    if !lock(&mut tx, organization_id, id).await? {
         return Ok(Updated::NotFound);
-    };
+    }
+    let current = written(&mut tx, organization_id, id).await?;
     let headers = match patch.headers {
         None => current.headers,
         Some(requested) => match requested.resolve(&current.headers) {
@@ -235,30 +254,29 @@ pub async fn update(
         None => current.rate_limit_per_second,
         Some(limit) => limit.map(RateLimit::get),
     };
-    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+    sqlx::query!(
         "UPDATE endpoints
          SET url = coalesce($3, url), description = coalesce($4, description),
              event_types = coalesce($5, event_types), disabled_reason = $6, headers = $7,
              rate_limit_per_second = $8, updated_at = now(),
              failing_since = CASE WHEN $9 THEN NULL ELSE failing_since END,
              failed_attempts = CASE WHEN $9 THEN 0 ELSE failed_attempts END
-         WHERE organization_id = $1 AND id = $2
-         RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(organization_id)
-    .bind(id)
-    .bind(patch.url.as_ref().map(WebhookUrl::as_str))
-    .bind(patch.description.as_ref().map(Description::as_str))
-    .bind(patch.event_types.as_ref().map(EventTypes::as_strs))
-    .bind(disabled_reason)
-    .bind(sqlx::types::Json(&headers))
-    .bind(rate_limit)
-    // Enabling clears the failure record too (API.md), so an endpoint enabled again after it
-    // was disabled for failing gets the whole period before it can be disabled again.
-    .bind(patch.enabled == Some(true))
-    .fetch_one(&mut *tx)
+         WHERE organization_id = $1 AND id = $2",
+        organization_id,
+        id,
+        patch.url.as_ref().map(WebhookUrl::as_str),
+        patch.description.as_ref().map(Description::as_str),
+        patch.event_types.as_ref().map(EventTypes::as_strs) as Option<Vec<&str>>,
+        disabled_reason as Option<DisabledReason>,
+        Json(&headers) as _,
+        rate_limit,
+        // Enabling clears the failure record too (API.md), so an endpoint enabled again after it
+        // was disabled for failing gets the whole period before it can be disabled again.
+        patch.enabled == Some(true),
+    )
+    .execute(&mut *tx)
     .await?;
+    let endpoint = written(&mut tx, organization_id, id).await?;
     tx.commit().await?;
     Ok(Updated::Endpoint(endpoint))
 }
@@ -305,21 +323,23 @@ pub async fn rotate_secret(
 ) -> sqlx::Result<Rotated> {
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
-    let current: Option<(String, Json<Vec<PreviousSecret>>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT signing_secret,
-                coalesce((SELECT jsonb_agg(s ORDER BY (s ->> 'expires_at')::timestamptz DESC)
-                          FROM jsonb_array_elements(previous_secrets) s
-                          WHERE (s ->> 'expires_at')::timestamptz > now()), '[]'),
-                now()
-         FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE",
+    let current = sqlx::query!(
+        r#"SELECT signing_secret,
+                  coalesce((SELECT jsonb_agg(s ORDER BY (s ->> 'expires_at')::timestamptz DESC)
+                            FROM jsonb_array_elements(previous_secrets) s
+                            WHERE (s ->> 'expires_at')::timestamptz > now()), '[]')
+                      AS "previous!: Json<Vec<PreviousSecret>>",
+                  now() AS "now!"
+           FROM endpoints WHERE organization_id = $1 AND id = $2 FOR UPDATE"#,
+        organization_id,
+        id,
     )
-    .bind(organization_id)
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((old_secret, Json(mut previous), now)) = current else {
+    let Some(current) = current else {
         return Ok(Rotated::NotFound);
     };
+    let (old_secret, Json(mut previous), now) = (current.signing_secret, current.previous, current.now);
     let previous_expires_at = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     if !grace.is_zero() {
         if previous.len() + 2 > MAX_VALID_SECRETS {
@@ -334,18 +354,17 @@ pub async fn rotate_secret(
             },
         );
     }
-    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+    sqlx::query!(
         "UPDATE endpoints SET signing_secret = $3, previous_secrets = $4, updated_at = now()
-         WHERE organization_id = $1 AND id = $2
-         RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(organization_id)
-    .bind(id)
-    .bind(new_secret)
-    .bind(Json(&previous))
-    .fetch_one(&mut *tx)
+         WHERE organization_id = $1 AND id = $2",
+        organization_id,
+        id,
+        new_secret,
+        Json(&previous) as _,
+    )
+    .execute(&mut *tx)
     .await?;
+    let endpoint = written(&mut tx, organization_id, id).await?;
     tx.commit().await?;
     Ok(Rotated::Rotated {
         endpoint,
@@ -361,12 +380,14 @@ pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) ->
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
     deliveries::cancel_for_endpoint(&mut tx, organization_id, id).await?;
-    let deleted = sqlx::query("DELETE FROM endpoints WHERE organization_id = $1 AND id = $2")
-        .bind(organization_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+    let deleted = sqlx::query!(
+        "DELETE FROM endpoints WHERE organization_id = $1 AND id = $2",
+        organization_id,
+        id,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
         > 0;
     if deleted {
         tx.commit().await?;
@@ -380,14 +401,7 @@ pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) ->
 
 /// The organisation's default endpoint, if it has one.
 pub async fn find_default(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<Option<Endpoint>> {
-    sqlx::query_as::<_, Endpoint>(concat!(
-        "SELECT ",
-        endpoint_columns!(),
-        " FROM endpoints WHERE organization_id = $1 AND is_default"
-    ))
-    .bind(organization_id)
-    .fetch_optional(conn)
-    .await
+    Ok(select(conn, organization_id, None, true, None, 1).await?.pop())
 }
 
 /// Point the default endpoint at `url`, creating it (with `new_secret`, outside the cap: the
@@ -401,20 +415,20 @@ pub async fn set_default(
 ) -> sqlx::Result<Endpoint> {
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
-    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+    let id = sqlx::query_scalar!(
         "INSERT INTO endpoints (organization_id, id, url, signing_secret, is_default)
          VALUES ($1, $2, $3, $4, true)
          ON CONFLICT (organization_id) WHERE is_default
          DO UPDATE SET url = EXCLUDED.url, updated_at = now()
-         RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(organization_id)
-    .bind(Uuid::now_v7())
-    .bind(url.as_str())
-    .bind(new_secret)
+         RETURNING id",
+        organization_id,
+        Uuid::now_v7(),
+        url.as_str(),
+        new_secret,
+    )
     .fetch_one(&mut *tx)
     .await?;
+    let endpoint = written(&mut tx, organization_id, id).await?;
     tx.commit().await?;
     Ok(endpoint)
 }
@@ -435,26 +449,27 @@ pub async fn rotate_default_secret(
 ) -> sqlx::Result<Option<Endpoint>> {
     let mut tx = conn.begin().await?;
     announce_change(&mut tx, organization_id).await?;
-    let endpoint = sqlx::query_as::<_, Endpoint>(concat!(
+    let rotated = sqlx::query_scalar!(
         "UPDATE endpoints SET signing_secret = $2, previous_secrets = '[]', updated_at = now()
          WHERE organization_id = $1 AND is_default
-         RETURNING ",
-        endpoint_columns!()
-    ))
-    .bind(organization_id)
-    .bind(new_secret)
+         RETURNING id",
+        organization_id,
+        new_secret,
+    )
     .fetch_optional(&mut *tx)
     .await?;
-    if endpoint.is_some() {
-        tx.commit().await?;
-    }
+    let Some(id) = rotated else {
+        return Ok(None);
+    };
+    let endpoint = find(&mut tx, organization_id, id).await?;
+    tx.commit().await?;
     Ok(endpoint)
 }
 
 // ------------------------------------------------------------------ fleet-wide counts
 
 /// The fleet's endpoints by state (what the `triggers_endpoints` gauge shows).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateCounts {
     pub enabled: i64,
     /// Disabled by a client (`disabled_reason = 'manual'`).
@@ -465,11 +480,12 @@ pub struct StateCounts {
 
 /// Count every organisation's endpoints by state: one scan of the table, for the sampler.
 pub async fn count_by_state(conn: &mut PgConnection) -> sqlx::Result<StateCounts> {
-    sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE disabled_reason IS NULL) AS enabled,
-                count(*) FILTER (WHERE disabled_reason = 'manual') AS disabled_manual,
-                count(*) FILTER (WHERE disabled_reason = 'failing') AS disabled_failing
-         FROM endpoints",
+    sqlx::query_as!(
+        StateCounts,
+        r#"SELECT count(*) FILTER (WHERE disabled_reason IS NULL) AS "enabled!",
+                  count(*) FILTER (WHERE disabled_reason = 'manual') AS "disabled_manual!",
+                  count(*) FILTER (WHERE disabled_reason = 'failing') AS "disabled_failing!"
+           FROM endpoints"#,
     )
     .fetch_one(conn)
     .await

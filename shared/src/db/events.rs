@@ -13,23 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{deliveries, queue::QueueError};
-use crate::models::{Event, EventStatus};
-
-/// The event's own columns, as an inner query selects them (`e` is `events`). The payload is
-/// read as the JSON text Postgres prints, never decoded on our side.
-const OWN_COLUMNS: &str = "e.id, e.organization_id, e.type, e.dedup_id, e.payload::text AS payload, e.status, \
-     e.created_at, e.updated_at, e.delivered_at, e.acknowledged_at";
-
-/// The columns of [`Event`] over a row `e` with [`OWN_COLUMNS`], followed by the join that
-/// sums its deliveries up (`FROM <rows> e` + this).
-const EVENT_COLUMNS: &str = "e.id, e.organization_id, e.type, e.dedup_id, e.payload, e.status, \
-     coalesce(s.attempts, 0) AS attempts, s.response_status, s.last_error, \
-     e.created_at, e.updated_at, e.delivered_at, e.acknowledged_at";
-const DELIVERY_SUMMARY: &str = "LEFT JOIN LATERAL (
-         SELECT sum(d.attempts)::int4 AS attempts,
-                (array_agg(d.response_status ORDER BY d.last_attempt_at DESC NULLS LAST))[1] AS response_status,
-                (array_agg(d.last_error ORDER BY d.last_attempt_at DESC NULLS LAST))[1] AS last_error
-         FROM deliveries d WHERE d.organization_id = e.organization_id AND d.event_id = e.id) s ON true";
+use crate::models::{Event, EventStatus, Payload};
 
 /// The event currently holding each of these dedup keys: `(organization_id, dedup_id, event_id)`.
 pub async fn dedup_owners(
@@ -40,28 +24,51 @@ pub async fn dedup_owners(
     if organization_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as::<_, (Uuid, String, Uuid)>(
+    let owners = sqlx::query!(
         "SELECT d.organization_id, d.dedup_id, d.event_id
          FROM dedup_keys d
          JOIN UNNEST($1::uuid[], $2::text[]) AS k(org, dedup)
            ON d.organization_id = k.org AND d.dedup_id = k.dedup",
+        organization_ids,
+        dedup_ids,
     )
-    .bind(organization_ids)
-    .bind(dedup_ids)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(owners
+        .into_iter()
+        .map(|o| (o.organization_id, o.dedup_id, o.event_id))
+        .collect())
 }
 
 /// One event of one organisation.
 pub async fn find(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<Option<Event>> {
-    sqlx::query_as::<_, Event>(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS}
-         FROM (SELECT {OWN_COLUMNS} FROM events e WHERE e.id = $1 AND e.organization_id = $2) e
-         {DELIVERY_SUMMARY}"
-    )))
-    .bind(id)
-    .bind(organization_id)
-    .fetch_optional(conn)
+    Ok(load(conn, organization_id, &[id]).await?.pop())
+}
+
+/// The events of the organisation with these ids, oldest first, each with the summary of its
+/// deliveries. The one statement that reads an [`Event`]; the payload is read as the JSON text
+/// Postgres prints, never decoded on our side.
+async fn load(conn: &mut PgConnection, organization_id: Uuid, ids: &[Uuid]) -> sqlx::Result<Vec<Event>> {
+    sqlx::query_as!(
+        Event,
+        r#"SELECT e.id, e.organization_id, e.type AS event_type, e.dedup_id,
+                  e.payload::text AS "payload!: Payload", e.status AS "status: EventStatus",
+                  coalesce(s.attempts, 0) AS "attempts!", s.response_status, s.last_error,
+                  e.created_at, e.updated_at, e.delivered_at, e.acknowledged_at
+           FROM events e
+           LEFT JOIN LATERAL (
+               SELECT sum(d.attempts)::int4 AS attempts,
+                      (array_agg(d.response_status ORDER BY d.last_attempt_at DESC NULLS LAST))[1]
+                          AS response_status,
+                      (array_agg(d.last_error ORDER BY d.last_attempt_at DESC NULLS LAST))[1] AS last_error
+               FROM deliveries d WHERE d.organization_id = e.organization_id AND d.event_id = e.id
+           ) s ON true
+           WHERE e.organization_id = $1 AND e.id = ANY($2)
+           ORDER BY e.created_at, e.id"#,
+        organization_id,
+        ids,
+    )
+    .fetch_all(conn)
     .await
 }
 
@@ -103,55 +110,52 @@ pub struct InboxPage {
     pub has_more: bool,
 }
 
-#[derive(sqlx::FromRow)]
-struct PageRow {
-    #[sqlx(flatten)]
-    event: Event,
-    /// Rows the row bound let through, before the byte bound.
-    fetched: i64,
-}
-
 /// A page of the inbox. Both bounds are applied by Postgres, so a page never brings more
-/// than `limit` rows and about `max_payload_bytes` of payload into this process.
+/// than `limit` rows and about `max_payload_bytes` of payload into this process: one statement
+/// finds the page's ids, then [`load`] reads them.
 pub async fn list(
     conn: &mut PgConnection,
     organization_id: Uuid,
     filter: &InboxFilter,
     bounds: PageBounds,
 ) -> sqlx::Result<InboxPage> {
-    let rows = sqlx::query_as::<_, PageRow>(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS}, e.fetched FROM (
-             SELECT p.*,
-                    sum(octet_length(p.payload)) OVER (ORDER BY p.created_at, p.id) AS running,
-                    count(*) OVER () AS fetched
-             FROM (
-                 SELECT {OWN_COLUMNS} FROM events e
-                 WHERE e.organization_id = $1
-                   AND ($2::text IS NULL OR e.status = $2)
-                   AND ($3::text IS NULL OR e.type = $3)
-                   AND ($4::timestamptz IS NULL OR (e.created_at, e.id) > ($4, $5))
-                 ORDER BY e.created_at, e.id
-                 LIMIT $6 OFFSET $7
-             ) p
-         ) e
-         {DELIVERY_SUMMARY}
-         WHERE e.running - octet_length(e.payload) < $8
-         ORDER BY e.created_at, e.id"
-    )))
-    .bind(organization_id)
-    .bind(filter.status.map(EventStatus::as_str))
-    .bind(filter.event_type.as_deref())
-    .bind(bounds.after.map(|k| k.created_at))
-    .bind(bounds.after.map(|k| k.id))
-    .bind(bounds.limit + 1)
-    .bind(bounds.offset)
-    .bind(bounds.max_payload_bytes)
-    .fetch_all(conn)
+    // `fetched`: the rows the row bound let through, before the byte bound.
+    let rows = sqlx::query!(
+        r#"SELECT p.id AS "id!", p.fetched AS "fetched!" FROM (
+               SELECT p.id, p.created_at, p.bytes,
+                      sum(p.bytes) OVER (ORDER BY p.created_at, p.id) AS running,
+                      count(*) OVER () AS fetched
+               FROM (
+                   SELECT e.id, e.created_at, octet_length(e.payload::text) AS bytes FROM events e
+                   WHERE e.organization_id = $1
+                     AND ($2::text IS NULL OR e.status = $2)
+                     AND ($3::text IS NULL OR e.type = $3)
+                     AND ($4::timestamptz IS NULL OR (e.created_at, e.id) > ($4, $5))
+                   ORDER BY e.created_at, e.id
+                   LIMIT $6 OFFSET $7
+               ) p
+           ) p
+           WHERE p.running - p.bytes < $8
+           ORDER BY p.created_at, p.id"#,
+        organization_id,
+        filter.status.map(EventStatus::as_str),
+        filter.event_type.as_deref(),
+        bounds.after.map(|k| k.created_at),
+        bounds.after.map(|k| k.id),
+        bounds.limit + 1,
+        bounds.offset,
+        bounds.max_payload_bytes,
+    )
+    .fetch_all(&mut *conn)
     .await?;
     let fetched = rows.first().map_or(0, |r| r.fetched);
-    let mut events: Vec<Event> = rows.into_iter().map(|r| r.event).collect();
-    let has_more = (events.len() as i64) < fetched || events.len() as i64 > bounds.limit;
-    events.truncate(usize::try_from(bounds.limit).unwrap_or(0));
+    let has_more = (rows.len() as i64) < fetched || rows.len() as i64 > bounds.limit;
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .take(usize::try_from(bounds.limit).unwrap_or(0))
+        .map(|r| r.id)
+        .collect();
+    let events = load(conn, organization_id, &ids).await?;
     Ok(InboxPage { events, has_more })
 }
 
@@ -162,21 +166,21 @@ pub async fn count(
     organization_id: Uuid,
     filter: &InboxFilter,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM events
-         WHERE organization_id = $1
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR type = $3)",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM events
+           WHERE organization_id = $1
+             AND ($2::text IS NULL OR status = $2)
+             AND ($3::text IS NULL OR type = $3)"#,
+        organization_id,
+        filter.status.map(EventStatus::as_str),
+        filter.event_type.as_deref(),
     )
-    .bind(organization_id)
-    .bind(filter.status.map(EventStatus::as_str))
-    .bind(filter.event_type.as_deref())
     .fetch_one(conn)
     .await
 }
 
 /// An acknowledged event: its id, status and when it was (first) acknowledged.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Acked {
     pub id: Uuid,
     pub status: EventStatus,
@@ -193,27 +197,29 @@ pub async fn acknowledge(
 ) -> sqlx::Result<Option<(Acked, bool)>> {
     // Deliveries first, then the event: the order every writer of both keeps.
     deliveries::cancel_for_events(&mut *conn, organization_id, &[id]).await?;
-    let updated = sqlx::query_as::<_, Acked>(
-        "UPDATE events
-         SET status = 'delivered', acknowledged_at = now(),
-             delivered_at = coalesce(delivered_at, now()), updated_at = now()
-         WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NULL
-         RETURNING id, status, acknowledged_at",
+    let updated = sqlx::query_as!(
+        Acked,
+        r#"UPDATE events
+           SET status = 'delivered', acknowledged_at = now(),
+               delivered_at = coalesce(delivered_at, now()), updated_at = now()
+           WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NULL
+           RETURNING id, status AS "status: EventStatus", acknowledged_at"#,
+        id,
+        organization_id,
     )
-    .bind(id)
-    .bind(organization_id)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = updated {
         return Ok(Some((row, true)));
     }
     // A separate statement: under READ COMMITTED it sees a concurrent ack that just committed.
-    let existing = sqlx::query_as::<_, Acked>(
-        "SELECT id, status, acknowledged_at FROM events
-         WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NOT NULL",
+    let existing = sqlx::query_as!(
+        Acked,
+        r#"SELECT id, status AS "status: EventStatus", acknowledged_at FROM events
+           WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NOT NULL"#,
+        id,
+        organization_id,
     )
-    .bind(id)
-    .bind(organization_id)
     .fetch_optional(conn)
     .await?;
     Ok(existing.map(|row| (row, false)))
@@ -227,24 +233,24 @@ pub async fn acknowledge_many(
     ids: &[Uuid],
 ) -> sqlx::Result<Vec<Uuid>> {
     deliveries::cancel_for_events(&mut *conn, organization_id, ids).await?;
-    let mut found: Vec<Uuid> = sqlx::query_scalar(
+    let mut found = sqlx::query_scalar!(
         "UPDATE events
          SET status = 'delivered', acknowledged_at = now(),
              delivered_at = coalesce(delivered_at, now()), updated_at = now()
          WHERE organization_id = $1 AND id = ANY($2) AND acknowledged_at IS NULL
          RETURNING id",
+        organization_id,
+        ids,
     )
-    .bind(organization_id)
-    .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    let before: Vec<Uuid> = sqlx::query_scalar(
+    let before = sqlx::query_scalar!(
         "SELECT id FROM events
          WHERE organization_id = $1 AND id = ANY($2) AND acknowledged_at IS NOT NULL AND NOT (id = ANY($3))",
+        organization_id,
+        ids,
+        &found,
     )
-    .bind(organization_id)
-    .bind(ids)
-    .bind(&found)
     .fetch_all(conn)
     .await?;
     found.extend(before);
@@ -272,12 +278,13 @@ pub async fn redeliver(
     id: Uuid,
     endpoint_id: Option<Uuid>,
 ) -> Result<Option<Redelivery>, QueueError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1 AND organization_id = $2)")
-            .bind(id)
-            .bind(organization_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM events WHERE id = $1 AND organization_id = $2) AS "exists!""#,
+        id,
+        organization_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !exists {
         return Ok(None);
     }
@@ -294,12 +301,12 @@ pub async fn redeliver(
         return Ok(Some(Redelivery::AlreadyPending));
     }
     // After the deliveries' locks, before their new chains make the trigger sum the event up.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE events SET acknowledged_at = NULL, updated_at = now()
          WHERE id = $1 AND organization_id = $2 AND acknowledged_at IS NOT NULL",
+        id,
+        organization_id,
     )
-    .bind(id)
-    .bind(organization_id)
     .execute(&mut *conn)
     .await?;
     let started = deliveries::new_chains(conn, &restart).await?;

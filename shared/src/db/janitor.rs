@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, postgres::types::PgInterval};
+use sqlx::{Connection, PgConnection, postgres::types::PgInterval};
+use uuid::Uuid;
 
 fn interval(d: Duration) -> PgInterval {
     PgInterval {
@@ -37,15 +38,22 @@ pub async fn purge_delivered_events(
     retention: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    purge_events(
-        conn,
-        "status = 'delivered'
-         AND (delivered_at < now() - $1::interval
-              OR (delivered_at IS NULL AND coalesce(acknowledged_at, updated_at) < now() - $1::interval))",
-        retention,
+    let mut tx = conn.begin().await?;
+    let doomed = sqlx::query_as!(
+        Doomed,
+        "SELECT organization_id, id FROM events
+         WHERE status = 'delivered'
+           AND (delivered_at < now() - $1::interval
+                OR (delivered_at IS NULL AND coalesce(acknowledged_at, updated_at) < now() - $1::interval))
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+        interval(retention),
         batch,
     )
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    let gone = delete_events(&mut tx, &doomed).await?;
+    tx.commit().await?;
+    Ok(gone)
 }
 
 /// Delete dead-lettered (`failed`) events unchanged for `retention`, with their deliveries.
@@ -55,37 +63,48 @@ pub async fn purge_failed_events(
     retention: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    purge_events(
-        conn,
-        "status = 'failed' AND updated_at < now() - $1::interval",
-        retention,
+    let mut tx = conn.begin().await?;
+    let doomed = sqlx::query_as!(
+        Doomed,
+        "SELECT organization_id, id FROM events
+         WHERE status = 'failed' AND updated_at < now() - $1::interval
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+        interval(retention),
         batch,
     )
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    let gone = delete_events(&mut tx, &doomed).await?;
+    tx.commit().await?;
+    Ok(gone)
 }
 
-/// Delete up to `batch` events matching `selection` (a condition on `events` using `$1`, the
-/// retention), with their deliveries; returns how many events.
-async fn purge_events(
-    conn: &mut PgConnection,
-    selection: &'static str,
-    retention: Duration,
-    batch: i64,
-) -> sqlx::Result<u64> {
-    let gone: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "WITH gone AS (
-             DELETE FROM events WHERE id IN (
-                 SELECT id FROM events WHERE {selection} LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, organization_id
-         ),
-         deliveries_gone AS (
-             DELETE FROM deliveries d USING gone g
-             WHERE d.organization_id = g.organization_id AND d.event_id = g.id
-         )
-         SELECT count(*) FROM gone"
-    )))
-    .bind(interval(retention))
-    .bind(batch)
+/// An event a purge has locked (in its transaction) to delete.
+struct Doomed {
+    organization_id: Uuid,
+    id: Uuid,
+}
+
+/// Delete these events with their deliveries; returns how many events.
+async fn delete_events(conn: &mut PgConnection, doomed: &[Doomed]) -> sqlx::Result<u64> {
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let (orgs, ids): (Vec<Uuid>, Vec<Uuid>) = doomed.iter().map(|d| (d.organization_id, d.id)).unzip();
+    let gone = sqlx::query_scalar!(
+        r#"WITH gone AS (
+               DELETE FROM events e USING unnest($1::uuid[], $2::uuid[]) AS g(org, id)
+               WHERE e.organization_id = g.org AND e.id = g.id
+               RETURNING e.id, e.organization_id
+           ),
+           deliveries_gone AS (
+               DELETE FROM deliveries d USING gone g
+               WHERE d.organization_id = g.organization_id AND d.event_id = g.id
+           )
+           SELECT count(*) AS "gone!" FROM gone"#,
+        &orgs,
+        &ids,
+    )
     .fetch_one(conn)
     .await?;
     Ok(u64::try_from(gone).unwrap_or(0))
@@ -98,15 +117,15 @@ pub async fn purge_dead_api_keys(
     retention: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "DELETE FROM api_keys WHERE id IN (
              SELECT id FROM api_keys
              WHERE revoked_at < now() - $1::interval OR expires_at < now() - $1::interval
              LIMIT $2
              FOR UPDATE SKIP LOCKED)",
+        interval(retention),
+        batch,
     )
-    .bind(interval(retention))
-    .bind(batch)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
@@ -120,15 +139,15 @@ pub async fn purge_rate_limit_windows(
     older_than: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "DELETE FROM rate_limit_windows WHERE ctid IN (
              SELECT ctid FROM rate_limit_windows
              WHERE window_start < now() - $1::interval
              LIMIT $2
              FOR UPDATE SKIP LOCKED)",
+        interval(older_than),
+        batch,
     )
-    .bind(interval(older_than))
-    .bind(batch)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())

@@ -65,7 +65,7 @@ where
 
 /// What [`rotate`] did.
 pub struct Rotation {
-    /// The organisation, as it was before the rotation touched it.
+    /// The organisation (its `updated_at` is the rotation's).
     pub organization: Organization,
     /// The new key: its secret is shown once, to whoever asked for the rotation.
     pub key: GeneratedKey,
@@ -85,12 +85,15 @@ pub async fn rotate(
     let (rotated, key) = with_fresh_key(|key| async move {
         let rotated = async {
             let mut tx = pool.begin().await?;
-            let Some(organization) = organizations::get_for_update(&mut tx, org_id).await? else {
+            // First: the organisation's row lock serialises its rotations.
+            if !organizations::touch(&mut tx, org_id).await? {
                 return Ok(None);
-            };
+            }
+            let organization = organizations::get(&mut tx, org_id)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
             let retired = api_keys::retire_active(&mut tx, org_id, grace).await?;
             api_keys::insert(&mut tx, Uuid::now_v7(), org_id, &key.prefix, &key.hash).await?;
-            organizations::touch(&mut tx, org_id).await?;
             api_keys::notify_change(&mut tx, channel, org_id).await?;
             tx.commit().await?;
             Ok(Some((organization, retired)))

@@ -16,8 +16,7 @@ pub const QUEUE_VACUUM_LOCK_KEY: i64 = 0x7472_6967_7661_6375; // "trigvacu"
 /// Take the fleet-wide lock `key` for this session (`false`: another session holds it). Use a
 /// connection of its own and close it afterwards: closing releases the lock whatever happened.
 pub async fn try_lock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
+    sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, key)
         .fetch_one(conn)
         .await
 }
@@ -25,8 +24,7 @@ pub async fn try_lock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
 /// Release the lock `key` taken by [`try_lock`] on this session. (Closing the connection releases
 /// it too, but only once the server's backend has exited, a moment after the client moved on.)
 pub async fn unlock(conn: &mut PgConnection, key: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
-        .bind(key)
+    sqlx::query_scalar!(r#"SELECT pg_advisory_unlock($1) AS "released!""#, key)
         .fetch_one(conn)
         .await
 }

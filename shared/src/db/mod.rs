@@ -60,7 +60,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match sqlx::query("SELECT 1").execute(pool).await {
+        match sqlx::query!("SELECT 1 AS up").fetch_one(pool).await {
             Ok(_) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(e).context("the database is unreachable");

@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub type TokenDigest = [u8; 32];
 
 /// A session as stored (never its tokens).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PortalSession {
     pub id: Uuid,
     pub organization_id: Uuid,
@@ -26,7 +26,7 @@ pub struct PortalSession {
 }
 
 /// A live session with what authentication needs of its organisation.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct LiveSession {
     pub id: Uuid,
     pub organization_id: Uuid,
@@ -35,23 +35,23 @@ pub struct LiveSession {
     pub rate_limit_per_minute: i32,
 }
 
-const COLUMNS: &str = "id, organization_id, read_only, created_at, expires_at";
-
 /// Delete the organisation's sessions that have ended; how many.
 pub async fn purge_ended(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<u64> {
-    sqlx::query("DELETE FROM portal_sessions WHERE organization_id = $1 AND expires_at <= now()")
-        .bind(organization_id)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected())
+    sqlx::query!(
+        "DELETE FROM portal_sessions WHERE organization_id = $1 AND expires_at <= now()",
+        organization_id,
+    )
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected())
 }
 
 /// How many of the organisation's sessions are live (unexpired, exchanged or not).
 pub async fn count_live(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM portal_sessions WHERE organization_id = $1 AND expires_at > now()",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM portal_sessions WHERE organization_id = $1 AND expires_at > now()"#,
+        organization_id,
     )
-    .bind(organization_id)
     .fetch_one(conn)
     .await
 }
@@ -66,18 +66,37 @@ pub async fn insert(
     read_only: bool,
     lifetime: Duration,
 ) -> sqlx::Result<PortalSession> {
-    let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX);
-    sqlx::query_as::<_, PortalSession>(sqlx::AssertSqlSafe(format!(
+    sqlx::query!(
         "INSERT INTO portal_sessions (organization_id, id, read_only, link_digest, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::double precision / 1000))
-         RETURNING {COLUMNS}"
-    )))
-    .bind(organization_id)
-    .bind(id)
-    .bind(read_only)
-    .bind(link_digest.as_slice())
-    .bind(lifetime_ms)
-    .fetch_one(conn)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+        organization_id,
+        id,
+        read_only,
+        link_digest.as_slice(),
+        lifetime.as_secs_f64(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    find(conn, organization_id, id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// One of the organisation's sessions, live or ended. (The one statement that reads a
+/// [`PortalSession`].)
+async fn find(
+    conn: &mut PgConnection,
+    organization_id: Uuid,
+    id: Uuid,
+) -> sqlx::Result<Option<PortalSession>> {
+    sqlx::query_as!(
+        PortalSession,
+        "SELECT id, organization_id, read_only, created_at, expires_at
+         FROM portal_sessions WHERE organization_id = $1 AND id = $2",
+        organization_id,
+        id,
+    )
+    .fetch_optional(conn)
     .await
 }
 
@@ -88,16 +107,20 @@ pub async fn exchange(
     link_digest: &TokenDigest,
     token_digest: &TokenDigest,
 ) -> sqlx::Result<Option<PortalSession>> {
-    sqlx::query_as::<_, PortalSession>(sqlx::AssertSqlSafe(format!(
+    let exchanged = sqlx::query!(
         "UPDATE portal_sessions
          SET link_digest = NULL, token_digest = $2, exchanged_at = now()
          WHERE link_digest = $1 AND expires_at > now()
-         RETURNING {COLUMNS}"
-    )))
-    .bind(link_digest.as_slice())
-    .bind(token_digest.as_slice())
-    .fetch_optional(conn)
-    .await
+         RETURNING organization_id, id",
+        link_digest.as_slice(),
+        token_digest.as_slice(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match exchanged {
+        Some(row) => find(conn, row.organization_id, row.id).await,
+        None => Ok(None),
+    }
 }
 
 /// The live session whose session token has `token_digest`.
@@ -105,12 +128,13 @@ pub async fn find_live_by_token(
     conn: &mut PgConnection,
     token_digest: &TokenDigest,
 ) -> sqlx::Result<Option<LiveSession>> {
-    sqlx::query_as::<_, LiveSession>(
+    sqlx::query_as!(
+        LiveSession,
         "SELECT s.id, s.organization_id, s.read_only, s.expires_at, o.rate_limit_per_minute
          FROM portal_sessions s JOIN organizations o ON o.id = s.organization_id
          WHERE s.token_digest = $1 AND s.expires_at > now()",
+        token_digest.as_slice(),
     )
-    .bind(token_digest.as_slice())
     .fetch_optional(conn)
     .await
 }
@@ -118,10 +142,12 @@ pub async fn find_live_by_token(
 /// Revoke one of the organisation's sessions (delete it, live or ended): false when it has none
 /// with that id.
 pub async fn delete(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> sqlx::Result<bool> {
-    sqlx::query("DELETE FROM portal_sessions WHERE organization_id = $1 AND id = $2")
-        .bind(organization_id)
-        .bind(id)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected() == 1)
+    sqlx::query!(
+        "DELETE FROM portal_sessions WHERE organization_id = $1 AND id = $2",
+        organization_id,
+        id,
+    )
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1)
 }

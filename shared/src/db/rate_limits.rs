@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 /// The answer of one lease call. Times are on the database's clock, so instances with skewed
 /// clocks still agree on window boundaries.
-#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lease {
     /// Tokens granted (0..=want).
     pub tokens: i32,
@@ -28,13 +28,15 @@ pub async fn lease(
     limit: i32,
     want: i32,
 ) -> sqlx::Result<Lease> {
-    sqlx::query_as::<_, Lease>(
-        "SELECT tokens, window_used, prev_used, cur_used, window_elapsed
-         FROM triggers_lease_tokens($1, $2, $3)",
+    sqlx::query_as!(
+        Lease,
+        r#"SELECT tokens AS "tokens!", window_used AS "window_used!", prev_used AS "prev_used!",
+                  cur_used AS "cur_used!", window_elapsed AS "window_elapsed!"
+           FROM triggers_lease_tokens($1, $2, $3)"#,
+        organization_id,
+        limit,
+        want,
     )
-    .bind(organization_id)
-    .bind(limit)
-    .bind(want)
     .fetch_one(conn)
     .await
 }

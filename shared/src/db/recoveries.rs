@@ -41,7 +41,7 @@ impl RecoveryFilter {
 }
 
 /// A recovery as the API shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Recovery {
     pub id: Uuid,
     pub endpoint_id: Uuid,
@@ -56,9 +56,6 @@ pub struct Recovery {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const RECOVERY_COLUMNS: &str =
-    "id, endpoint_id, since, until, statuses, status, total, enqueued, created_at, finished_at";
-
 /// How many deliveries of the organisation's endpoint match `filter`, among those unchanged
 /// since `as_of` (all of them when `None`). A range of `deliveries_endpoint_idx`.
 pub async fn count(
@@ -67,17 +64,17 @@ pub async fn count(
     filter: &RecoveryFilter,
     as_of: Option<DateTime<Utc>>,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM deliveries
-         WHERE organization_id = $1 AND endpoint_id = $2 AND created_at >= $3 AND created_at < $4
-           AND status = ANY($5) AND ($6::timestamptz IS NULL OR updated_at <= $6)",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM deliveries
+           WHERE organization_id = $1 AND endpoint_id = $2 AND created_at >= $3 AND created_at < $4
+             AND status = ANY($5) AND ($6::timestamptz IS NULL OR updated_at <= $6)"#,
+        organization_id,
+        filter.endpoint_id,
+        filter.since,
+        filter.until,
+        &filter.status_texts() as &[&str],
+        as_of,
     )
-    .bind(organization_id)
-    .bind(filter.endpoint_id)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.status_texts())
-    .bind(as_of)
     .fetch_one(conn)
     .await
 }
@@ -100,30 +97,33 @@ pub async fn start(
     filter: &RecoveryFilter,
 ) -> sqlx::Result<Started> {
     let mut tx = conn.begin().await?;
-    let as_of: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+    let as_of = sqlx::query_scalar!(r#"SELECT clock_timestamp() AS "as_of!""#)
         .fetch_one(&mut *tx)
         .await?;
     let total = count(&mut tx, organization_id, filter, Some(as_of)).await?;
     if total > MAX_DELIVERIES {
         return Ok(Started::TooMany(total));
     }
-    let recovery = sqlx::query_as::<_, Recovery>(sqlx::AssertSqlSafe(format!(
+    let id = Uuid::now_v7();
+    sqlx::query!(
         "INSERT INTO recoveries (organization_id, id, endpoint_id, since, until, statuses, as_of, total,
                                  status, finished_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
-                 CASE WHEN $8 = 0 THEN 'done' ELSE 'running' END, CASE WHEN $8 = 0 THEN now() END)
-         RETURNING {RECOVERY_COLUMNS}"
-    )))
-    .bind(organization_id)
-    .bind(Uuid::now_v7())
-    .bind(filter.endpoint_id)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.status_texts())
-    .bind(as_of)
-    .bind(i32::try_from(total).unwrap_or(i32::MAX))
-    .fetch_one(&mut *tx)
+                 CASE WHEN $8 = 0 THEN 'done' ELSE 'running' END, CASE WHEN $8 = 0 THEN now() END)",
+        organization_id,
+        id,
+        filter.endpoint_id,
+        filter.since,
+        filter.until,
+        &filter.status_texts() as &[&str],
+        as_of,
+        i32::try_from(total).unwrap_or(i32::MAX),
+    )
+    .execute(&mut *tx)
     .await?;
+    let recovery = find(&mut tx, organization_id, filter.endpoint_id, id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
     tx.commit().await?;
     Ok(Started::Recovery(recovery))
 }
@@ -135,19 +135,20 @@ pub async fn find(
     endpoint_id: Uuid,
     id: Uuid,
 ) -> sqlx::Result<Option<Recovery>> {
-    sqlx::query_as::<_, Recovery>(sqlx::AssertSqlSafe(format!(
-        "SELECT {RECOVERY_COLUMNS} FROM recoveries
-         WHERE organization_id = $1 AND id = $2 AND endpoint_id = $3"
-    )))
-    .bind(organization_id)
-    .bind(id)
-    .bind(endpoint_id)
+    sqlx::query_as!(
+        Recovery,
+        "SELECT id, endpoint_id, since, until, statuses, status, total, enqueued, created_at, finished_at
+         FROM recoveries
+         WHERE organization_id = $1 AND id = $2 AND endpoint_id = $3",
+        organization_id,
+        id,
+        endpoint_id,
+    )
     .fetch_optional(conn)
     .await
 }
 
 /// A running recovery, as a batch reads it.
-#[derive(sqlx::FromRow)]
 struct Claimed {
     organization_id: Uuid,
     id: Uuid,
@@ -179,17 +180,19 @@ pub struct BatchDone {
 /// or its endpoint is gone.
 pub async fn run_batch(conn: &mut PgConnection, batch: i64) -> Result<Option<BatchDone>, QueueError> {
     let mut tx = conn.begin().await?;
-    let claimed: Option<Claimed> = sqlx::query_as(
-        "SELECT r.organization_id, r.id, r.endpoint_id, r.until, r.statuses, r.as_of, r.total, r.enqueued,
-                coalesce(r.cursor_created_at, r.since) AS cursor_created_at,
-                coalesce(r.cursor_event_id, '00000000-0000-0000-0000-000000000000') AS cursor_event_id,
-                EXISTS (SELECT 1 FROM endpoints ep
-                        WHERE ep.organization_id = r.organization_id AND ep.id = r.endpoint_id) AS endpoint_exists
-         FROM recoveries r
-         WHERE r.status = 'running'
-         ORDER BY r.updated_at
-         LIMIT 1
-         FOR UPDATE OF r SKIP LOCKED",
+    let claimed = sqlx::query_as!(
+        Claimed,
+        r#"SELECT r.organization_id, r.id, r.endpoint_id, r.until, r.statuses, r.as_of, r.total, r.enqueued,
+                  coalesce(r.cursor_created_at, r.since) AS "cursor_created_at!",
+                  coalesce(r.cursor_event_id, '00000000-0000-0000-0000-000000000000') AS "cursor_event_id!",
+                  EXISTS (SELECT 1 FROM endpoints ep
+                          WHERE ep.organization_id = r.organization_id AND ep.id = r.endpoint_id)
+                      AS "endpoint_exists!"
+           FROM recoveries r
+           WHERE r.status = 'running'
+           ORDER BY r.updated_at
+           LIMIT 1
+           FOR UPDATE OF r SKIP LOCKED"#,
     )
     .fetch_optional(&mut *tx)
     .await?;
@@ -199,42 +202,45 @@ pub async fn run_batch(conn: &mut PgConnection, batch: i64) -> Result<Option<Bat
     let room = i64::from(r.total - r.enqueued).clamp(0, batch.max(1));
     // The next deliveries of the window after the cursor, in index order.
     let candidates: Vec<(Uuid, DateTime<Utc>)> = if r.endpoint_exists && room > 0 {
-        sqlx::query_as(
+        sqlx::query!(
             "SELECT event_id, created_at FROM deliveries
              WHERE organization_id = $1 AND endpoint_id = $2
                AND (created_at, event_id) > ($3, $4) AND created_at < $5
                AND status = ANY($6) AND updated_at <= $7
              ORDER BY created_at, event_id
              LIMIT $8",
+            r.organization_id,
+            r.endpoint_id,
+            r.cursor_created_at,
+            r.cursor_event_id,
+            r.until,
+            &r.statuses,
+            r.as_of,
+            room,
         )
-        .bind(r.organization_id)
-        .bind(r.endpoint_id)
-        .bind(r.cursor_created_at)
-        .bind(r.cursor_event_id)
-        .bind(r.until)
-        .bind(&r.statuses)
-        .bind(r.as_of)
-        .bind(room)
         .fetch_all(&mut *tx)
         .await?
+        .into_iter()
+        .map(|c| (c.event_id, c.created_at))
+        .collect()
     } else {
         Vec::new()
     };
     // Locked in key order (every writer of several deliveries does); one that changed since
     // the read above no longer matches and is left alone.
     let ids: Vec<Uuid> = candidates.iter().map(|(id, _)| *id).collect();
-    let locked: Vec<Uuid> = sqlx::query_scalar(
+    let locked = sqlx::query_scalar!(
         "SELECT event_id FROM deliveries
          WHERE organization_id = $1 AND endpoint_id = $2 AND event_id = ANY($3)
            AND status = ANY($4) AND updated_at <= $5
          ORDER BY event_id
          FOR UPDATE",
+        r.organization_id,
+        r.endpoint_id,
+        &ids,
+        &r.statuses,
+        r.as_of,
     )
-    .bind(r.organization_id)
-    .bind(r.endpoint_id)
-    .bind(&ids)
-    .bind(&r.statuses)
-    .bind(r.as_of)
     .fetch_all(&mut *tx)
     .await?;
     let keys: Vec<DeliveryKey> = locked
@@ -251,19 +257,19 @@ pub async fn run_batch(conn: &mut PgConnection, batch: i64) -> Result<Option<Bat
     let (cursor_at, cursor_id) = candidates
         .last()
         .map_or((r.cursor_created_at, r.cursor_event_id), |(id, at)| (*at, *id));
-    sqlx::query(
+    sqlx::query!(
         "UPDATE recoveries
          SET enqueued = enqueued + $3, cursor_created_at = $4, cursor_event_id = $5, updated_at = now(),
              status = CASE WHEN $6 THEN 'done' ELSE status END,
              finished_at = CASE WHEN $6 THEN now() END
          WHERE organization_id = $1 AND id = $2",
+        r.organization_id,
+        r.id,
+        restarted,
+        cursor_at,
+        cursor_id,
+        finished,
     )
-    .bind(r.organization_id)
-    .bind(r.id)
-    .bind(restarted)
-    .bind(cursor_at)
-    .bind(cursor_id)
-    .bind(finished)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -77,28 +77,27 @@ impl Routes {
     }
 }
 
-/// One row of [`load`]: the organisation's version, and one endpoint (none without endpoints).
-type LoadRow = (i64, Option<Uuid>, Option<Vec<String>>, Option<bool>);
-
 /// The organisation's endpoints and the version they are at, read in one snapshot. `None`: no
 /// such organisation.
 pub async fn load(conn: &mut PgConnection, organization_id: Uuid) -> sqlx::Result<Option<Routes>> {
-    let rows: Vec<LoadRow> = sqlx::query_as(
-        "SELECT o.endpoints_version, ep.id, ep.event_types, ep.disabled_reason IS NULL
-         FROM organizations o
-         LEFT JOIN endpoints ep ON ep.organization_id = o.id
-         WHERE o.id = $1
-         ORDER BY ep.id",
+    // One row per endpoint (one without endpoints, its endpoint columns null).
+    let rows = sqlx::query!(
+        r#"SELECT o.endpoints_version, ep.id AS "id?", ep.event_types AS "event_types?",
+                  ep.disabled_reason IS NULL AS enabled
+           FROM organizations o
+           LEFT JOIN endpoints ep ON ep.organization_id = o.id
+           WHERE o.id = $1
+           ORDER BY ep.id"#,
+        organization_id,
     )
-    .bind(organization_id)
     .fetch_all(conn)
     .await?;
-    let Some(&(version, ..)) = rows.first() else {
+    let Some(version) = rows.first().map(|r| r.endpoints_version) else {
         return Ok(None);
     };
     let endpoints = rows
         .into_iter()
-        .filter_map(|(_, id, patterns, enabled)| Some((id?, patterns?, enabled?)))
+        .filter_map(|r| Some((r.id?, r.event_types?, r.enabled?)))
         .collect();
     Ok(Some(Routes::new(version, endpoints)))
 }

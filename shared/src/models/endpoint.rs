@@ -73,18 +73,16 @@ pub enum DisabledReason {
 }
 
 /// One row of `endpoints`.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Endpoint {
     pub organization_id: Uuid,
     pub id: Uuid,
     /// Stored normalised, as [`crate::net::WebhookUrl`] prints it.
     pub url: String,
     pub description: String,
-    #[sqlx(try_from = "Vec<String>")]
     pub event_types: EventTypes,
     /// `None` while enabled.
     pub disabled_reason: Option<DisabledReason>,
-    #[sqlx(json, try_from = "BTreeMap<String, String>")]
     pub headers: EndpointHeaders,
     pub rate_limit_per_second: Option<i32>,
     pub signing_secret: String,

@@ -73,7 +73,7 @@ pub async fn health_live() -> Json<HealthOut> {
     (status = 200, description = "The database answered", body = ReadyOut),
     (status = 503, description = "The database did not answer within 2 seconds", body = ReadyOut)))]
 pub async fn health_ready(State(ops): State<Ops>) -> (StatusCode, Json<ReadyOut>) {
-    let ok = tokio::time::timeout(READY_PATIENCE, sqlx::query("SELECT 1").execute(&ops.db))
+    let ok = tokio::time::timeout(READY_PATIENCE, sqlx::query!("SELECT 1 AS up").fetch_one(&ops.db))
         .await
         .is_ok_and(|r| r.is_ok());
     if ok {

@@ -91,8 +91,8 @@ pub async fn insert_batch(
             jobs.push(None);
         }
     }
-    let written = sqlx::query_as::<_, (Uuid, Option<DateTime<Utc>>, Option<Uuid>, bool)>(
-        "WITH e AS MATERIALIZED (
+    let written = sqlx::query!(
+        r#"WITH e AS MATERIALIZED (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[])
                  WITH ORDINALITY AS e(id, org, type, dedup, payload, version, n)
          ),
@@ -135,32 +135,34 @@ pub async fn insert_batch(
              SELECT job_id, $13, job, 'Pending', 0, $14, now(), 0, ''::hstore
              FROM d WHERE job_id IS NOT NULL ORDER BY n
          )
-         SELECT id, created_at, NULL::uuid, false FROM inserted
+         SELECT id AS "id!", created_at AS "created_at?", NULL::uuid AS "owner?", false AS "stale!"
+         FROM inserted
          UNION ALL
          SELECT f.id, NULL, k.event_id, false FROM fresh f
          LEFT JOIN dedup_keys k ON k.organization_id = f.org AND k.dedup_id = f.dedup
          WHERE f.dedup IS NOT NULL AND f.id NOT IN (SELECT event_id FROM claimed)
          UNION ALL
-         SELECT id, NULL, NULL, true FROM e WHERE id NOT IN (SELECT id FROM fresh)",
+         SELECT id, NULL, NULL, true FROM e WHERE id NOT IN (SELECT id FROM fresh)"#,
+        &rows.ids,
+        &rows.organization_ids,
+        &rows.types as &[&str],
+        &rows.dedup_ids as &[Option<&str>],
+        &rows.payloads as &[&str],
+        &rows.endpoints_versions,
+        dedup_window.as_secs_f64(),
+        &event_ids,
+        &endpoint_ids,
+        &statuses as &[&str],
+        &job_ids as &[Option<String>],
+        &jobs as &[Option<Vec<u8>>],
+        DELIVERY_QUEUE,
+        max_runs(),
     )
-    .bind(&rows.ids)
-    .bind(&rows.organization_ids)
-    .bind(&rows.types)
-    .bind(&rows.dedup_ids)
-    .bind(&rows.payloads)
-    .bind(&rows.endpoints_versions)
-    .bind(dedup_window.as_secs_f64())
-    .bind(&event_ids)
-    .bind(&endpoint_ids)
-    .bind(&statuses)
-    .bind(&job_ids)
-    .bind(&jobs)
-    .bind(DELIVERY_QUEUE)
-    .bind(max_runs())
     .fetch_all(conn)
     .await?;
     Ok(written
         .into_iter()
+        .map(|r| (r.id, r.created_at, r.owner, r.stale))
         .map(|(id, created_at, owner, stale)| match created_at {
             Some(created_at) => RowFate::Inserted { id, created_at },
             None if stale => RowFate::Stale { id },

@@ -18,6 +18,7 @@ pub async fn given_up(
     conn: &mut PgConnection,
     batch: i64,
 ) -> sqlx::Result<Vec<(String, Option<DeliveryJob>)>> {
+    // Spliced: apalis' status predicate is written once (`status`).
     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, job FROM apalis.jobs WHERE job_type = $1 AND {}
          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -35,8 +36,7 @@ pub async fn given_up(
 
 /// Delete these jobs (whatever their state).
 pub async fn delete_jobs(conn: &mut PgConnection, ids: &[String]) -> sqlx::Result<u64> {
-    let res = sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
-        .bind(ids)
+    let res = sqlx::query!("DELETE FROM apalis.jobs WHERE id = ANY($1)", ids)
         .execute(conn)
         .await?;
     Ok(res.rows_affected())
@@ -49,17 +49,17 @@ pub async fn delete_done_jobs(
     older_than: Duration,
     batch: i64,
 ) -> sqlx::Result<u64> {
-    let res = sqlx::query(
+    let res = sqlx::query!(
         "DELETE FROM apalis.jobs WHERE id IN (
              SELECT id FROM apalis.jobs
              WHERE job_type = $1 AND status = 'Done'
                AND coalesce(done_at, run_at) < now() - make_interval(secs => $2)
              LIMIT $3
              FOR UPDATE SKIP LOCKED)",
+        DELIVERY_QUEUE,
+        older_than.as_secs_f64(),
+        batch,
     )
-    .bind(DELIVERY_QUEUE)
-    .bind(older_than.as_secs_f64())
-    .bind(batch)
     .execute(conn)
     .await?;
     Ok(res.rows_affected())
@@ -68,6 +68,7 @@ pub async fn delete_done_jobs(
 /// Delete registrations of delivery workers not seen for `older_than` that hold no job. (A
 /// worker row that still holds jobs must stay: orphan recovery finds the jobs through it.)
 pub async fn delete_stale_workers(conn: &mut PgConnection, older_than: Duration) -> sqlx::Result<u64> {
+    // Spliced: apalis' status predicate is written once (`status`).
     let res = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM apalis.workers w
          WHERE w.worker_type = $1 AND w.last_seen < now() - make_interval(secs => $2)
@@ -84,7 +85,8 @@ pub async fn delete_stale_workers(conn: &mut PgConnection, older_than: Duration)
 /// Pending deliveries unchanged for `grace` whose job (`deliveries.job_id`) is not live:
 /// nothing would ever send them. The grace keeps transactions in flight out of the count.
 /// Found from the pending events (a partial index), then each delivery's job by its key.
-/// (Unqualified columns of the inner query are the job's: it is the innermost scope.)
+/// (Unqualified columns of the inner query are the job's: it is the innermost scope.) Spliced
+/// into the statements below, as apalis' status predicate is into it: each is written once.
 fn stranded() -> String {
     format!(
         "FROM events e
@@ -134,14 +136,14 @@ pub struct JobRows {
 /// Live and dead row versions of `apalis.jobs` (`pg_stat_user_tables`: what backends reported,
 /// up to about a second late).
 pub async fn job_rows(conn: &mut PgConnection) -> sqlx::Result<JobRows> {
-    let (live, dead): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(n_live_tup, 0), coalesce(n_dead_tup, 0)
-         FROM pg_stat_user_tables WHERE relid = 'apalis.jobs'::regclass",
+    let rows = sqlx::query_as!(
+        JobRows,
+        r#"SELECT coalesce(n_live_tup, 0) AS "live!", coalesce(n_dead_tup, 0) AS "dead!"
+           FROM pg_stat_user_tables WHERE relid = 'apalis.jobs'::regclass"#,
     )
     .fetch_optional(conn)
-    .await?
-    .unwrap_or((0, 0));
-    Ok(JobRows { live, dead })
+    .await?;
+    Ok(rows.unwrap_or_default())
 }
 
 /// Whether the queue is due a vacuum: at least `min_dead` dead row versions, and at least as
@@ -157,6 +159,7 @@ pub fn vacuum_due(rows: JobRows, min_dead: i64) -> bool {
 /// `VACUUM apalis.jobs`, without truncating the table (truncation takes a lock that would stop
 /// every claim for its duration; the space is reused by the next jobs). Not in a transaction.
 pub async fn vacuum_jobs(conn: &mut PgConnection) -> sqlx::Result<()> {
+    // Raw: VACUUM is a utility statement, which cannot be prepared (so not described either).
     sqlx::raw_sql("VACUUM (TRUNCATE false) apalis.jobs")
         .execute(conn)
         .await?;

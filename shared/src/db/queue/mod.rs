@@ -28,7 +28,10 @@ use crate::jobs::{DeliveryJob, JobId, TASK_MAX_RUNS};
 /// The apalis queue name. Fixed, so renaming the Rust type never strands queued jobs.
 pub const DELIVERY_QUEUE: &str = "triggers_deliveries";
 
-/// apalis' status strings, as its fetch function and its result statement write them.
+/// apalis' status strings, as its fetch function and its result statement write them. The
+/// statements that use these predicates splice them in (so they are the runtime-checked ones of
+/// `db`): each predicate is written once, and `WAITING` must stay the predicate of apalis' partial
+/// fetch index for the counts to use it.
 mod status {
     /// A job is live (see the module header).
     pub(super) const LIVE: &str =

@@ -29,17 +29,17 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<(), Que
         ids.push(id.to_string());
         args.push(task.args);
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
          SELECT id, $3, job, 'Pending', 0, $4, now(), $5, ''::hstore
          FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS t(id, job, n)
          ORDER BY n",
+        &ids,
+        &args as &[Vec<u8>],
+        DELIVERY_QUEUE,
+        max_runs(),
+        RECOVERED_PRIORITY,
     )
-    .bind(&ids)
-    .bind(&args)
-    .bind(DELIVERY_QUEUE)
-    .bind(max_runs())
-    .bind(RECOVERED_PRIORITY)
     .execute(conn)
     .await?;
     Ok(())
@@ -48,6 +48,8 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<(), Que
 /// How many recovered first jobs wait to be claimed (due or deferred), counting up to `cap`:
 /// a range of the fetch index, so it costs at most `cap` index entries.
 pub async fn waiting(conn: &mut PgConnection, cap: i64) -> sqlx::Result<i64> {
+    // Spliced: apalis' status predicate is written once (`status`), and must match the predicate
+    // of apalis' partial fetch index.
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM (
              SELECT 1 FROM apalis.jobs

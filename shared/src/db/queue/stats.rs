@@ -22,7 +22,7 @@ pub struct QueueStats {
 }
 
 /// One organisation's pending deliveries.
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, serde::Serialize)]
 pub struct OrgBacklog {
     pub organization_id: Uuid,
     /// Pending deliveries (due now or scheduled for a retry).
@@ -35,17 +35,18 @@ pub struct OrgBacklog {
 pub async fn stats(conn: &mut PgConnection) -> sqlx::Result<QueueStats> {
     let counts = count_jobs(&mut *conn).await?;
     let oldest = oldest_due_age(&mut *conn).await?;
-    let top_organizations = sqlx::query_as::<_, OrgBacklog>(
-        "SELECT d.organization_id, count(*) AS waiting,
+    let top_organizations = sqlx::query_as!(
+        OrgBacklog,
+        r#"SELECT d.organization_id, count(*) AS "waiting!",
                 coalesce(extract(epoch FROM now() - min(d.next_attempt_at)
                                  FILTER (WHERE d.next_attempt_at <= now())), 0)::float8
-                    AS oldest_due_age_seconds
+                    AS "oldest_due_age_seconds!"
          FROM events e
          JOIN deliveries d ON d.organization_id = e.organization_id AND d.event_id = e.id
          WHERE e.status = 'pending' AND d.status = 'pending'
          GROUP BY d.organization_id
-         ORDER BY waiting DESC, d.organization_id
-         LIMIT 10",
+         ORDER BY count(*) DESC, d.organization_id
+         LIMIT 10"#,
     )
     .fetch_all(&mut *conn)
     .await?;
