@@ -51,23 +51,7 @@ impl<'a> Tenant<'a> {
         path: &str,
         body: Option<&Value>,
     ) -> (StatusCode, header::HeaderMap, Value) {
-        let mut req = self
-            .app
-            .client
-            .request(method, self.app.url(path))
-            .header("X-API-Key", &self.key);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let res = req.send().await.expect("request");
-        let (status, headers) = (res.status(), res.headers().clone());
-        let bytes = res.bytes().await.expect("body");
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"))
-        };
-        (status, headers, json)
+        self.app.send_as(&self.key, method, path, body).await
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {

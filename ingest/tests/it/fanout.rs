@@ -46,23 +46,8 @@ impl<'a> Client<'a> {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .app
-            .client
-            .request(method, self.app.url(path))
-            .header("X-API-Key", &self.key);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let bytes = res.bytes().await.expect("body");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("a JSON answer")
-        };
-        (status, body)
+        let (status, _, json) = self.app.send_as(&self.key, method, path, body.as_ref()).await;
+        (status, json)
     }
 
     /// Create an endpoint subscribed to `patterns`; its id.

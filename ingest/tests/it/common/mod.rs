@@ -76,6 +76,33 @@ impl TestApp {
     }
 
     /// Create an organisation; returns (api_key, organization_id).
+    /// A request as the holder of `key`, with a JSON body (or none); the status, the headers and
+    /// the JSON answer (`Null` for an empty body).
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .header("X-API-Key", key);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("request");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let bytes = res.bytes().await.expect("body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("answer is not JSON ({e}): {bytes:?}"))
+        };
+        (status, headers, json)
+    }
+
     pub async fn create_org(&self, name: &str, tier: &str) -> (String, String) {
         let res = self
             .client
