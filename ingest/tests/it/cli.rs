@@ -3,7 +3,7 @@
 
 use std::{process::Output, time::Duration};
 
-use crate::common::TestApp;
+use crate::common::{TestApp, fixtures::get_keys};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use triggers_shared::{
@@ -55,14 +55,7 @@ fn stderr(out: &Output) -> String {
 }
 
 async fn key_status(app: &TestApp, key: &str) -> u16 {
-    app.client
-        .get(app.url("/api/keys"))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .expect("GET /api/keys")
-        .status()
-        .as_u16()
+    get_keys(app, key).await.status().as_u16()
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::fixtures::*;
-use crate::common::{TestApp, field_names};
+use crate::common::{TestApp, detail_fields, field_names};
 use serde_json::{Value, json};
 use triggers_ingest::{
     batcher::{NewEvent, Outcome},
@@ -123,10 +123,7 @@ async fn duplicate_dedup_id_within_24h_is_rejected_with_409_naming_the_original(
     assert_eq!(body["event_id"], first["id"]);
     assert!(body["error"].is_string());
 
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
+    let events = count_events(&app.db).await;
     assert_eq!(events, 1, "the duplicate is not stored");
     assert_eq!(job_count(&app.db).await, 1, "and gets no job");
 }
@@ -294,12 +291,7 @@ async fn invalid_fields_are_422_with_every_bad_field_listed() {
     assert_eq!(res.status(), 422);
     let body: Value = res.json().await.expect("json");
     assert_eq!(body["code"], "validation_failed");
-    let fields: Vec<&str> = body["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .map(|d| d["field"].as_str().expect("field"))
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(fields, ["type", "dedup_id", "payload"], "{body}");
 
     for (bad, field) in [
@@ -762,10 +754,7 @@ async fn queued_events_are_written_before_shutdown_completes() {
     .await;
     let accepted = results.iter().filter(|r| r.status() == 202).count() as i64;
     app.stop().await;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db)
-        .await
-        .expect("count");
+    let stored = count_events(&db).await;
     assert_eq!(stored, accepted);
     assert_eq!(accepted, 30);
 }
@@ -841,10 +830,7 @@ async fn duplicates_inside_one_batch_do_not_fail_it_and_only_later_ones_are_dupl
     );
     assert!(matches!(outcomes[4], Outcome::Accepted { .. }));
     assert_eq!(outcomes[5], Outcome::Duplicate { event_id: first_k });
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&test_db.pool)
-        .await
-        .expect("count");
+    let stored = count_events(&test_db.pool).await;
     assert_eq!(stored, 4);
     writer.shutdown().await;
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::common::TestApp;
+use crate::common::{TestApp, field_names};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use triggers_ingest::{
@@ -391,13 +391,7 @@ async fn an_endpoints_deliveries_are_listed_newest_first_filtered_and_paged_and_
     let newest_first: Vec<String> = events.iter().rev().map(Uuid::to_string).collect();
     assert_eq!(listed, newest_first);
     let one = &body["deliveries"][0];
-    let mut fields: Vec<&str> = one
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    fields.sort_unstable();
+    let fields = field_names(one);
     assert_eq!(
         fields,
         [

@@ -1,19 +1,14 @@
 //! What fuzzing the service against its OpenAPI document found where the service was wrong
 //! (`deploy/local/api-check.sh`), each pinned by the request that showed it.
 
+use crate::common::fixtures::get_json;
 use crate::common::{TestApp, error_of, field_names};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 
 async fn get(app: &TestApp, key: &str, path: &str) -> (reqwest::StatusCode, Value) {
-    let res = app
-        .client
-        .get(app.url(path))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .expect("request");
-    error_of(res).await
+    let (status, body) = get_json(app, key, path).await;
+    (reqwest::StatusCode::from_u16(status).expect("status"), body)
 }
 
 #[tokio::test]

@@ -3,21 +3,13 @@
 
 use std::time::Duration;
 
+use crate::common::fixtures::get_keys;
 use crate::common::{TestApp, error_of, field_names};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use reqwest::header;
 use serde_json::{Value, json};
 use triggers_shared::{apikey, config::SecretString};
-
-async fn get_keys(app: &TestApp, key: &str) -> reqwest::Response {
-    app.client
-        .get(app.url("/api/keys"))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .expect("GET /api/keys")
-}
 
 async fn generate(app: &TestApp, body: Value) -> reqwest::Response {
     app.client

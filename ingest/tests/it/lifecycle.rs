@@ -5,7 +5,7 @@
 //! Answers are checked exactly, and so are the rows and queue jobs behind them; the worker's
 //! side (signatures, batches, restarts) is `worker/tests/it/lifecycle.rs`.
 
-use crate::common::{TestApp, field_names};
+use crate::common::{TestApp, detail_fields, field_names};
 use chrono::{DateTime, Duration as Span, SubsecRound, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -67,12 +67,7 @@ fn code(status: StatusCode, body: &Value, expected: u16) -> String {
 /// The fields a `422 validation_failed` names.
 fn bad_fields(status: StatusCode, body: &Value) -> Vec<String> {
     assert_eq!(code(status, body, 422), "validation_failed");
-    body["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .map(|d| d["field"].as_str().expect("field").to_owned())
-        .collect()
+    detail_fields(body).into_iter().map(str::to_owned).collect()
 }
 
 fn instant(value: &Value) -> DateTime<Utc> {

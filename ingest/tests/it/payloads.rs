@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
 };
 
-use crate::common::fixtures::{org_with_key, poison_events, post_event, post_raw};
+use crate::common::fixtures::{count_events, org_with_key, poison_events, post_event, post_raw};
 use crate::common::{TestApp, error_of};
 use proptest::{
     prelude::*,
@@ -73,10 +73,7 @@ async fn the_five_payloads_of_issue_15_are_refused_with_422_naming_the_payload()
         let said = details[0]["message"].as_str().expect("message");
         assert!(said.contains(message), "{what}: {said}");
     }
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
+    let stored = count_events(&app.db).await;
     assert_eq!(stored, 0);
 }
 

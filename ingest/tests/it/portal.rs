@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::{TestApp, error_of, field_names};
+use crate::common::{TestApp, detail_fields, error_of, field_names};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -224,12 +224,7 @@ async fn session_requests_are_validated_with_every_problem_in_one_422() {
 
     let both_bad = json!({"expires_in_seconds": 59, "read_only": "yes"});
     let (status, body) = create_session(&app, &acme.key, Some(both_bad)).await;
-    let fields: Vec<&str> = body["details"]
-        .as_array()
-        .expect("details")
-        .iter()
-        .map(|d| d["field"].as_str().expect("field"))
-        .collect();
+    let fields = detail_fields(&body);
     assert_eq!(fields, ["expires_in_seconds", "read_only"]);
     refused((status, body), 422, "validation_failed", "both fields bad");
     for bad in [json!(86_401), json!(-1), json!(600.5), json!("600")] {

@@ -91,10 +91,7 @@ async fn over_the_limit_answers_429_with_limit_window_and_retry_after() {
     // A refused request stores nothing, and a remembered refusal answers the same way.
     let res = post_event(&app, &key, &json!({"type": "a", "payload": {}})).await;
     assert_eq!(res.status(), 429);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db)
-        .await
-        .expect("count");
+    let stored = count_events(&app.db).await;
     assert_eq!(stored, 0);
 }
 

@@ -261,3 +261,21 @@ pub async fn event_statements(pool: &PgPool) -> i64 {
         .await
         .expect("event statements")
 }
+
+/// `GET /api/keys` as the holder of `key`.
+pub async fn get_keys(app: &TestApp, key: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/api/keys"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .expect("GET /api/keys")
+}
+
+/// How many events are stored, of every organisation.
+pub async fn count_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}

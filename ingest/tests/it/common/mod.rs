@@ -130,6 +130,16 @@ pub async fn error_of(res: reqwest::Response) -> (reqwest::StatusCode, Value) {
     (status, body)
 }
 
+/// The fields a `422 validation_failed` answer names in its `details`, in order.
+pub fn detail_fields(body: &Value) -> Vec<&str> {
+    body["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .map(|d| d["field"].as_str().expect("field"))
+        .collect()
+}
+
 /// The keys of a JSON object, sorted: to assert a response's exact shape.
 pub fn field_names(body: &Value) -> Vec<&str> {
     let mut names: Vec<&str> = body

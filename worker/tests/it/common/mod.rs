@@ -150,13 +150,18 @@ pub struct EventRow {
     pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The organisation of event `id`.
+async fn organisation_of(conn: &mut sqlx::PgConnection, id: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT organization_id FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .expect("event's organisation")
+}
+
 pub async fn event(pool: &PgPool, id: Uuid) -> EventRow {
     let mut conn = pool.acquire().await.expect("connection");
-    let org: Uuid = sqlx::query_scalar("SELECT organization_id FROM events WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("event's organisation");
+    let org = organisation_of(&mut conn, id).await;
     let e = db::events::find(&mut conn, org, id)
         .await
         .expect("read event")
@@ -173,11 +178,7 @@ pub async fn event(pool: &PgPool, id: Uuid) -> EventRow {
 /// The deliveries of event `id` as the API reads them, by endpoint id.
 pub async fn deliveries(pool: &PgPool, id: Uuid) -> Vec<triggers_shared::models::Delivery> {
     let mut conn = pool.acquire().await.expect("connection");
-    let org: Uuid = sqlx::query_scalar("SELECT organization_id FROM events WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("event's organisation");
+    let org = organisation_of(&mut conn, id).await;
     db::deliveries::list_for_event(&mut conn, org, id)
         .await
         .expect("read deliveries")
