@@ -55,18 +55,25 @@ impl Budget {
 fn declared_bytes(req: &Request) -> usize {
     let limit = body_limit(req.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let headers = req.headers();
-    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
-        return length
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(limit, |n| n.min(limit));
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return content_length(req).map_or(limit, |n| n.min(limit));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         limit
     } else {
         0
     }
+}
+
+/// The request's `Content-Length`, when it declares a valid one.
+pub fn content_length(req: &Request) -> Option<usize> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Middleware: hold a reservation of the request's bytes for its whole life, or refuse it.

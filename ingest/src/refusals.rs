@@ -27,7 +27,7 @@ pub const BURST: NonZeroU32 = NonZeroU32::MIN.saturating_add(99);
 pub const PER_SECOND: NonZeroU32 = NonZeroU32::MIN.saturating_add(99);
 /// A refused body costs one more unit for each of these bytes of its length: a 256 KiB payload
 /// refused costs 17 units, so at most about 6 a second are answered at once.
-pub const UNIT_BYTES: u64 = 16 * 1024;
+pub const UNIT_BYTES: usize = 16 * 1024;
 /// How much later a refusal over the budget is answered.
 pub const DELAY: Duration = Duration::from_millis(250);
 /// Organisations whose budget is tracked at most before full budgets are dropped.
@@ -59,7 +59,7 @@ impl RefusalBudget {
 
     /// Count one refusal of `org`, of a body of `body_len` bytes (its `Content-Length`; zero when
     /// not declared); how long to hold its answer (zero within the budget).
-    pub fn refused(&self, org: Uuid, body_len: u64) -> Duration {
+    pub fn refused(&self, org: Uuid, body_len: usize) -> Duration {
         if self.budgets.len() >= TRACKED_ORGANISATIONS {
             self.budgets.retain_recent();
             self.budgets.shrink_to_fit();
@@ -72,7 +72,7 @@ impl RefusalBudget {
     }
 
     /// The units a refusal of a body of `body_len` bytes costs: at most the whole burst.
-    fn units(body_len: u64) -> NonZeroU32 {
+    fn units(body_len: usize) -> NonZeroU32 {
         let extra = u32::try_from(body_len / UNIT_BYTES).unwrap_or(u32::MAX);
         NonZeroU32::MIN.saturating_add(extra).min(BURST)
     }
@@ -107,7 +107,7 @@ mod tests {
         assert_eq!(RefusalBudget::units(UNIT_BYTES).get(), 2);
         // The bench's 200,000-digit number: 13 units, so its burst is 7 refusals, not 100.
         assert_eq!(RefusalBudget::units(200_040).get(), 13);
-        assert_eq!(RefusalBudget::units(u64::MAX), BURST);
+        assert_eq!(RefusalBudget::units(usize::MAX), BURST);
 
         let budget = RefusalBudget::default();
         let large = Uuid::now_v7();

@@ -36,6 +36,7 @@ use crate::{
     AppState,
     auth::Org,
     batcher::{self, BatchWriter, NewEvent, Outcome},
+    budget::content_length,
     error::{ApiError, ErrorBody, FieldError},
     extract::{ApiJson, parse_json},
     validate::{Parse, Problems},
@@ -177,7 +178,7 @@ type Verdict = Result<AcceptedItem, ApiError>;
     )
 )]
 pub async fn create_events(State(state): State<AppState>, org: Org, request: Request) -> Response {
-    let body_len = super::create::declared_len(&request);
+    let body_len = content_length(&request).unwrap_or(0);
     let body = match ApiJson::<BatchIn>::from_request(request, &state).await {
         Ok(ApiJson(body)) => body.parse(),
         Err(e) => Err(e),

@@ -21,6 +21,7 @@ use crate::{
     AppState,
     auth::Org,
     batcher::{NewEvent, Outcome},
+    budget::content_length,
     error::{ApiError, ErrorBody},
     extract::ApiJson,
     ratelimit::Decision,
@@ -85,28 +86,19 @@ pub struct EventAcceptedOut {
     )
 )]
 pub async fn create_event(State(state): State<AppState>, org: Org, request: Request) -> Response {
-    let body_len = declared_len(&request);
+    let body_len = content_length(&request).unwrap_or(0);
     rate_limited(&state, &org, 1, body_len, ingest(&state, &org, request)).await
-}
-
-/// The body's `Content-Length`, or zero when it is not declared (what a refusal is charged by).
-pub(super) fn declared_len(request: &Request) -> u64 {
-    request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Take `tokens` of the organisation's rate limit, then answer with `ingest` (not run when
 /// refused: `429`, or `503` when the budget cannot be consulted); the answer carries the
-/// `X-RateLimit-*` headers. A refusal of the body (of `body_len` bytes) counts against the
-/// organisation's refusal budget.
+/// `X-RateLimit-*` headers. A refusal of the body (of `body_len` bytes: its `Content-Length`,
+/// zero when not declared) counts against the organisation's refusal budget.
 pub(super) async fn rate_limited(
     state: &AppState,
     org: &Org,
     tokens: usize,
-    body_len: u64,
+    body_len: usize,
     ingest: impl Future<Output = Result<Response, ApiError>>,
 ) -> Response {
     let decision = match state

@@ -162,11 +162,13 @@ pub async fn insert_batch(
     .await?;
     Ok(written
         .into_iter()
-        .map(|r| (r.id, r.created_at, r.owner, r.stale))
-        .map(|(id, created_at, owner, stale)| match created_at {
-            Some(created_at) => RowFate::Inserted { id, created_at },
-            None if stale => RowFate::Stale { id },
-            None => RowFate::Duplicate { id, owner },
+        .map(|r| match r.created_at {
+            Some(created_at) => RowFate::Inserted { id: r.id, created_at },
+            None if r.stale => RowFate::Stale { id: r.id },
+            None => RowFate::Duplicate {
+                id: r.id,
+                owner: r.owner,
+            },
         })
         .collect())
 }
